@@ -1,0 +1,163 @@
+//! Command-line definitions: one subcommand per operator job, and the drop-in
+//! `xbstream`/`mbstream` flags. No logic a test would want to call lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::format::{Dialect, DEFAULT_MAX_CHUNK_SIZE, REFERENCE_CHUNK_SIZE};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xbagent",
+    version,
+    about = "Back up, clone and restore MySQL/MariaDB data directories as xbstream streams",
+    after_help = "Exit codes: 0 success; 1 bad, hostile, truncated or incomplete stream; \
+                  2 usage error; 3 local problem (target or source files, permissions, \
+                  existing files, symlinks, disk full)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// List files as they complete.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Print errors only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// No progress display, even on a terminal.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Extract a stream into a directory (replaces `xbstream -x` / `mbstream -x`).
+    Extract(ExtractArgs),
+    /// Write files and directories as a stream on standard output (replaces `xbstream -c`).
+    Create(CreateArgs),
+    /// List the files in a stream: path, size, chunks, complete or not.
+    List(ListArgs),
+    /// Check every CRC, offset and file end of a stream; writes nothing.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DialectArg {
+    Auto,
+    Percona,
+    Mariadb,
+}
+
+impl From<DialectArg> for Dialect {
+    fn from(d: DialectArg) -> Self {
+        match d {
+            DialectArg::Auto => Dialect::Auto,
+            DialectArg::Percona => Dialect::Percona,
+            DialectArg::Mariadb => Dialect::Mariadb,
+        }
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s).map_err(|e| format!("{e} (examples: 64MiB, 10M, 1048576)"))
+}
+
+#[derive(Debug, Args)]
+pub struct DecodeArgs {
+    /// Which meaning of the `S` chunk applies: decided from the bytes by default.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dialect: DialectArg,
+    /// Largest chunk body accepted (payload plus sparse map).
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_MAX_CHUNK_SIZE)]
+    pub max_chunk_size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// Directory to extract into (created if missing).
+    #[arg(short = 'C', long = "directory", default_value = ".")]
+    pub dir: PathBuf,
+    /// Writer threads; each file's chunks stay in order.
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Overwrite files that already exist.
+    #[arg(long)]
+    pub force: bool,
+    /// Files kept open at most; others are closed and reopened when their next chunk comes.
+    #[arg(long, default_value_t = 512)]
+    pub max_open_files: usize,
+    /// fsync every file and directory before finishing.
+    #[arg(long)]
+    pub fsync: bool,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Stream file; `-` or nothing for standard input.
+    pub input: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Directory the paths are relative to.
+    #[arg(short = 'C', long = "directory", default_value = ".")]
+    pub dir: PathBuf,
+    /// Files read at once; their chunks interleave in the stream.
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Largest payload per chunk.
+    #[arg(long, value_parser = parse_size, default_value_t = REFERENCE_CHUNK_SIZE as u64)]
+    pub chunk_size: u64,
+    /// Write holes of sparse files as Percona sparse chunks (mbstream cannot read them).
+    #[arg(long)]
+    pub sparse: bool,
+    /// Files and directories to stream.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Stream file; `-` or nothing for standard input.
+    pub input: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Stream file; `-` or nothing for standard input.
+    pub input: Option<PathBuf>,
+}
+
+/// The flags of `xbstream` / `mbstream`, for scripts that call xbagent under those names.
+#[derive(Debug, Parser)]
+#[command(
+    about = "xbagent in xbstream/mbstream compatibility mode",
+    disable_version_flag = true
+)]
+pub struct DropIn {
+    /// Extract the stream on standard input.
+    #[arg(short = 'x', long = "extract", conflicts_with = "create")]
+    pub extract: bool,
+    /// Stream the given files to standard output.
+    #[arg(short = 'c', long = "create")]
+    pub create: bool,
+    /// Change to this directory first.
+    #[arg(short = 'C', long = "directory")]
+    pub dir: Option<PathBuf>,
+    /// Print file names.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Threads.
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Decompress .qp/.lz4/.zst files (not supported yet: refused).
+    #[arg(long)]
+    pub decompress: bool,
+    pub files: Vec<PathBuf>,
+}

@@ -1,0 +1,336 @@
+//! `create`: walk files and directories and write them as an xbstream.
+//!
+//! Paths in the stream are relative to the `-C` directory, `/`-separated, without `./`.
+//! A directory's regular files come before its subdirectories, sorted by name: the reference
+//! `mbstream -x` creates only one missing directory level per file, so a parent's files must
+//! arrive first for deep trees to extract with it. Each file is read in blocks of at most
+//! `chunk_size` (10 MiB by default, as the reference writes), a 0-byte file becomes a lone
+//! `E` chunk, and with `--parallel N` N files are read at once, their chunks interleaved as
+//! `xtrabackup --parallel` interleaves them. With `sparse`, holes become Percona sparse
+//! chunks (which mbstream cannot read).
+
+mod walk;
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    encode_header_into, sparse_crc, ChunkHeader, SparseEntry, REFERENCE_CHUNK_SIZE,
+};
+use crate::progress::Progress;
+pub use walk::{walk, SourceFile};
+
+/// Settings of a `create` run.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Directory the paths are relative to.
+    pub dir: PathBuf,
+    pub paths: Vec<PathBuf>,
+    /// Files read at once.
+    pub parallel: usize,
+    /// Largest payload per chunk.
+    pub chunk_size: usize,
+    /// Write holes as Percona sparse chunks.
+    pub sparse: bool,
+}
+
+impl CreateOptions {
+    pub fn new(dir: impl Into<PathBuf>, paths: Vec<PathBuf>) -> Self {
+        CreateOptions {
+            dir: dir.into(),
+            paths,
+            parallel: 1,
+            chunk_size: REFERENCE_CHUNK_SIZE,
+            sparse: false,
+        }
+    }
+}
+
+/// What a `create` run wrote.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CreateTotals {
+    pub files: u64,
+    pub chunks: u64,
+    pub data_bytes: u64,
+    pub stream_bytes: u64,
+}
+
+/// A run of data or holes read from one file, ready to be framed.
+enum Piece {
+    Data {
+        path: Arc<[u8]>,
+        offset: u64,
+        buf: Vec<u8>,
+        crc: u32,
+    },
+    Sparse {
+        path: Arc<[u8]>,
+        offset: u64,
+        map: Vec<SparseEntry>,
+        buf: Vec<u8>,
+        crc: u32,
+    },
+    Eof {
+        path: Arc<[u8]>,
+    },
+    Failed(Error),
+}
+
+/// Walk the paths and write the stream to `out`.
+pub fn create<W: Write>(opts: &CreateOptions, out: W, progress: &Progress) -> Result<CreateTotals> {
+    let files = walk(&opts.dir, &opts.paths)?;
+    let threads = opts.parallel.max(1);
+    let chunk_size = opts.chunk_size.max(1);
+    // Buffers in circulation bound memory: threads + 2 chunks at most.
+    let nbuf = threads + 2;
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(nbuf);
+    for _ in 0..nbuf {
+        let _ = pool_tx.send(Vec::new());
+    }
+    let (work_tx, work_rx) = unbounded::<SourceFile>();
+    for f in files {
+        let _ = work_tx.send(f);
+    }
+    drop(work_tx);
+    let (piece_tx, piece_rx) = bounded::<Piece>(nbuf);
+    let sparse = opts.sparse;
+
+    let mut totals = CreateTotals::default();
+    let result = std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (work_rx, pool_rx, piece_tx) = (work_rx.clone(), pool_rx.clone(), piece_tx.clone());
+            s.spawn(move || read_files(work_rx, pool_rx, piece_tx, chunk_size, sparse));
+        }
+        drop(piece_tx);
+        let r = write_pieces(&piece_rx, &pool_tx, out, &mut totals, progress);
+        if r.is_err() {
+            // Stop the readers: they see a closed channel and quit.
+            drop(piece_rx);
+            while work_rx.try_recv().is_ok() {}
+        }
+        r
+    });
+    result.map(|()| totals)
+}
+
+fn write_pieces<W: Write>(
+    pieces: &Receiver<Piece>,
+    pool: &Sender<Vec<u8>>,
+    out: W,
+    totals: &mut CreateTotals,
+    progress: &Progress,
+) -> Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let mut hdr = Vec::with_capacity(1024);
+    for piece in pieces {
+        hdr.clear();
+        let payload = match &piece {
+            Piece::Data {
+                path,
+                offset,
+                buf,
+                crc,
+            } => {
+                encode_header_into(
+                    &ChunkHeader::Payload {
+                        path,
+                        flags: 0,
+                        offset: *offset,
+                        len: buf.len() as u64,
+                        crc: *crc,
+                    },
+                    &mut hdr,
+                );
+                &buf[..]
+            }
+            Piece::Sparse {
+                path,
+                offset,
+                map,
+                buf,
+                crc,
+            } => {
+                encode_header_into(
+                    &ChunkHeader::Sparse {
+                        path,
+                        flags: 0,
+                        offset: *offset,
+                        map,
+                        len: buf.len() as u64,
+                        crc: *crc,
+                    },
+                    &mut hdr,
+                );
+                &buf[..]
+            }
+            Piece::Eof { path } => {
+                encode_header_into(&ChunkHeader::Eof { path, flags: 0 }, &mut hdr);
+                totals.files += 1;
+                progress.file_done(&crate::format::chunk_display_path(path));
+                &[][..]
+            }
+            Piece::Failed(_) => &[][..],
+        };
+        if let Piece::Failed(e) = piece {
+            return Err(e);
+        }
+        out.write_all(&hdr).map_err(Error::WriteStream)?;
+        out.write_all(payload).map_err(Error::WriteStream)?;
+        totals.chunks += 1;
+        totals.data_bytes += payload.len() as u64;
+        totals.stream_bytes += (hdr.len() + payload.len()) as u64;
+        progress.set_position(totals.data_bytes);
+        match piece {
+            Piece::Data { buf, .. } | Piece::Sparse { buf, .. } => {
+                let _ = pool.send(buf);
+            }
+            _ => {}
+        }
+    }
+    out.flush().map_err(Error::WriteStream)
+}
+
+fn read_files(
+    work: Receiver<SourceFile>,
+    pool: Receiver<Vec<u8>>,
+    pieces: Sender<Piece>,
+    chunk_size: usize,
+    sparse: bool,
+) {
+    for f in work {
+        if let Err(e) = read_one(&f, &pool, &pieces, chunk_size, sparse) {
+            let _ = pieces.send(Piece::Failed(e));
+            return;
+        }
+    }
+}
+
+/// Send one file's chunks in order. `Ok` also when the writer has gone away (it reports why).
+fn read_one(
+    f: &SourceFile,
+    pool: &Receiver<Vec<u8>>,
+    pieces: &Sender<Piece>,
+    chunk_size: usize,
+    sparse: bool,
+) -> Result<()> {
+    let err = |e: std::io::Error| Error::Source {
+        path: f.fs_path.clone(),
+        reason: e.to_string(),
+    };
+    let file = File::open(&f.fs_path).map_err(err)?;
+    let path: Arc<[u8]> = f.stream_path.clone().into();
+    let mut offset = 0u64;
+    loop {
+        let Ok(mut buf) = pool.recv() else {
+            return Ok(());
+        };
+        buf.clear();
+        if sparse {
+            if let Some((piece, extent)) =
+                read_sparse_block(&file, &path, offset, chunk_size, &mut buf).map_err(err)?
+            {
+                offset += extent;
+                if pieces.send(piece).is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            // Probing for holes moved the file position; the data path reads sequentially.
+            rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(offset))
+                .map_err(|e| err(e.into()))?;
+        }
+        buf.reserve(chunk_size.min(f.size.saturating_sub(offset) as usize + 1));
+        let n = (&file)
+            .take(chunk_size as u64)
+            .read_to_end(&mut buf)
+            .map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        let crc = crc32fast::hash(&buf);
+        let piece = Piece::Data {
+            path: path.clone(),
+            offset,
+            buf,
+            crc,
+        };
+        offset += n as u64;
+        if pieces.send(piece).is_err() {
+            return Ok(());
+        }
+        if n < chunk_size {
+            break;
+        }
+    }
+    let _ = pieces.send(Piece::Eof { path });
+    Ok(())
+}
+
+/// If the block at `offset` holds a hole, read its data runs into `buf` and describe it as a
+/// sparse chunk; `None` when the block is all data (or the file ends at `offset`).
+fn read_sparse_block(
+    file: &File,
+    path: &Arc<[u8]>,
+    offset: u64,
+    chunk_size: usize,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(Piece, u64)>> {
+    use rustix::fs::{seek, SeekFrom};
+    let size = file.metadata()?.len();
+    if offset >= size {
+        return Ok(None);
+    }
+    let end = size.min(offset + chunk_size as u64);
+    let mut runs = Vec::new();
+    let mut cur = offset;
+    while cur < end {
+        let data = match seek(file, SeekFrom::Data(cur)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(file, SeekFrom::Hole(data))?.min(end);
+        runs.push((data, hole));
+        cur = hole;
+    }
+    if runs.len() == 1 && runs[0] == (offset, end) {
+        return Ok(None);
+    }
+    let mut map = Vec::with_capacity(runs.len() + 1);
+    let mut prev = offset;
+    for &(a, b) in &runs {
+        let len = (b - a) as usize;
+        let at = buf.len();
+        buf.resize(at + len, 0);
+        file.read_exact_at(&mut buf[at..], a)?;
+        map.push(SparseEntry {
+            skip: (a - prev) as u32,
+            len: len as u32,
+        });
+        prev = b;
+    }
+    if prev < end {
+        map.push(SparseEntry {
+            skip: (end - prev) as u32,
+            len: 0,
+        });
+    }
+    let crc = sparse_crc(&map, buf);
+    let piece = Piece::Sparse {
+        path: path.clone(),
+        offset,
+        map,
+        buf: std::mem::take(buf),
+        crc,
+    };
+    Ok(Some((piece, end - offset)))
+}

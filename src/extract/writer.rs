@@ -1,0 +1,411 @@
+//! [`DirWriter`]: the sink that writes a decoded stream into a directory.
+//!
+//! Chunks are handed to `N` writer threads by a hash of their path, so each file's chunks are
+//! written in stream order by one thread while different files are written in parallel, and
+//! reading and checking the stream overlaps with writing it. The bytes queued for writing
+//! are bounded (a budget, not a chunk count), so memory stays flat whatever the archive size
+//! and whatever `N`. Removes and renames wait until every writer is idle.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::dir::{OpenMode, Resolver, TargetDir};
+use crate::error::{Error, Result};
+use crate::format::{Chunk, ChunkBody, Ledger, LedgerEvent};
+use crate::sink::ChunkSink;
+
+/// Settings of a [`DirWriter`].
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub threads: usize,
+    /// Overwrite files that already exist.
+    pub force: bool,
+    /// Descriptors kept open at most, over all threads; files beyond are closed and reopened
+    /// when their next chunk arrives.
+    pub max_open_files: usize,
+    /// Bytes of chunk data queued for the writers at most.
+    pub queue_bytes: u64,
+    /// fsync every file at its end chunk and every directory at the end.
+    pub sync: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            threads: 1,
+            force: false,
+            max_open_files: 512,
+            queue_bytes: 32 << 20,
+            sync: false,
+        }
+    }
+}
+
+enum Job {
+    Chunk(Chunk, LedgerEvent),
+    /// Drop cached directory descriptors and acknowledge: the dispatcher is about to change
+    /// the tree.
+    Quiesce(Sender<()>),
+}
+
+/// Bytes in flight between the dispatcher and the writers.
+struct Budget {
+    cap: u64,
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl Budget {
+    fn acquire(&self, n: u64, failed: &AtomicBool) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        // One chunk larger than the whole budget still goes through, alone.
+        while *used > 0 && *used + n > self.cap && !failed.load(Ordering::Relaxed) {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += n;
+    }
+    fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+}
+
+struct Shared {
+    budget: Budget,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.budget.freed.notify_all();
+    }
+    fn take_error(&self) -> Option<Error> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Writes chunks into a target directory.
+pub struct DirWriter {
+    senders: Vec<Sender<Job>>,
+    handles: Vec<JoinHandle<Resolver>>,
+    shared: Arc<Shared>,
+    resolver: Resolver,
+    hasher: RandomState,
+    sync: bool,
+}
+
+impl DirWriter {
+    pub fn new(target: &TargetDir, opts: &WriterOptions) -> Self {
+        let threads = opts.threads.max(1);
+        let shared = Arc::new(Shared {
+            budget: Budget {
+                cap: opts.queue_bytes,
+                used: Mutex::new(0),
+                freed: Condvar::new(),
+            },
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+        });
+        let per_thread = (opts.max_open_files / threads).max(4);
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..threads {
+            let (tx, rx) = bounded::<Job>(64);
+            let worker = Worker {
+                resolver: target.resolver(),
+                files: HashMap::new(),
+                open_fds: 0,
+                max_fds: per_thread,
+                force: opts.force,
+                sync: opts.sync,
+            };
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("xbagent-writer-{i}"))
+                .spawn(move || worker.run(rx, shared))
+                .unwrap_or_else(|e| panic!("cannot start a writer thread: {e}"));
+            senders.push(tx);
+            handles.push(handle);
+        }
+        DirWriter {
+            senders,
+            handles,
+            shared,
+            resolver: target.resolver(),
+            hasher: RandomState::new(),
+            sync: opts.sync,
+        }
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            if let Some(e) = self.shared.take_error() {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until every writer has drained its queue and dropped its directory cache.
+    fn quiesce(&mut self) -> Result<()> {
+        let (ack_tx, ack_rx) = bounded(self.senders.len());
+        for s in &self.senders {
+            // A closed channel means the writer stopped on an error, reported below.
+            let _ = s.send(Job::Quiesce(ack_tx.clone()));
+        }
+        drop(ack_tx);
+        while ack_rx.recv().is_ok() {}
+        self.check_failed()
+    }
+
+    fn stop_workers(&mut self) -> Vec<Resolver> {
+        self.senders.clear();
+        self.handles
+            .drain(..)
+            .filter_map(|h| h.join().ok())
+            .collect()
+    }
+}
+
+impl ChunkSink for DirWriter {
+    fn chunk(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<()> {
+        self.check_failed()?;
+        match (&chunk.body, event) {
+            (ChunkBody::Remove, _) => {
+                self.quiesce()?;
+                self.resolver.remove(&chunk.path, chunk.stream_offset)
+            }
+            (ChunkBody::Rename { to }, _) => {
+                self.quiesce()?;
+                self.resolver.rename(&chunk.path, to, chunk.stream_offset)
+            }
+            (_, LedgerEvent::Ignored) => {
+                tracing::warn!(
+                    "skipped an ignorable chunk of unknown type for '{}' at stream offset {}",
+                    chunk.display_path(),
+                    chunk.stream_offset
+                );
+                Ok(())
+            }
+            _ => {
+                let n = chunk.data_len();
+                self.shared.budget.acquire(n, &self.shared.failed);
+                let i = (self.hasher.hash_one(&chunk.path) % self.senders.len() as u64) as usize;
+                if self.senders[i]
+                    .send(Job::Chunk(chunk, event.clone()))
+                    .is_err()
+                {
+                    self.shared.budget.release(n);
+                }
+                self.check_failed()
+            }
+        }
+    }
+
+    fn finish(&mut self, _ledger: &Ledger) -> Result<()> {
+        let resolvers = self.stop_workers();
+        if let Some(e) = self.shared.take_error() {
+            return Err(e);
+        }
+        if self.sync {
+            for r in resolvers.iter().chain(std::iter::once(&self.resolver)) {
+                r.sync_dirs().map_err(|e| Error::TargetDir {
+                    dir: self.resolver_display(),
+                    source: e,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DirWriter {
+    fn resolver_display(&self) -> std::path::PathBuf {
+        self.resolver.display().to_path_buf()
+    }
+}
+
+impl Drop for DirWriter {
+    fn drop(&mut self) {
+        // On an early error the workers must still stop; their errors are already reported.
+        self.shared.failed.store(true, Ordering::SeqCst);
+        self.stop_workers();
+    }
+}
+
+struct OpenFile {
+    file: Option<File>,
+    /// End of the furthest byte written.
+    written_end: u64,
+    /// End of the file as the stream describes it (a trailing hole included).
+    logical_end: u64,
+}
+
+struct Worker {
+    resolver: Resolver,
+    files: HashMap<Bytes, OpenFile>,
+    open_fds: usize,
+    max_fds: usize,
+    force: bool,
+    sync: bool,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Job>, shared: Arc<Shared>) -> Resolver {
+        for job in rx {
+            match job {
+                Job::Quiesce(ack) => {
+                    self.resolver.clear();
+                    let _ = ack.send(());
+                }
+                Job::Chunk(chunk, event) => {
+                    let n = chunk.data_len();
+                    if !shared.failed.load(Ordering::Relaxed) {
+                        if let Err(e) = self.write(chunk, &event) {
+                            shared.fail(e);
+                        }
+                    }
+                    shared.budget.release(n);
+                }
+            }
+        }
+        self.resolver
+    }
+
+    fn write(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<()> {
+        let LedgerEvent::File {
+            created, truncate, ..
+        } = *event
+        else {
+            return Ok(());
+        };
+        let at = chunk.stream_offset;
+        if created {
+            let mode = if truncate || self.force {
+                OpenMode::CreateOrTruncate
+            } else {
+                OpenMode::CreateNew
+            };
+            // A REWRITE of a file this thread still tracks replaces it.
+            if let Some(old) = self.files.remove(&chunk.path) {
+                if old.file.is_some() {
+                    self.open_fds -= 1;
+                }
+            }
+            self.make_room();
+            let file = self.resolver.open_file(&chunk.path, mode, at)?;
+            self.open_fds += 1;
+            self.files.insert(
+                chunk.path.clone(),
+                OpenFile {
+                    file: Some(file),
+                    written_end: 0,
+                    logical_end: 0,
+                },
+            );
+        }
+        let needs_fd = matches!(
+            chunk.body,
+            ChunkBody::Payload { .. } | ChunkBody::Sparse { .. } | ChunkBody::Eof
+        );
+        if needs_fd
+            && self
+                .files
+                .get(&chunk.path)
+                .is_some_and(|f| f.file.is_none())
+        {
+            self.make_room();
+            let file = self.resolver.open_file(&chunk.path, OpenMode::Reopen, at)?;
+            self.open_fds += 1;
+            if let Some(f) = self.files.get_mut(&chunk.path) {
+                f.file = Some(file);
+            }
+        }
+        let Some(entry) = self.files.get_mut(&chunk.path) else {
+            // Seek chunks of an unknown file cannot happen: the ledger creates it first.
+            return Ok(());
+        };
+        let werr = |op, e| Error::Target {
+            op,
+            path: chunk.display_path(),
+            dir: self.resolver.display().to_path_buf(),
+            offset: at,
+            source: e,
+        };
+        match &chunk.body {
+            ChunkBody::Payload { offset, data } => {
+                if let Some(f) = &entry.file {
+                    f.write_all_at(data, *offset)
+                        .map_err(|e| werr("write", e))?;
+                }
+                let end = offset + data.len() as u64;
+                entry.written_end = entry.written_end.max(end);
+                entry.logical_end = entry.logical_end.max(end);
+            }
+            ChunkBody::Sparse { offset, map, data } => {
+                let mut pos = *offset;
+                let mut at_data = 0usize;
+                for e in map {
+                    pos += e.skip as u64;
+                    let len = e.len as usize;
+                    if len > 0 {
+                        if let Some(f) = &entry.file {
+                            f.write_all_at(&data[at_data..at_data + len], pos)
+                                .map_err(|e| werr("write", e))?;
+                        }
+                        entry.written_end = entry.written_end.max(pos + len as u64);
+                    }
+                    at_data += len;
+                    pos += len as u64;
+                }
+                entry.logical_end = entry.logical_end.max(pos);
+            }
+            ChunkBody::Eof => {
+                if let Some(mut e) = self.files.remove(&chunk.path) {
+                    if let Some(f) = e.file.take() {
+                        self.open_fds -= 1;
+                        if e.logical_end > e.written_end {
+                            // A trailing hole: extend the file without writing.
+                            f.set_len(e.logical_end).map_err(|e| werr("extend", e))?;
+                        }
+                        if self.sync {
+                            f.sync_all().map_err(|e| werr("fsync", e))?;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Keep the number of open descriptors under the cap by closing some other file's.
+    fn make_room(&mut self) {
+        if self.open_fds < self.max_fds {
+            return;
+        }
+        for f in self.files.values_mut() {
+            if f.file.take().is_some() {
+                self.open_fds -= 1;
+                if self.open_fds < self.max_fds {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Progress for long work: a live bar (bytes, rate) when stderr is a terminal, a log line every
+//! 30 seconds otherwise, and with `-v` a line per file as it completes.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    verbose: bool,
+    label: &'static str,
+    start: Instant,
+    last_log: Mutex<Instant>,
+    quiet: bool,
+}
+
+impl Progress {
+    /// `show`: the operator did not ask for silence. The bar appears only on a terminal.
+    pub fn new(label: &'static str, total: Option<u64>, show: bool, verbose: bool) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let bar = (show && tty).then(|| {
+            let bar = match total {
+                Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
+                None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            };
+            let tmpl = if total.is_some() {
+                "{msg} {bytes}/{total_bytes} {binary_bytes_per_sec} [{elapsed_precise}] eta {eta}"
+            } else {
+                "{msg} {bytes} {binary_bytes_per_sec} [{elapsed_precise}]"
+            };
+            if let Ok(style) = ProgressStyle::with_template(tmpl) {
+                bar.set_style(style);
+            }
+            bar.set_message(label);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        let now = Instant::now();
+        Progress {
+            bar,
+            verbose,
+            label,
+            start: now,
+            last_log: Mutex::new(now),
+            quiet: !show,
+        }
+    }
+
+    /// No output at all (library callers, tests).
+    pub fn hidden() -> Self {
+        Progress::new("", None, false, false)
+    }
+
+    pub fn set_position(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(bytes);
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        if let Ok(mut last) = self.last_log.try_lock() {
+            if last.elapsed() >= LOG_EVERY {
+                *last = Instant::now();
+                let secs = self.start.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(
+                    "{}: {} ({}/s)",
+                    self.label,
+                    HumanBytes(bytes),
+                    HumanBytes((bytes as f64 / secs) as u64)
+                );
+            }
+        }
+    }
+
+    /// A file is complete; with `-v` its path is printed.
+    pub fn file_done(&self, path: &str) {
+        if !self.verbose {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(path),
+            None => eprintln!("{path}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
