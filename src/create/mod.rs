@@ -63,11 +63,12 @@ pub struct CreateTotals {
 
 /// A run of data or holes read from one file, ready to be framed.
 enum Piece {
+    /// A block of file data; its CRC is computed by the writer thread, so reading the next
+    /// block overlaps with checksumming and writing this one.
     Data {
         path: Arc<[u8]>,
         offset: u64,
         buf: Vec<u8>,
-        crc: u32,
     },
     Sparse {
         path: Arc<[u8]>,
@@ -131,19 +132,14 @@ fn write_pieces<W: Write>(
     for piece in pieces {
         hdr.clear();
         let payload = match &piece {
-            Piece::Data {
-                path,
-                offset,
-                buf,
-                crc,
-            } => {
+            Piece::Data { path, offset, buf } => {
                 encode_header_into(
                     &ChunkHeader::Payload {
                         path,
                         flags: 0,
                         offset: *offset,
                         len: buf.len() as u64,
-                        crc: *crc,
+                        crc: crc32fast::hash(buf),
                     },
                     &mut hdr,
                 );
@@ -253,12 +249,10 @@ fn read_one(
         if n == 0 {
             break;
         }
-        let crc = crc32fast::hash(&buf);
         let piece = Piece::Data {
             path: path.clone(),
             offset,
             buf,
-            crc,
         };
         offset += n as u64;
         if pieces.send(piece).is_err() {

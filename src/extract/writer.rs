@@ -43,7 +43,7 @@ impl Default for WriterOptions {
             threads: 1,
             force: false,
             max_open_files: 512,
-            queue_bytes: 32 << 20,
+            queue_bytes: 16 << 20,
             sync: false,
         }
     }
