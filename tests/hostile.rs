@@ -1,0 +1,1927 @@
+//! Hostile archives against the real binary: `xbagent extract -C <tmp>/target/inner <file>`.
+//!
+//! Every case builds its archive in the test (with the library's encoder, or by hand where the
+//! encoder would refuse), next to a sibling directory `<tmp>/outside` full of files, and checks:
+//! - the exit status (1 for a bad stream, 3 for a refusal at the target, per the contract);
+//! - one clear `xbagent: error:` line naming what is wrong (path, stream offset);
+//! - nothing outside `<tmp>/target/inner` changed: every file, directory and symlink of the
+//!   temporary tree is snapshotted (type, mode, bytes, link target, mtime) before and after,
+//!   so anything created, deleted, written or chmod-ed outside shows up;
+//! - for archives that are bad as streams, `xbagent verify` also fails and writes nothing.
+//!
+//! Layout of each sandbox:
+//! ```text
+//! <tmp>/archive.xbs            the archive under test
+//! <tmp>/outside/{f,victim,x}   files that must never change
+//! <tmp>/outside/sub/g
+//! <tmp>/target/keep            a file next to the target directory
+//! <tmp>/target/inner/          the target directory (-C)
+//! ```
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use xbagent::format::{
+    encode_eof, encode_header_into, encode_payload, encode_sparse, ChunkHeader, SparseEntry,
+    FLAG_IGNORABLE, FLAG_REWRITE, MAGIC,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xbagent");
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Sandbox and snapshots
+// ---------------------------------------------------------------------------------------------
+
+struct Sandbox {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    inner: PathBuf,
+    outside: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    File {
+        mode: u32,
+        ino: u64,
+        nlink: u64,
+        mtime: (i64, i64),
+        bytes: Vec<u8>,
+    },
+    Dir {
+        mode: u32,
+        mtime: (i64, i64),
+    },
+    Symlink {
+        target: PathBuf,
+    },
+    Other {
+        mode: u32,
+    },
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().canonicalize().unwrap();
+        let outside = root.join("outside");
+        let inner = root.join("target/inner");
+        fs::create_dir_all(outside.join("sub")).unwrap();
+        fs::create_dir_all(&inner).unwrap();
+        for (name, body, mode) in [
+            ("outside/f", &b"outside f: must not change\n"[..], 0o644),
+            ("outside/victim", b"victim: must not change\n", 0o600),
+            ("outside/x", b"x\n", 0o640),
+            ("outside/sub/g", b"g\n", 0o644),
+            ("target/keep", b"keep\n", 0o644),
+        ] {
+            let p = root.join(name);
+            fs::write(&p, body).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        Sandbox {
+            _tmp: tmp,
+            root,
+            inner,
+            outside,
+        }
+    }
+
+    /// Every entry of the temporary tree, except below the target directory unless `all`.
+    fn snapshot(&self, all: bool) -> BTreeMap<PathBuf, Entry> {
+        let mut out = BTreeMap::new();
+        walk(&self.root, &self.root, &self.inner, all, &mut out);
+        out
+    }
+
+    fn archive(&self, bytes: &[u8]) -> PathBuf {
+        let p = self.root.join("archive.xbs");
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// The absolute path of something in `outside`, as raw stream path bytes.
+    fn abs_outside(&self, name: &str) -> Vec<u8> {
+        self.outside.join(name).as_os_str().as_bytes().to_vec()
+    }
+
+    fn symlink(&self, link: &str, target: &str) {
+        let p = self.inner.join(link);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        std::os::unix::fs::symlink(target, p).unwrap();
+    }
+}
+
+fn walk(root: &Path, dir: &Path, skip: &Path, all: bool, out: &mut BTreeMap<PathBuf, Entry>) {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for p in names {
+        if !all && p == skip {
+            continue;
+        }
+        let md = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        let ft = md.file_type();
+        let mtime = (md.mtime(), md.mtime_nsec());
+        let mode = md.mode() & 0o7777;
+        let e = if ft.is_symlink() {
+            Entry::Symlink {
+                target: fs::read_link(&p).unwrap(),
+            }
+        } else if ft.is_dir() {
+            walk(root, &p, skip, all, out);
+            Entry::Dir { mode, mtime }
+        } else if ft.is_file() {
+            Entry::File {
+                mode,
+                ino: md.ino(),
+                nlink: md.nlink(),
+                mtime,
+                bytes: fs::read(&p).unwrap(),
+            }
+        } else {
+            Entry::Other { mode }
+        };
+        out.insert(rel, e);
+    }
+}
+
+fn describe(e: &Entry) -> String {
+    match e {
+        Entry::File {
+            mode, ino, bytes, ..
+        } => format!(
+            "file mode {mode:o} inode {ino} bytes {:?}",
+            String::from_utf8_lossy(bytes)
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// What changed between two snapshots, one line per entry; empty if nothing.
+fn tree_diff(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, Entry>) -> String {
+    let mut diff = String::new();
+    for (p, e) in before {
+        match after.get(p) {
+            None => diff.push_str(&format!("  deleted: {}\n", p.display())),
+            Some(a) if a != e => diff.push_str(&format!(
+                "  changed: {}: {} -> {}\n",
+                p.display(),
+                describe(e),
+                describe(a)
+            )),
+            _ => {}
+        }
+    }
+    for p in after.keys() {
+        if !before.contains_key(p) {
+            diff.push_str(&format!("  created: {}\n", p.display()));
+        }
+    }
+    diff
+}
+
+fn assert_same(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, Entry>, what: &str) {
+    let diff = tree_diff(before, after);
+    assert!(
+        diff.is_empty(),
+        "{what}: the tree outside the target directory changed:\n{diff}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_bin(args: &[&OsStr], cwd: &Path, stdin: Option<&[u8]>) -> Out {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("XBAGENT_LOG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn xbagent");
+    if let Some(data) = stdin {
+        let mut si = child.stdin.take().unwrap();
+        // The process may exit before reading everything: a broken pipe is fine.
+        let _ = si.write_all(data);
+    }
+    let out = wait_with_timeout(child, TIMEOUT);
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "xbagent did not finish within {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn extract(sb: &Sandbox, archive: &Path, extra: &[&str]) -> Out {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("extract")];
+    args.extend(extra.iter().map(OsStr::new));
+    args.push(OsStr::new("-C"));
+    args.push(sb.inner.as_os_str());
+    args.push(archive.as_os_str());
+    run_bin(&args, &sb.root, None)
+}
+
+/// The one error line: `xbagent: error: ...`.
+fn error_line(out: &Out) -> &str {
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("xbagent: error: "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one error line, stderr was:\n{}",
+        out.stderr
+    );
+    lines[0]
+}
+
+/// What a case expects.
+struct Expect<'a> {
+    code: i32,
+    /// Each must appear in the error line.
+    words: &'a [&'a str],
+}
+
+/// Extract `bytes` into a fresh sandbox prepared by `setup`; check the exit status, the message
+/// and that nothing outside the target changed. For stream defects (code 1) also check that
+/// `verify` fails and writes nothing. Returns the sandbox for further checks.
+fn check_case(
+    name: &str,
+    setup: &dyn Fn(&Sandbox),
+    make: &dyn Fn(&Sandbox) -> Vec<u8>,
+    extra: &[&str],
+    want: &Expect,
+) -> Sandbox {
+    let sb = Sandbox::new();
+    setup(&sb);
+    let bytes = make(&sb);
+    let archive = sb.archive(&bytes);
+    let before = sb.snapshot(false);
+    let out = extract(&sb, &archive, extra);
+    let after = sb.snapshot(false);
+    assert_same(&before, &after, name);
+    assert_eq!(
+        out.code, want.code,
+        "{name}: exit status; stderr:\n{}",
+        out.stderr
+    );
+    if want.code != 0 {
+        let line = error_line(&out);
+        for w in want.words {
+            assert!(line.contains(w), "{name}: {w:?} missing from: {line}");
+        }
+        assert!(!line.contains('\0'), "{name}: raw NUL in message");
+    }
+    if want.code == 1 {
+        verify_fails(name, &sb, &archive, want.words);
+    }
+    sb
+}
+
+/// `verify` of a bad stream: exit 1, the same key words, nothing written anywhere (cwd is the
+/// target directory, to catch stray writes there too).
+fn verify_fails(name: &str, sb: &Sandbox, archive: &Path, words: &[&str]) {
+    let before = sb.snapshot(true);
+    let out = run_bin(
+        &[OsStr::new("verify"), archive.as_os_str()],
+        &sb.inner,
+        None,
+    );
+    let after = sb.snapshot(true);
+    assert_same(&before, &after, &format!("verify {name}"));
+    assert_eq!(out.code, 1, "verify {name}: stderr:\n{}", out.stderr);
+    let line = error_line(&out);
+    for w in words {
+        assert!(
+            line.contains(w),
+            "verify {name}: {w:?} missing from: {line}"
+        );
+    }
+    assert!(
+        !out.stdout.starts_with("ok"),
+        "verify {name} printed ok: {}",
+        out.stdout
+    );
+}
+
+fn no_setup(_: &Sandbox) {}
+
+// ---------------------------------------------------------------------------------------------
+// Stream builders
+// ---------------------------------------------------------------------------------------------
+
+fn prefix(flags: u8, ty: u8, path_len: u32, path: &[u8]) -> Vec<u8> {
+    let mut v = MAGIC.to_vec();
+    v.push(flags);
+    v.push(ty);
+    v.extend_from_slice(&path_len.to_le_bytes());
+    v.extend_from_slice(path);
+    v
+}
+
+/// A good file `ok` (P + E) to start the stream with.
+fn good_start() -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_payload(&mut v, b"ok", 0, b"hello\n");
+    encode_eof(&mut v, b"ok");
+    v
+}
+
+/// The chunk kinds a path can travel in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    P,
+    E,
+    PerconaS,
+    Seek,
+    D,
+    RSource,
+    RTarget,
+    Ignorable,
+    RewriteP,
+}
+
+const KINDS: [Kind; 9] = [
+    Kind::P,
+    Kind::E,
+    Kind::PerconaS,
+    Kind::Seek,
+    Kind::D,
+    Kind::RSource,
+    Kind::RTarget,
+    Kind::Ignorable,
+    Kind::RewriteP,
+];
+
+/// Append one chunk of `kind` carrying `path` (the R kinds pair it with the good file `ok`).
+fn hostile_chunk(out: &mut Vec<u8>, kind: Kind, path: &[u8]) {
+    match kind {
+        Kind::P => encode_payload(out, path, 0, b"pwned\n"),
+        Kind::E => encode_eof(out, path),
+        Kind::PerconaS => {
+            encode_sparse(out, path, 0, &[SparseEntry { skip: 2, len: 6 }], b"pwned\n")
+        }
+        Kind::Seek => encode_header_into(
+            &ChunkHeader::Seek {
+                path,
+                flags: 0,
+                offset: 3,
+            },
+            out,
+        ),
+        Kind::D => encode_header_into(&ChunkHeader::Remove { path, flags: 0 }, out),
+        Kind::RSource => encode_header_into(
+            &ChunkHeader::Rename {
+                path,
+                flags: 0,
+                to: b"stolen",
+            },
+            out,
+        ),
+        Kind::RTarget => encode_header_into(
+            &ChunkHeader::Rename {
+                path: b"ok",
+                flags: 0,
+                to: path,
+            },
+            out,
+        ),
+        Kind::Ignorable => {
+            let d = b"pwned\n";
+            encode_header_into(
+                &ChunkHeader::Other {
+                    type_byte: b'X',
+                    path,
+                    flags: FLAG_IGNORABLE,
+                    offset: 0,
+                    len: d.len() as u64,
+                    crc: crc(d),
+                },
+                out,
+            );
+            out.extend_from_slice(d);
+        }
+        Kind::RewriteP => {
+            let d = b"pwned\n";
+            encode_header_into(
+                &ChunkHeader::Payload {
+                    path,
+                    flags: FLAG_REWRITE,
+                    offset: 0,
+                    len: d.len() as u64,
+                    crc: crc(d),
+                },
+                out,
+            );
+            out.extend_from_slice(d);
+        }
+    }
+}
+
+/// CRC-32 (zlib) through the library's sparse CRC with an empty map.
+fn crc(d: &[u8]) -> u32 {
+    xbagent::format::sparse_crc(&[], d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path traversal in every chunk kind
+// ---------------------------------------------------------------------------------------------
+
+fn hostile_paths(sb: &Sandbox) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = [
+        "../x",
+        "../outside/f",
+        "../../outside/f",
+        "../../outside/victim",
+        "../../outside",
+        "a/../../x",
+        "a/../../../outside/f",
+        "./../x",
+        "./x",
+        ".",
+        "..",
+        "",
+        "a//b",
+        "a/",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), p.as_bytes().to_vec()))
+    .collect();
+    v.push(("absolute outside/f".into(), sb.abs_outside("f")));
+    v.push((
+        "absolute outside".into(),
+        sb.outside.as_os_str().as_bytes().to_vec(),
+    ));
+    v.push(("/tmp".into(), b"/tmp".to_vec()));
+    v.push(("NUL".into(), b"ok\0../../outside/f".to_vec()));
+    v.push(("NUL only".into(), b"\0".to_vec()));
+    v
+}
+
+fn traversal_cases(extra: &[&str]) {
+    // Paths depend on the sandbox (absolute ones), so enumerate them from a throwaway one.
+    let names: Vec<String> = hostile_paths(&Sandbox::new())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for kind in KINDS {
+        for (i, pname) in names.iter().enumerate() {
+            let at = good_start().len();
+            let offset_words = format!("stream offset {at}");
+            let make = |sb: &Sandbox| {
+                let (_, path) = hostile_paths(sb).swap_remove(i);
+                let mut v = good_start();
+                hostile_chunk(&mut v, kind, &path);
+                if matches!(kind, Kind::P | Kind::PerconaS | Kind::Seek | Kind::RewriteP) {
+                    encode_eof(&mut v, &path);
+                }
+                v
+            };
+            let sb = check_case(
+                &format!("{kind:?} with path {pname:?} {extra:?}"),
+                &no_setup,
+                &make,
+                extra,
+                &Expect {
+                    code: 1,
+                    words: &["unsafe path", &offset_words],
+                },
+            );
+            // The good file before it was extracted; nothing else was.
+            let names: Vec<_> = fs::read_dir(&sb.inner)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(
+                names.iter().all(|n| n == "ok"),
+                "{kind:?} {pname:?}: unexpected entries in target: {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn traversal_in_every_chunk_kind_is_refused() {
+    traversal_cases(&[]);
+}
+
+#[test]
+fn traversal_in_every_chunk_kind_is_refused_with_force_and_threads() {
+    traversal_cases(&["--force", "--parallel", "4"]);
+}
+
+#[test]
+fn unsafe_path_message_names_the_path() {
+    check_case(
+        "../x",
+        &no_setup,
+        &|_| {
+            let mut v = Vec::new();
+            encode_payload(&mut v, b"../x", 0, b"x");
+            v
+        },
+        &[],
+        &Expect {
+            code: 1,
+            words: &["unsafe path '../x'", "stream offset 0", "'..'"],
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Symlinks already in the target directory
+// ---------------------------------------------------------------------------------------------
+
+fn file_stream(path: &[u8], flags: u8) -> Vec<u8> {
+    let mut v = good_start();
+    let d = b"pwned\n";
+    encode_header_into(
+        &ChunkHeader::Payload {
+            path,
+            flags,
+            offset: 0,
+            len: d.len() as u64,
+            crc: crc(d),
+        },
+        &mut v,
+    );
+    v.extend_from_slice(d);
+    encode_eof(&mut v, path);
+    v
+}
+
+const SYMLINK_WORDS: &[&str] = &["refusing to follow symlink", "stream offset"];
+
+#[test]
+fn directory_symlink_in_target_is_not_followed() {
+    for force in [false, true] {
+        let extra: &[&str] = if force { &["--force"] } else { &[] };
+        for path in [
+            &b"d/f"[..],
+            b"d/victim",
+            b"d/sub/g",
+            b"d/newdir/new",
+            b"d/sub/new",
+        ] {
+            let name = format!("{} force={force}", String::from_utf8_lossy(path));
+            check_case(
+                &name,
+                &|sb| sb.symlink("d", "../../outside"),
+                &|_| file_stream(path, 0),
+                extra,
+                &Expect {
+                    code: 3,
+                    words: &[SYMLINK_WORDS[0], "'d'", SYMLINK_WORDS[1]],
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn nested_directory_symlink_in_target_is_not_followed() {
+    // inner/db is a real directory; inner/db/link points outside.
+    check_case(
+        "db/link/f",
+        &|sb| sb.symlink("db/link", "../../../outside"),
+        &|_| file_stream(b"db/link/f", 0),
+        &["--parallel", "3"],
+        &Expect {
+            code: 3,
+            words: &[SYMLINK_WORDS[0], "'db/link'"],
+        },
+    );
+}
+
+#[test]
+fn symlink_pointing_inside_target_is_not_followed_either() {
+    let sb = check_case(
+        "d -> real",
+        &|sb| {
+            fs::create_dir(sb.inner.join("real")).unwrap();
+            sb.symlink("d", "real");
+        },
+        &|_| file_stream(b"d/f", 0),
+        &[],
+        &Expect {
+            code: 3,
+            words: SYMLINK_WORDS,
+        },
+    );
+    assert!(!sb.inner.join("real/f").exists());
+}
+
+#[test]
+fn final_component_symlink_is_not_followed() {
+    for (force, rewrite) in [(false, false), (true, false), (false, true), (true, true)] {
+        let extra: &[&str] = if force { &["--force"] } else { &[] };
+        let flags = if rewrite { FLAG_REWRITE } else { 0 };
+        for target in ["../../outside/victim", "../../outside/nonexistent"] {
+            let name = format!("f -> {target} force={force} rewrite={rewrite}");
+            let sb = check_case(
+                &name,
+                &|sb| sb.symlink("f", target),
+                &|_| file_stream(b"f", flags),
+                extra,
+                &Expect {
+                    code: 3,
+                    words: &[SYMLINK_WORDS[0], "'f'", SYMLINK_WORDS[1]],
+                },
+            );
+            assert!(
+                !sb.outside.join("nonexistent").exists(),
+                "{name}: created through a dangling symlink"
+            );
+        }
+    }
+}
+
+#[test]
+fn final_component_symlink_is_not_followed_for_an_empty_file() {
+    // A lone E chunk creates an empty file: that too must not go through the link.
+    for extra in [&[][..], &["--force"][..]] {
+        check_case(
+            "E only",
+            &|sb| sb.symlink("f", "../../outside/victim"),
+            &|_| {
+                let mut v = Vec::new();
+                encode_eof(&mut v, b"f");
+                v
+            },
+            extra,
+            &Expect {
+                code: 3,
+                words: &[SYMLINK_WORDS[0], "'f'"],
+            },
+        );
+    }
+}
+
+#[test]
+fn seek_on_a_symlink_is_not_followed() {
+    check_case(
+        "seek f",
+        &|sb| sb.symlink("f", "../../outside/victim"),
+        &|_| {
+            let mut v = Vec::new();
+            encode_header_into(
+                &ChunkHeader::Seek {
+                    path: b"f",
+                    flags: 0,
+                    offset: 4,
+                },
+                &mut v,
+            );
+            encode_payload(&mut v, b"f", 4, b"pwned");
+            encode_eof(&mut v, b"f");
+            v
+        },
+        &["--force"],
+        &Expect {
+            code: 3,
+            words: &[SYMLINK_WORDS[0], "'f'"],
+        },
+    );
+}
+
+#[test]
+fn remove_through_a_directory_symlink_is_refused() {
+    for path in [&b"d/victim"[..], b"d/sub", b"d/sub/g"] {
+        check_case(
+            &format!("D {}", String::from_utf8_lossy(path)),
+            &|sb| sb.symlink("d", "../../outside"),
+            &|_| {
+                let mut v = good_start();
+                encode_header_into(&ChunkHeader::Remove { path, flags: 0 }, &mut v);
+                v
+            },
+            &[],
+            &Expect {
+                code: 3,
+                words: &[SYMLINK_WORDS[0], "'d'"],
+            },
+        );
+    }
+}
+
+#[test]
+fn remove_of_a_symlink_removes_only_the_link() {
+    for (link, target) in [("d", "../../outside"), ("f", "../../outside/victim")] {
+        let sb = Sandbox::new();
+        sb.symlink(link, target);
+        let mut v = good_start();
+        encode_header_into(
+            &ChunkHeader::Remove {
+                path: link.as_bytes(),
+                flags: 0,
+            },
+            &mut v,
+        );
+        let archive = sb.archive(&v);
+        let before = sb.snapshot(false);
+        let out = extract(&sb, &archive, &[]);
+        assert_same(&before, &sb.snapshot(false), &format!("D {link}"));
+        // Removing the link itself is inside the target: allowed, or refused; never followed.
+        assert!(
+            out.code == 0 || out.code == 3,
+            "D {link}: exit {}: {}",
+            out.code,
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn remove_of_a_directory_holding_symlinks_does_not_follow_them() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.inner.join("db/deeper")).unwrap();
+    fs::write(sb.inner.join("db/t.ibd"), b"t").unwrap();
+    sb.symlink("db/out", "../../../outside");
+    sb.symlink("db/deeper/victim", "../../../../outside/victim");
+    let mut v = good_start();
+    encode_header_into(
+        &ChunkHeader::Remove {
+            path: b"db",
+            flags: 0,
+        },
+        &mut v,
+    );
+    let archive = sb.archive(&v);
+    let before = sb.snapshot(false);
+    let out = extract(&sb, &archive, &[]);
+    assert_same(&before, &sb.snapshot(false), "D db");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!sb.inner.join("db").exists(), "db was not removed");
+}
+
+#[test]
+fn rename_through_or_onto_symlinks_never_reaches_outside() {
+    struct Case {
+        name: &'static str,
+        link: (&'static str, &'static str),
+        from: &'static [u8],
+        to: &'static [u8],
+        /// None: either 0 or 3 is acceptable (the rename stays inside the target).
+        code: Option<i32>,
+    }
+    let cases = [
+        Case {
+            name: "R ok -> d/stolen (d -> outside)",
+            link: ("d", "../../outside"),
+            from: b"ok",
+            to: b"d/stolen",
+            code: Some(3),
+        },
+        Case {
+            name: "R ok -> d/victim (d -> outside)",
+            link: ("d", "../../outside"),
+            from: b"ok",
+            to: b"d/victim",
+            code: Some(3),
+        },
+        Case {
+            name: "R ok -> d/new/deeper (d -> outside)",
+            link: ("d", "../../outside"),
+            from: b"ok",
+            to: b"d/new/deeper",
+            code: Some(3),
+        },
+        Case {
+            name: "R d/victim -> got (d -> outside)",
+            link: ("d", "../../outside"),
+            from: b"d/victim",
+            to: b"got",
+            code: Some(3),
+        },
+        Case {
+            name: "R d/sub -> got (d -> outside)",
+            link: ("d", "../../outside"),
+            from: b"d/sub",
+            to: b"got",
+            code: Some(3),
+        },
+        Case {
+            name: "R ok -> f (f -> outside/victim)",
+            link: ("f", "../../outside/victim"),
+            from: b"ok",
+            to: b"f",
+            code: None,
+        },
+        Case {
+            name: "R f -> g (f -> outside/victim)",
+            link: ("f", "../../outside/victim"),
+            from: b"f",
+            to: b"g",
+            code: None,
+        },
+        Case {
+            name: "R ok -> d (d -> outside)",
+            link: ("d", "../../outside"),
+            from: b"ok",
+            to: b"d",
+            code: None,
+        },
+    ];
+    for c in &cases {
+        for extra in [&[][..], &["--force"][..]] {
+            let sb = Sandbox::new();
+            sb.symlink(c.link.0, c.link.1);
+            let mut v = good_start();
+            encode_header_into(
+                &ChunkHeader::Rename {
+                    path: c.from,
+                    flags: 0,
+                    to: c.to,
+                },
+                &mut v,
+            );
+            let archive = sb.archive(&v);
+            let before = sb.snapshot(false);
+            let out = extract(&sb, &archive, extra);
+            assert_same(&before, &sb.snapshot(false), c.name);
+            match c.code {
+                Some(code) => {
+                    assert_eq!(out.code, code, "{}: {}", c.name, out.stderr);
+                    let line = error_line(&out);
+                    assert!(line.contains(SYMLINK_WORDS[0]), "{}: {line}", c.name);
+                }
+                None => assert!(
+                    out.code == 0 || out.code == 3,
+                    "{}: exit {}: {}",
+                    c.name,
+                    out.code,
+                    out.stderr
+                ),
+            }
+        }
+    }
+}
+
+/// After a rename replaced a symlink, a later chunk for the same name writes the new file,
+/// never through a link.
+#[test]
+fn data_after_rename_over_a_symlink_stays_inside() {
+    let sb = Sandbox::new();
+    sb.symlink("f", "../../outside/victim");
+    let mut v = Vec::new();
+    encode_payload(&mut v, b"a", 0, b"A");
+    encode_eof(&mut v, b"a");
+    encode_header_into(
+        &ChunkHeader::Rename {
+            path: b"a",
+            flags: 0,
+            to: b"f",
+        },
+        &mut v,
+    );
+    let d = b"pwned\n";
+    encode_header_into(
+        &ChunkHeader::Payload {
+            path: b"f",
+            flags: FLAG_REWRITE,
+            offset: 0,
+            len: d.len() as u64,
+            crc: crc(d),
+        },
+        &mut v,
+    );
+    v.extend_from_slice(d);
+    encode_eof(&mut v, b"f");
+    let archive = sb.archive(&v);
+    let before = sb.snapshot(false);
+    let out = extract(&sb, &archive, &["--force"]);
+    assert_same(
+        &before,
+        &sb.snapshot(false),
+        "rename over symlink then rewrite",
+    );
+    assert!(out.code == 0 || out.code == 3, "{}", out.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hard links already in the target directory
+// ---------------------------------------------------------------------------------------------
+
+/// `inner/h` is a hard link to `outside/victim` (same inode). Writing `h` must replace the
+/// name, never truncate and write the shared inode: that would change a file outside.
+#[test]
+fn hard_link_in_target_is_not_written_through() {
+    let mut failures = Vec::new();
+    for (force, rewrite) in [(false, false), (true, false), (false, true)] {
+        let extra: &[&str] = if force { &["--force"] } else { &[] };
+        let flags = if rewrite { FLAG_REWRITE } else { 0 };
+        let sb = Sandbox::new();
+        fs::hard_link(sb.outside.join("victim"), sb.inner.join("h")).unwrap();
+        let archive = sb.archive(&file_stream(b"h", flags));
+        let before = sb.snapshot(false);
+        let out = extract(&sb, &archive, extra);
+        let after = sb.snapshot(false);
+        let name = format!("hard link force={force} rewrite={rewrite}");
+        // nlink of outside/victim may drop from 2 to 1 if the name in the target is replaced:
+        // compare the bytes and mode only.
+        let strip = |m: &BTreeMap<PathBuf, Entry>| -> BTreeMap<PathBuf, Entry> {
+            m.iter()
+                .map(|(p, e)| {
+                    let e = match e {
+                        Entry::File {
+                            mode, ino, bytes, ..
+                        } => Entry::File {
+                            mode: *mode,
+                            ino: *ino,
+                            nlink: 0,
+                            mtime: (0, 0),
+                            bytes: bytes.clone(),
+                        },
+                        other => other.clone(),
+                    };
+                    (p.clone(), e)
+                })
+                .collect()
+        };
+        let diff = tree_diff(&strip(&before), &strip(&after));
+        if !diff.is_empty() {
+            failures.push(format!("{name} (exit {}):\n{diff}", out.code));
+        }
+        if !force && !rewrite {
+            assert_eq!(out.code, 3, "{name}: {}", out.stderr);
+            let line = error_line(&out);
+            assert!(line.contains("file exists"), "{name}: {line}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Existing files
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn existing_file_without_force_is_left_alone() {
+    for nested in [false, true] {
+        let path: &[u8] = if nested { b"db/t1.ibd" } else { b"existing" };
+        let sb = Sandbox::new();
+        let p = sb.inner.join(OsStr::from_bytes(path));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, b"original contents\n").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        let md0 = fs::metadata(&p).unwrap();
+        let archive = sb.archive(&file_stream(path, 0));
+        let before = sb.snapshot(false);
+        let out = extract(&sb, &archive, &[]);
+        assert_same(&before, &sb.snapshot(false), "existing");
+        assert_eq!(out.code, 3, "{}", out.stderr);
+        let line = error_line(&out);
+        let shown = String::from_utf8_lossy(path);
+        for w in [&format!("'{shown}'")[..], "file exists", "--force"] {
+            assert!(line.contains(w), "{w:?} missing from {line}");
+        }
+        assert_eq!(fs::read(&p).unwrap(), b"original contents\n");
+        let md1 = fs::metadata(&p).unwrap();
+        assert_eq!(md1.mode() & 0o7777, 0o600);
+        assert_eq!(md1.ino(), md0.ino());
+        assert_eq!(
+            (md1.mtime(), md1.mtime_nsec()),
+            (md0.mtime(), md0.mtime_nsec())
+        );
+
+        // With --force the same stream replaces it (the control case).
+        let out = extract(&sb, &archive, &["--force"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(fs::read(&p).unwrap(), b"pwned\n");
+        assert_same(&before, &sb.snapshot(false), "existing --force");
+    }
+}
+
+#[test]
+fn existing_directory_in_the_way_of_a_file_is_refused() {
+    let sb = check_case(
+        "dir in the way",
+        &|sb| fs::create_dir_all(sb.inner.join("f/inside")).unwrap(),
+        &|_| file_stream(b"f", 0),
+        &["--force"],
+        &Expect {
+            code: 3,
+            words: &["'f'"],
+        },
+    );
+    assert!(sb.inner.join("f/inside").is_dir());
+}
+
+#[test]
+fn existing_file_in_the_way_of_a_directory_is_refused() {
+    check_case(
+        "file in the way",
+        &|sb| fs::write(sb.inner.join("db"), b"not a dir").unwrap(),
+        &|_| file_stream(b"db/t1.ibd", 0),
+        &["--force"],
+        &Expect {
+            code: 3,
+            words: &["'db'"],
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Corrupt, truncated, absurd
+// ---------------------------------------------------------------------------------------------
+
+fn stream_defect(name: &str, bytes: Vec<u8>, words: &[&str]) {
+    check_case(
+        name,
+        &no_setup,
+        &|_| bytes.clone(),
+        &[],
+        &Expect { code: 1, words },
+    );
+}
+
+#[test]
+fn bad_crc_is_refused() {
+    let at = good_start().len();
+    let off = format!("stream offset {at}");
+    // P: flip a payload byte.
+    let mut v = good_start();
+    encode_payload(&mut v, b"t.ibd", 0, b"some data");
+    let last = v.len() - 1;
+    v[last] ^= 0x20;
+    encode_eof(&mut v, b"t.ibd");
+    stream_defect("bad CRC P", v, &["checksum mismatch", "'t.ibd'", &off]);
+    // Percona S: flip a map byte, then a payload byte.
+    for flip_map in [true, false] {
+        let mut v = good_start();
+        let start = v.len();
+        encode_sparse(
+            &mut v,
+            b"s.ibd",
+            0,
+            &[
+                SparseEntry { skip: 0, len: 3 },
+                SparseEntry { skip: 5, len: 2 },
+            ],
+            b"abcde",
+        );
+        let i = if flip_map {
+            start + 14 + 5 + 24 + 4
+        } else {
+            v.len() - 1
+        };
+        v[i] ^= 1;
+        encode_eof(&mut v, b"s.ibd");
+        stream_defect("bad CRC S", v, &["checksum mismatch", "'s.ibd'", &off]);
+    }
+    // The ignorable unknown chunk is checked too.
+    let mut v = good_start();
+    hostile_chunk(&mut v, Kind::Ignorable, b"ghost");
+    let last = v.len() - 1;
+    v[last] ^= 1;
+    stream_defect(
+        "bad CRC ignorable",
+        v,
+        &["checksum mismatch", "'ghost'", &off],
+    );
+}
+
+#[test]
+fn bad_magic_is_refused() {
+    stream_defect(
+        "garbage",
+        b"this is not an xbstream archive at all".to_vec(),
+        &["bad chunk magic", "stream offset 0"],
+    );
+    let at = good_start().len();
+    let mut v = good_start();
+    let mut tail = Vec::new();
+    encode_payload(&mut tail, b"t", 0, b"x");
+    encode_eof(&mut tail, b"t");
+    tail[3] = b'Z';
+    v.extend_from_slice(&tail);
+    stream_defect(
+        "mid-stream magic",
+        v,
+        &["bad chunk magic", &format!("stream offset {at}")],
+    );
+    // Text written to stdout by a tool before the stream.
+    let mut v = b"xtrabackup: starting\n".to_vec();
+    v.extend_from_slice(&good_start());
+    stream_defect("log line", v, &["bad chunk magic", "stream offset 0"]);
+}
+
+#[test]
+fn unknown_flags_are_refused() {
+    let mut v = good_start();
+    let at = v.len();
+    let mut c = Vec::new();
+    encode_payload(&mut c, b"t", 0, b"x");
+    c[8] = 0x80;
+    v.extend_from_slice(&c);
+    stream_defect(
+        "flag 0x80",
+        v,
+        &["unknown flag bits 0x80", &format!("stream offset {at}")],
+    );
+}
+
+/// Chunks to cut, each after the good start, with the offsets of their fields.
+fn truncation_subjects() -> Vec<(&'static str, Vec<u8>, Vec<&'static str>)> {
+    let mut out = Vec::new();
+    let mut p = Vec::new();
+    encode_payload(&mut p, b"db/t.ibd", 0, b"0123456789");
+    out.push(("P", p, vec![]));
+    let mut s = Vec::new();
+    encode_sparse(
+        &mut s,
+        b"s.ibd",
+        0,
+        &[
+            SparseEntry { skip: 4, len: 3 },
+            SparseEntry { skip: 4, len: 0 },
+        ],
+        b"abc",
+    );
+    out.push(("Percona S", s, vec![]));
+    let mut e = Vec::new();
+    encode_eof(&mut e, b"db/t.ibd");
+    out.push(("E", e, vec![]));
+    let mut k = Vec::new();
+    encode_header_into(
+        &ChunkHeader::Seek {
+            path: b"m.ibd",
+            flags: 0,
+            offset: 77,
+        },
+        &mut k,
+    );
+    out.push(("seek S", k, vec![]));
+    let mut r = Vec::new();
+    encode_header_into(
+        &ChunkHeader::Rename {
+            path: b"ok",
+            flags: 0,
+            to: b"renamed",
+        },
+        &mut r,
+    );
+    out.push(("R", r, vec![]));
+    let mut d = Vec::new();
+    encode_header_into(
+        &ChunkHeader::Remove {
+            path: b"ok",
+            flags: 0,
+        },
+        &mut d,
+    );
+    out.push(("D", d, vec![]));
+    let mut x = Vec::new();
+    hostile_chunk(&mut x, Kind::Ignorable, b"ghost");
+    out.push(("ignorable", x, vec![]));
+    out
+}
+
+#[test]
+fn truncation_at_every_byte_is_refused() {
+    let start = good_start();
+    let at = start.len();
+    let off = format!("stream offset {at}");
+    for (name, chunk, _) in truncation_subjects() {
+        for cut in 1..chunk.len() {
+            let mut v = start.clone();
+            v.extend_from_slice(&chunk[..cut]);
+            let end = v.len();
+            let case = format!("{name} cut at {cut}/{}", chunk.len());
+            // A Percona sparse chunk cut right after the first 8 bytes following its path is,
+            // byte for byte, a whole MariaDB seek at the end of the stream (dialect detection
+            // cannot tell); that stream is still refused, for the file left without E.
+            let path_len = u32::from_le_bytes(chunk[10..14].try_into().unwrap()) as usize;
+            if name == "Percona S" && cut == 14 + path_len + 8 {
+                stream_defect(&case, v, &["lacking their end chunk", "'s.ibd'"]);
+                continue;
+            }
+            let endw = format!("input ends at offset {end}");
+            stream_defect(&case, v, &["stream truncated", &endw, &off]);
+        }
+    }
+}
+
+#[test]
+fn truncation_on_standard_input_is_refused() {
+    let sb = Sandbox::new();
+    let mut v = good_start();
+    encode_payload(&mut v, b"t", 0, b"0123456789");
+    v.truncate(v.len() - 3);
+    let before = sb.snapshot(false);
+    let out = run_bin(
+        &[
+            OsStr::new("extract"),
+            OsStr::new("-C"),
+            sb.inner.as_os_str(),
+            OsStr::new("-"),
+        ],
+        &sb.root,
+        Some(&v),
+    );
+    assert_same(&before, &sb.snapshot(false), "stdin truncation");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(error_line(&out).contains("stream truncated"));
+}
+
+#[test]
+fn absurd_lengths_fail_from_the_header() {
+    let at = good_start().len();
+    let off = format!("stream offset {at}");
+    let cases: Vec<(&str, Vec<u8>, Vec<String>)> = vec![
+        (
+            "path length u32::MAX",
+            prefix(0, b'P', u32::MAX, b"abc"),
+            vec!["path length 4294967295".into(), "limit of 511".into()],
+        ),
+        (
+            "path length 512",
+            prefix(0, b'E', 512, &[b'a'; 512]),
+            vec!["path length 512".into()],
+        ),
+        (
+            "payload 2^63",
+            {
+                let mut v = Vec::new();
+                encode_header_into(
+                    &ChunkHeader::Payload {
+                        path: b"big",
+                        flags: 0,
+                        offset: 0,
+                        len: 1 << 63,
+                        crc: 0,
+                    },
+                    &mut v,
+                );
+                v.extend_from_slice(b"a few bytes");
+                v
+            },
+            vec![
+                "'big'".into(),
+                "declares 9223372036854775808 bytes".into(),
+                "--max-chunk-size".into(),
+            ],
+        ),
+        (
+            "payload u64::MAX",
+            {
+                let mut v = Vec::new();
+                encode_header_into(
+                    &ChunkHeader::Payload {
+                        path: b"big",
+                        flags: 0,
+                        offset: 0,
+                        len: u64::MAX,
+                        crc: 0,
+                    },
+                    &mut v,
+                );
+                v
+            },
+            vec!["declares 18446744073709551615 bytes".into()],
+        ),
+        (
+            "sparse map u32::MAX entries",
+            {
+                let mut v = prefix(0, b'S', 3, b"big");
+                v.extend_from_slice(&u32::MAX.to_le_bytes());
+                v.extend_from_slice(&0u64.to_le_bytes());
+                v.extend_from_slice(&0u64.to_le_bytes());
+                v.extend_from_slice(&0u32.to_le_bytes());
+                v.extend_from_slice(&[0u8; 64]);
+                v
+            },
+            vec!["'big'".into(), "declares".into()],
+        ),
+        (
+            "sparse payload 2^63",
+            {
+                let mut v = Vec::new();
+                encode_header_into(
+                    &ChunkHeader::Sparse {
+                        path: b"big",
+                        flags: 0,
+                        offset: 0,
+                        map: &[SparseEntry { skip: 0, len: 1 }],
+                        len: 1 << 63,
+                        crc: 0,
+                    },
+                    &mut v,
+                );
+                v
+            },
+            vec!["'big'".into(), "declares".into()],
+        ),
+        (
+            "rename target u32::MAX",
+            {
+                let mut v = prefix(0, b'R', 2, b"ok");
+                v.extend_from_slice(&u32::MAX.to_le_bytes());
+                v.extend_from_slice(b"abc");
+                v
+            },
+            vec!["rename target".into(), "4294967295".into()],
+        ),
+        (
+            "ignorable 2^63",
+            {
+                let mut v = Vec::new();
+                encode_header_into(
+                    &ChunkHeader::Other {
+                        type_byte: b'Q',
+                        path: b"big",
+                        flags: FLAG_IGNORABLE,
+                        offset: 0,
+                        len: 1 << 63,
+                        crc: 0,
+                    },
+                    &mut v,
+                );
+                v
+            },
+            vec!["declares 9223372036854775808 bytes".into()],
+        ),
+        (
+            "offset overflow",
+            {
+                let mut v = Vec::new();
+                encode_payload(&mut v, b"big", u64::MAX - 2, b"0123");
+                v
+            },
+            vec!["'big'".into(), "past the largest file offset".into()],
+        ),
+    ];
+    for (name, chunk, words) in cases {
+        let mut v = good_start();
+        v.extend_from_slice(&chunk);
+        let mut w: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
+        w.push(&off);
+        let sb = check_case(
+            name,
+            &no_setup,
+            &|_| v.clone(),
+            &[],
+            &Expect { code: 1, words: &w },
+        );
+        drop(sb);
+    }
+}
+
+/// A header declaring a huge chunk, sent on a pipe that stays open: the refusal must come from
+/// the header alone, without waiting for (or reserving) the declared bytes.
+#[test]
+fn absurd_length_fails_fast_on_an_open_pipe() {
+    let sb = Sandbox::new();
+    let mut head = good_start();
+    encode_header_into(
+        &ChunkHeader::Payload {
+            path: b"big",
+            flags: 0,
+            offset: 0,
+            len: 1 << 63,
+            crc: 0,
+        },
+        &mut head,
+    );
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .args([
+            OsStr::new("extract"),
+            OsStr::new("-C"),
+            sb.inner.as_os_str(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut si = child.stdin.take().unwrap();
+    si.write_all(&head).unwrap();
+    si.flush().unwrap();
+    // Keep `si` open while waiting.
+    let out = wait_with_timeout(child, Duration::from_secs(20));
+    drop(si);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("declares 9223372036854775808 bytes"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// With the chunk cap raised to 16 GiB, an 8 GiB chunk whose bytes never come must fail as a
+/// truncation without the process ever reserving the declared size: run under a 1 GiB address
+/// space limit.
+#[test]
+fn declared_length_is_never_allocated() {
+    let sb = Sandbox::new();
+    let mut v = good_start();
+    encode_header_into(
+        &ChunkHeader::Payload {
+            path: b"big",
+            flags: 0,
+            offset: 0,
+            len: 8 << 30,
+            crc: 0,
+        },
+        &mut v,
+    );
+    v.extend_from_slice(&[7u8; 100_000]);
+    let archive = sb.archive(&v);
+    let limited = |args: &[&OsStr]| {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg("--as=1073741824").arg("--").arg(BIN).args(args);
+        let start = Instant::now();
+        let out = wait_with_timeout(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("prlimit (util-linux) is needed"),
+            Duration::from_secs(60),
+        );
+        (out, start.elapsed())
+    };
+    // Control: a good stream extracts under the same limit.
+    let good = sb.root.join("good.xbs");
+    fs::write(&good, good_start()).unwrap();
+    let ctl = sb.root.join("ctl");
+    let (out, _) = limited(&[
+        OsStr::new("extract"),
+        OsStr::new("-C"),
+        ctl.as_os_str(),
+        good.as_os_str(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "control run under the limit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = sb.snapshot(false);
+    for cmd in ["extract", "verify"] {
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new(cmd),
+            OsStr::new("--max-chunk-size"),
+            OsStr::new("16GiB"),
+        ];
+        if cmd == "extract" {
+            args.push(OsStr::new("-C"));
+            args.push(sb.inner.as_os_str());
+        }
+        args.push(archive.as_os_str());
+        let (out, took) = limited(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(err.contains("stream truncated"), "{cmd}: {err}");
+        assert!(took < Duration::from_secs(20), "{cmd} took {took:?}");
+    }
+    assert_same(&before, &sb.snapshot(false), "declared length");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offsets and completeness
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn ledger_defects_are_refused() {
+    let base = good_start().len();
+    let p = |v: &mut Vec<u8>, off: u64, d: &[u8]| encode_payload(v, b"a", off, d);
+    type Build = Box<dyn Fn() -> (Vec<u8>, Vec<String>)>;
+    let cases: Vec<(&str, Build)> = vec![
+        (
+            "gap",
+            Box::new(move || {
+                let mut v = good_start();
+                p(&mut v, 0, b"hello");
+                let at = v.len();
+                p(&mut v, 10, b"x");
+                encode_eof(&mut v, b"a");
+                (
+                    v,
+                    vec![
+                        "out-of-order chunk for 'a'".into(),
+                        format!("stream offset {at}"),
+                        "starts at file offset 10, expected 5 (a gap)".into(),
+                    ],
+                )
+            }),
+        ),
+        (
+            "overlap",
+            Box::new(move || {
+                let mut v = good_start();
+                p(&mut v, 0, b"hello");
+                let at = v.len();
+                p(&mut v, 3, b"xx");
+                encode_eof(&mut v, b"a");
+                (
+                    v,
+                    vec![
+                        format!("stream offset {at}"),
+                        "expected 5 (an overlap)".into(),
+                    ],
+                )
+            }),
+        ),
+        (
+            "duplicate",
+            Box::new(move || {
+                let mut v = good_start();
+                p(&mut v, 0, b"hello");
+                let at = v.len();
+                p(&mut v, 0, b"hello");
+                encode_eof(&mut v, b"a");
+                (
+                    v,
+                    vec![
+                        format!("stream offset {at}"),
+                        "starts at file offset 0, expected 5".into(),
+                    ],
+                )
+            }),
+        ),
+        (
+            "first chunk not at 0",
+            Box::new(move || {
+                let mut v = good_start();
+                let at = v.len();
+                p(&mut v, 4096, b"hello");
+                encode_eof(&mut v, b"a");
+                (v, vec![format!("stream offset {at}"), "(a gap)".into()])
+            }),
+        ),
+        (
+            "sparse gap",
+            Box::new(move || {
+                let mut v = good_start();
+                p(&mut v, 0, b"hello");
+                let at = v.len();
+                encode_sparse(&mut v, b"a", 6, &[SparseEntry { skip: 1, len: 1 }], b"s");
+                encode_eof(&mut v, b"a");
+                (v, vec![format!("stream offset {at}"), "(a gap)".into()])
+            }),
+        ),
+        (
+            "data after E",
+            Box::new(move || {
+                let mut v = good_start();
+                p(&mut v, 0, b"hello");
+                encode_eof(&mut v, b"a");
+                let at = v.len();
+                p(&mut v, 5, b"more");
+                encode_eof(&mut v, b"a");
+                (
+                    v,
+                    vec![
+                        format!("chunk for 'a' at stream offset {at}"),
+                        "data after E".into(),
+                    ],
+                )
+            }),
+        ),
+        (
+            "E after E",
+            Box::new(move || {
+                let mut v = good_start();
+                encode_eof(&mut v, b"a");
+                let at = v.len();
+                encode_eof(&mut v, b"a");
+                (
+                    v,
+                    vec![format!("stream offset {at}"), "data after E".into()],
+                )
+            }),
+        ),
+        (
+            "data after E of the first file",
+            Box::new(move || {
+                let mut v = good_start();
+                let at = v.len();
+                encode_payload(&mut v, b"ok", 6, b"more");
+                (
+                    v,
+                    vec![format!("'ok' at stream offset {at}"), "data after E".into()],
+                )
+            }),
+        ),
+        (
+            "one file without E",
+            Box::new(move || {
+                let mut v = good_start();
+                p(&mut v, 0, b"hello");
+                encode_payload(&mut v, b"b", 0, b"x");
+                encode_eof(&mut v, b"b");
+                (
+                    v,
+                    vec!["stream ended with 1 file(s) lacking their end chunk: 'a'".into()],
+                )
+            }),
+        ),
+        (
+            "two files without E",
+            Box::new(move || {
+                let mut v = good_start();
+                p(&mut v, 0, b"hello");
+                encode_payload(&mut v, b"db/b", 0, b"x");
+                (
+                    v,
+                    vec!["2 file(s) lacking their end chunk: 'a', 'db/b'".into()],
+                )
+            }),
+        ),
+        (
+            "a seek without E",
+            Box::new(move || {
+                let mut v = Vec::new();
+                encode_header_into(
+                    &ChunkHeader::Remove {
+                        path: b"zzz",
+                        flags: 0,
+                    },
+                    &mut v,
+                );
+                encode_header_into(
+                    &ChunkHeader::Seek {
+                        path: b"m",
+                        flags: 0,
+                        offset: 10,
+                    },
+                    &mut v,
+                );
+                (v, vec!["lacking their end chunk: 'm'".into()])
+            }),
+        ),
+    ];
+    let _ = base;
+    for (name, build) in cases {
+        let (bytes, words) = build();
+        let w: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
+        check_case(
+            name,
+            &no_setup,
+            &|_| bytes.clone(),
+            &[],
+            &Expect { code: 1, words: &w },
+        );
+        check_case(
+            name,
+            &no_setup,
+            &|_| bytes.clone(),
+            &["--parallel", "4"],
+            &Expect { code: 1, words: &w },
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unknown chunk types
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_type_without_ignorable_is_refused() {
+    let at = good_start().len();
+    let mut v = good_start();
+    let d = b"data";
+    encode_header_into(
+        &ChunkHeader::Other {
+            type_byte: b'X',
+            path: b"a",
+            flags: 0,
+            offset: 0,
+            len: d.len() as u64,
+            crc: crc(d),
+        },
+        &mut v,
+    );
+    v.extend_from_slice(d);
+    stream_defect(
+        "unknown X",
+        v,
+        &[
+            "unknown chunk type 0x58 (not ignorable) for 'a'",
+            &format!("stream offset {at}"),
+        ],
+    );
+}
+
+#[test]
+fn ignorable_unknown_with_unsafe_path_or_bad_crc_is_refused() {
+    let at = good_start().len();
+    let off = format!("stream offset {at}");
+    let mut v = good_start();
+    hostile_chunk(&mut v, Kind::Ignorable, b"../../outside/victim");
+    stream_defect("ignorable unsafe", v, &["unsafe path", &off]);
+    let mut v = good_start();
+    hostile_chunk(&mut v, Kind::Ignorable, b"ghost");
+    let crc_at = at + 14 + 5 + 16;
+    v[crc_at] ^= 0xff;
+    stream_defect(
+        "ignorable bad crc",
+        v,
+        &["checksum mismatch", "'ghost'", &off],
+    );
+}
+
+#[test]
+fn benign_ignorable_chunk_is_skipped() {
+    for extra in [&[][..], &["--parallel", "3"][..]] {
+        let sb = Sandbox::new();
+        let mut v = good_start();
+        hostile_chunk(&mut v, Kind::Ignorable, b"ghost");
+        // An ignorable chunk for a real file, between its chunks, changes nothing either.
+        encode_payload(&mut v, b"db/two", 0, b"two ");
+        hostile_chunk(&mut v, Kind::Ignorable, b"db/two");
+        encode_payload(&mut v, b"db/two", 4, b"parts\n");
+        encode_eof(&mut v, b"db/two");
+        let archive = sb.archive(&v);
+        let before = sb.snapshot(false);
+        let out = extract(&sb, &archive, extra);
+        assert_same(&before, &sb.snapshot(false), "benign ignorable");
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(fs::read(sb.inner.join("ok")).unwrap(), b"hello\n");
+        assert_eq!(fs::read(sb.inner.join("db/two")).unwrap(), b"two parts\n");
+        assert!(
+            !sb.inner.join("ghost").exists(),
+            "ignorable chunk created a file"
+        );
+        let out = run_bin(&[OsStr::new("verify"), archive.as_os_str()], &sb.root, None);
+        assert_eq!(out.code, 0, "verify: {}", out.stderr);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Controls: the harness sees a good extraction as good
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn good_streams_extract_and_leave_outside_alone() {
+    let sb = Sandbox::new();
+    let mut v = good_start();
+    encode_payload(&mut v, b"db/t1.ibd", 0, b"page one ");
+    encode_sparse(
+        &mut v,
+        b"db/t1.ibd",
+        9,
+        &[
+            SparseEntry { skip: 3, len: 4 },
+            SparseEntry { skip: 2, len: 0 },
+        ],
+        b"more",
+    );
+    encode_eof(&mut v, b"db/t1.ibd");
+    encode_eof(&mut v, b"empty");
+    let archive = sb.archive(&v);
+    let before = sb.snapshot(false);
+    let out = extract(&sb, &archive, &[]);
+    assert_same(&before, &sb.snapshot(false), "good");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        fs::read(sb.inner.join("db/t1.ibd")).unwrap(),
+        b"page one \0\0\0more\0\0"
+    );
+    assert_eq!(fs::read(sb.inner.join("empty")).unwrap(), b"");
+    let out = run_bin(&[OsStr::new("verify"), archive.as_os_str()], &sb.root, None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("ok"), "{}", out.stdout);
+}
+
+/// A MariaDB stream renaming and removing inside the target works (the control for the D/R
+/// refusals above).
+#[test]
+fn mariadb_remove_and_rename_inside_target_work() {
+    let sb = Sandbox::new();
+    let mut v = good_start();
+    encode_payload(&mut v, b"db/t.frm", 0, b"frm");
+    encode_eof(&mut v, b"db/t.frm");
+    encode_payload(&mut v, b"db/gone", 0, b"x");
+    encode_eof(&mut v, b"db/gone");
+    encode_header_into(
+        &ChunkHeader::Rename {
+            path: b"db/t.frm",
+            flags: 0,
+            to: b"db2/u.frm",
+        },
+        &mut v,
+    );
+    encode_header_into(
+        &ChunkHeader::Remove {
+            path: b"db/gone",
+            flags: 0,
+        },
+        &mut v,
+    );
+    let archive = sb.archive(&v);
+    let before = sb.snapshot(false);
+    let out = extract(&sb, &archive, &[]);
+    assert_same(&before, &sb.snapshot(false), "mariadb good");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fs::read(sb.inner.join("db2/u.frm")).unwrap(), b"frm");
+    assert!(!sb.inner.join("db/t.frm").exists());
+    assert!(!sb.inner.join("db/gone").exists());
+}
+
+/// A FIFO already in the target must not hang the extractor: opening it for writing would
+/// block forever with no reader. Refused (or replaced) promptly, with or without --force.
+#[test]
+fn fifo_in_target_does_not_hang() {
+    let mut failures = Vec::new();
+    for (force, rewrite) in [(false, false), (true, false), (false, true)] {
+        let sb = Sandbox::new();
+        let st = Command::new("mkfifo")
+            .arg(sb.inner.join("fifo"))
+            .status()
+            .expect("mkfifo");
+        assert!(st.success());
+        let archive = sb.archive(&file_stream(
+            b"fifo",
+            if rewrite { FLAG_REWRITE } else { 0 },
+        ));
+        let before = sb.snapshot(false);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("extract");
+        if force {
+            cmd.arg("--force");
+        }
+        let child = cmd
+            .arg("-C")
+            .arg(&sb.inner)
+            .arg(&archive)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let r = std::thread::spawn(move || child.wait_with_output());
+        let start = Instant::now();
+        while !r.is_finished() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let name = format!("fifo force={force} rewrite={rewrite}");
+        if !r.is_finished() {
+            // Stop it (the process this test started, by its pid).
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let _ = r.join();
+            failures.push(format!(
+                "{name}: still running after 10 s (blocked opening the FIFO)"
+            ));
+            continue;
+        }
+        let out = r.join().unwrap().unwrap();
+        assert_same(&before, &sb.snapshot(false), &name);
+        if out.status.code() != Some(3) && out.status.code() != Some(0) {
+            failures.push(format!(
+                "{name}: exit {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
