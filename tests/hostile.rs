@@ -2014,18 +2014,21 @@ fn pre_existing_files_survive_rewrite_rename_and_remove_without_force() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// name, stream builder, sandbox setup, exit status, a word of the message.
+type DropInCase<'a> = (
+    &'a str,
+    Box<dyn Fn(&Sandbox) -> Vec<u8>>,
+    &'a dyn Fn(&Sandbox),
+    i32,
+    &'a str,
+);
+
 /// The drop-in mode (`xbstream -x` / `mbstream -x` through a symlink named like the
 /// reference tool) reads standard input with its own options: the same refusals apply.
 #[test]
 fn drop_in_mode_refuses_the_same_hostile_streams() {
     for tool in ["xbstream", "mbstream"] {
-        let cases: Vec<(
-            &str,
-            Box<dyn Fn(&Sandbox) -> Vec<u8>>,
-            &dyn Fn(&Sandbox),
-            i32,
-            &str,
-        )> = vec![
+        let cases: Vec<DropInCase> = vec![
             (
                 "traversal",
                 Box::new(|_| {
