@@ -49,6 +49,23 @@ pub enum Error {
         offset: u64,
     },
 
+    /// Something other than a regular file (a FIFO, a device, a directory) has that name.
+    #[error("cannot create '{path}' in {} (chunk at stream offset {offset}): a non-regular file (directory, FIFO, device) has that name", dir.display())]
+    NotRegular {
+        path: String,
+        dir: PathBuf,
+        offset: u64,
+    },
+
+    /// A remove or rename would touch something this run did not create.
+    #[error("refusing to {op} '{path}' in {} (chunk at stream offset {offset}): it was there before this extraction (use --force to allow)", dir.display())]
+    NotOurs {
+        op: &'static str,
+        path: String,
+        dir: PathBuf,
+        offset: u64,
+    },
+
     /// A symlink stands where the stream names a directory or file: never followed.
     #[error("refusing to follow symlink at '{at}' in {} for '{path}' (chunk at stream offset {offset})", dir.display())]
     Symlink {

@@ -7,13 +7,14 @@
 //! created, changed or removed, whatever the stream says.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -39,6 +40,7 @@ fn dir_flags() -> OFlags {
 pub struct TargetDir {
     root: Arc<OwnedFd>,
     pub(crate) display: PathBuf,
+    created_dirs: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl TargetDir {
@@ -59,6 +61,7 @@ impl TargetDir {
         Ok(TargetDir {
             root: Arc::new(fd),
             display: dir.to_path_buf(),
+            created_dirs: Arc::default(),
         })
     }
 
@@ -68,6 +71,7 @@ impl TargetDir {
             root: self.root.clone(),
             display: self.display.clone(),
             cache: HashMap::new(),
+            created_dirs: self.created_dirs.clone(),
         }
     }
 }
@@ -78,6 +82,9 @@ pub struct Resolver {
     root: Arc<OwnedFd>,
     display: PathBuf,
     cache: HashMap<Vec<u8>, Arc<OwnedFd>>,
+    /// Directories this run created (shared by all threads): a remove or rename without
+    /// `--force` may only touch what this run made.
+    created_dirs: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 /// How to open a file.
@@ -133,7 +140,13 @@ impl Resolver {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(&*cur, os(comp), Mode::from_raw_mode(DIR_MODE)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                        Ok(()) => {
+                            self.created_dirs
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(prefix.to_vec());
+                        }
+                        Err(Errno::EXIST) => {}
                         Err(e) => return Err(self.target("create directory", prefix, offset, e)),
                     }
                     rustix::fs::openat(&*cur, os(comp), dir_flags(), Mode::empty())
@@ -202,7 +215,8 @@ impl Resolver {
             .parent(path, mode != OpenMode::Reopen, offset)?
             .ok_or_else(|| self.target("reopen", path, offset, Errno::NOENT))?;
         let (_, name) = Self::split(path);
-        let base = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // NONBLOCK: a FIFO planted in the target must not hang the open (it is refused below).
+        let base = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         let fmode = Mode::from_raw_mode(FILE_MODE);
         let res = match mode {
             OpenMode::Reopen => rustix::fs::openat(&*parent, os(name), base, fmode),
@@ -216,11 +230,28 @@ impl Resolver {
         let fd = match res {
             Ok(fd) => fd,
             Err(Errno::EXIST) if mode == OpenMode::CreateOrTruncate => {
-                rustix::fs::openat(&*parent, os(name), base | OFlags::TRUNC, fmode)
-                    .map_err(|e| self.file_error(&parent, name, path, offset, e))?
+                // Replace the name, never write into the existing inode: it may be a hard
+                // link to a file outside the target. Only a regular file is replaced.
+                match rustix::fs::statat(&*parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+                    _ => return Err(self.file_error(&parent, name, path, offset, Errno::EXIST)),
+                }
+                rustix::fs::unlinkat(&*parent, os(name), AtFlags::empty())
+                    .map_err(|e| self.target("replace", path, offset, e))?;
+                rustix::fs::openat(
+                    &*parent,
+                    os(name),
+                    base | OFlags::CREATE | OFlags::EXCL,
+                    fmode,
+                )
+                .map_err(|e| self.file_error(&parent, name, path, offset, e))?
             }
             Err(e) => return Err(self.file_error(&parent, name, path, offset, e)),
         };
+        let st = rustix::fs::fstat(&fd).map_err(|e| self.target("open", path, offset, e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(self.target("open", path, offset, Errno::INVAL));
+        }
         Ok(File::from(fd))
     }
 
@@ -243,6 +274,16 @@ impl Resolver {
                 offset,
             };
         }
+        let is_regular = rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+            .unwrap_or(true);
+        if e == Errno::EXIST && !is_regular {
+            return Error::NotRegular {
+                path: show(path),
+                dir: self.display.clone(),
+                offset,
+            };
+        }
         if e == Errno::EXIST {
             return Error::Exists {
                 path: show(path),
@@ -251,6 +292,43 @@ impl Resolver {
             };
         }
         self.target("create", path, offset, e)
+    }
+
+    /// Whether `path` exists in the target (not following a final symlink).
+    pub fn exists(&mut self, path: &[u8], offset: u64) -> Result<bool> {
+        let Some(parent) = self.parent(path, false, offset)? else {
+            return Ok(false);
+        };
+        let (_, name) = Self::split(path);
+        match rustix::fs::statat(&*parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(self.target("inspect", path, offset, e)),
+        }
+    }
+
+    /// Whether this run created the directory `path`.
+    pub fn created_dir(&self, path: &[u8]) -> bool {
+        self.created_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(path)
+    }
+
+    /// Keep the record of created directories in step with a rename or removal.
+    fn move_created(&self, from: &[u8], to: Option<&[u8]>) {
+        let mut set = self.created_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let moved: Vec<Vec<u8>> = set
+            .iter()
+            .filter(|p| p[..] == *from || crate::format::is_below(p, from))
+            .cloned()
+            .collect();
+        for p in moved {
+            set.remove(&p);
+            if let Some(to) = to {
+                set.insert([to, &p[from.len()..]].concat());
+            }
+        }
     }
 
     /// `D`: remove `path` and everything below it. A missing path is not an error (the
@@ -274,6 +352,7 @@ impl Resolver {
             rustix::fs::unlinkat(&*parent, os(name), AtFlags::empty())
         }
         .map_err(|e| self.target("remove", path, offset, e))?;
+        self.move_created(path, None);
         self.clear();
         Ok(())
     }
@@ -300,6 +379,7 @@ impl Resolver {
         let (_, dst_name) = Self::split(to);
         rustix::fs::renameat(&*src_parent, os(src_name), &*dst_parent, os(dst_name))
             .map_err(|e| self.target("rename", from, offset, e))?;
+        self.move_created(from, Some(to));
         self.clear();
         Ok(())
     }

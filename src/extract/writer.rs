@@ -6,7 +6,7 @@
 //! are bounded (a budget, not a chunk count), so memory stays flat whatever the archive size
 //! and whatever `N`. Removes and renames wait until every writer is idle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::os::unix::fs::FileExt;
@@ -107,6 +107,10 @@ pub struct DirWriter {
     resolver: Resolver,
     hasher: RandomState,
     sync: bool,
+    force: bool,
+    /// Files this run created: without `--force`, removes and renames touch only these and
+    /// the directories this run created.
+    created_files: HashSet<Bytes>,
 }
 
 impl DirWriter {
@@ -149,6 +153,8 @@ impl DirWriter {
             resolver: target.resolver(),
             hasher: RandomState::new(),
             sync: opts.sync,
+            force: opts.force,
+            created_files: HashSet::new(),
         }
     }
 
@@ -188,11 +194,18 @@ impl ChunkSink for DirWriter {
         match (&chunk.body, event) {
             (ChunkBody::Remove, _) => {
                 self.quiesce()?;
-                self.resolver.remove(&chunk.path, chunk.stream_offset)
+                self.refuse_unless_ours("remove", &chunk.path, chunk.stream_offset)?;
+                self.resolver.remove(&chunk.path, chunk.stream_offset)?;
+                self.move_created(&chunk.path, None);
+                Ok(())
             }
             (ChunkBody::Rename { to }, _) => {
                 self.quiesce()?;
-                self.resolver.rename(&chunk.path, to, chunk.stream_offset)
+                self.refuse_unless_ours("rename", &chunk.path, chunk.stream_offset)?;
+                self.refuse_unless_ours("replace", to, chunk.stream_offset)?;
+                self.resolver.rename(&chunk.path, to, chunk.stream_offset)?;
+                self.move_created(&chunk.path, Some(to));
+                Ok(())
             }
             (_, LedgerEvent::Ignored) => {
                 tracing::warn!(
@@ -203,6 +216,9 @@ impl ChunkSink for DirWriter {
                 Ok(())
             }
             _ => {
+                if let LedgerEvent::File { created: true, .. } = event {
+                    self.created_files.insert(chunk.path.clone());
+                }
                 let n = chunk.data_len();
                 self.shared.budget.acquire(n, &self.shared.failed);
                 let i = (self.hasher.hash_one(&chunk.path) % self.senders.len() as u64) as usize;
@@ -235,6 +251,40 @@ impl ChunkSink for DirWriter {
 }
 
 impl DirWriter {
+    /// Without `--force`, a remove or rename may only touch what this run created (or what
+    /// does not exist): a stream must not destroy files that were in the target before.
+    fn refuse_unless_ours(&mut self, op: &'static str, path: &[u8], offset: u64) -> Result<()> {
+        if self.force
+            || self.created_files.contains(path)
+            || self.resolver.created_dir(path)
+            || !self.resolver.exists(path, offset)?
+        {
+            return Ok(());
+        }
+        Err(Error::NotOurs {
+            op,
+            path: crate::format::chunk_display_path(path),
+            dir: self.resolver_display(),
+            offset,
+        })
+    }
+
+    fn move_created(&mut self, from: &[u8], to: Option<&[u8]>) {
+        let moved: Vec<Bytes> = self
+            .created_files
+            .iter()
+            .filter(|p| p[..] == *from || crate::format::is_below(p, from))
+            .cloned()
+            .collect();
+        for p in moved {
+            self.created_files.remove(&p);
+            if let Some(to) = to {
+                self.created_files
+                    .insert(Bytes::from([to, &p[from.len()..]].concat()));
+            }
+        }
+    }
+
     fn resolver_display(&self) -> std::path::PathBuf {
         self.resolver.display().to_path_buf()
     }

@@ -257,6 +257,6 @@ fn expect_offset(rec: &FileRecord, at: u64, got: u64) -> Result<(), LedgerError>
 }
 
 /// `p` lies strictly below directory `dir`.
-pub(crate) fn is_below(p: &[u8], dir: &[u8]) -> bool {
+pub fn is_below(p: &[u8], dir: &[u8]) -> bool {
     p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/'
 }

@@ -21,7 +21,7 @@ pub use encoder::{
     ChunkHeader,
 };
 pub use error::{FormatError, LedgerError};
-pub use ledger::{FileRecord, FileState, Ledger, LedgerEvent};
+pub use ledger::{is_below, FileRecord, FileState, Ledger, LedgerEvent};
 
 /// `XBSTCK01`: every chunk starts with these eight bytes.
 pub const MAGIC: &[u8; 8] = b"XBSTCK01";
