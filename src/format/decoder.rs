@@ -214,23 +214,28 @@ impl Decoder {
                     // right after its 8-byte offset; at that place a Percona sparse chunk holds
                     // the high half of its payload length, which is never "XBST" under any cap.
                     let seek_end = pend + 8;
-                    if have >= seek_end + MAGIC.len() {
-                        let d = if &buf[seek_end..seek_end + MAGIC.len()] == MAGIC {
+                    let after = &buf[seek_end.min(have)..have.min(seek_end + MAGIC.len())];
+                    let magic_so_far = after == &MAGIC[..after.len()];
+                    let d = if after.len() == MAGIC.len() || (eof && !after.is_empty()) {
+                        // Whole magic seen, or the input ends inside what can only be the
+                        // start of the next chunk's magic (the next chunk is then truncated).
+                        if magic_so_far {
                             Dialect::Mariadb
                         } else {
                             Dialect::Percona
-                        };
-                        self.settle(d, at, raw_path, "S")?;
-                        if d == Dialect::Mariadb {
-                            Kind::Seek
-                        } else {
-                            Kind::Sparse
                         }
+                    } else if !after.is_empty() && !magic_so_far {
+                        Dialect::Percona
                     } else if eof && have == seek_end {
-                        self.settle(Dialect::Mariadb, at, raw_path, "S (seek)")?;
-                        Kind::Seek
+                        Dialect::Mariadb
                     } else {
                         return need_or_trunc(seek_end + MAGIC.len(), "S chunk header");
+                    };
+                    self.settle(d, at, raw_path, "S")?;
+                    if d == Dialect::Mariadb {
+                        Kind::Seek
+                    } else {
+                        Kind::Sparse
                     }
                 }
             },
