@@ -1,7 +1,7 @@
 //! The `xbagent` binary: parse the command line, set up logging, run one library command,
 //! turn its error into a message and an exit code.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -52,6 +52,8 @@ fn init_logging(verbose: bool, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
         .with_target(false)
         .init();
 }

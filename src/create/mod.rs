@@ -105,8 +105,12 @@ pub fn create<W: Write>(opts: &CreateOptions, out: W, progress: &Progress) -> Re
     let mut totals = CreateTotals::default();
     let result = std::thread::scope(|s| {
         for _ in 0..threads {
-            let (work_rx, pool_rx, piece_tx) = (work_rx.clone(), pool_rx.clone(), piece_tx.clone());
-            s.spawn(move || read_files(work_rx, pool_rx, piece_tx, chunk_size, sparse));
+            let pool = Pool {
+                take: pool_rx.clone(),
+                give: pool_tx.clone(),
+            };
+            let (work_rx, piece_tx) = (work_rx.clone(), piece_tx.clone());
+            s.spawn(move || read_files(work_rx, pool, piece_tx, chunk_size, sparse));
         }
         drop(piece_tx);
         let r = write_pieces(&piece_rx, &pool_tx, out, &mut totals, progress);
@@ -192,9 +196,16 @@ fn write_pieces<W: Write>(
     out.flush().map_err(Error::WriteStream)
 }
 
+/// The circulating buffers: every buffer taken goes back, either with a piece (the writer
+/// returns it) or directly when a read found nothing, so the readers can never run dry.
+struct Pool {
+    take: Receiver<Vec<u8>>,
+    give: Sender<Vec<u8>>,
+}
+
 fn read_files(
     work: Receiver<SourceFile>,
-    pool: Receiver<Vec<u8>>,
+    pool: Pool,
     pieces: Sender<Piece>,
     chunk_size: usize,
     sparse: bool,
@@ -210,7 +221,7 @@ fn read_files(
 /// Send one file's chunks in order. `Ok` also when the writer has gone away (it reports why).
 fn read_one(
     f: &SourceFile,
-    pool: &Receiver<Vec<u8>>,
+    pool: &Pool,
     pieces: &Sender<Piece>,
     chunk_size: usize,
     sparse: bool,
@@ -223,7 +234,7 @@ fn read_one(
     let path: Arc<[u8]> = f.stream_path.clone().into();
     let mut offset = 0u64;
     loop {
-        let Ok(mut buf) = pool.recv() else {
+        let Ok(mut buf) = pool.take.recv() else {
             return Ok(());
         };
         buf.clear();
@@ -247,6 +258,7 @@ fn read_one(
             .read_to_end(&mut buf)
             .map_err(err)?;
         if n == 0 {
+            let _ = pool.give.send(buf);
             break;
         }
         let piece = Piece::Data {
