@@ -101,7 +101,7 @@ fn bench_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(12));
+        .measurement_time(Duration::from_secs(15));
     g.throughput(Throughput::Bytes(stream.len() as u64));
     g.bench_function(format!("decode+crc {n}x10MiB"), |b| {
         b.iter_batched(
@@ -142,7 +142,7 @@ fn bench_encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(8));
+        .measurement_time(Duration::from_secs(10));
     g.throughput(Throughput::Bytes(bytes));
 
     // What `create` does per chunk: CRC the payload, write the header into a small buffer; the
