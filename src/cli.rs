@@ -12,9 +12,10 @@ use crate::format::{Dialect, DEFAULT_MAX_CHUNK_SIZE, REFERENCE_CHUNK_SIZE};
     name = "xbagent",
     version,
     about = "Back up, clone and restore MySQL/MariaDB data directories as xbstream streams",
-    after_help = "Exit codes: 0 success; 1 bad, hostile, truncated or incomplete stream; \
-                  2 usage error; 3 local problem (target or source files, permissions, \
-                  existing files, symlinks, disk full)."
+    after_help = "Exit codes: 0 success; 1 bad, hostile, truncated or incomplete stream (or \
+                  the donor's backup command failed); 2 usage error; 3 local problem (target \
+                  or source files, permissions, existing files, symlinks, disk full); 4 peer \
+                  or network (unreachable, authentication failed, stalled, cut)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -40,6 +41,101 @@ pub enum Command {
     List(ListArgs),
     /// Check every CRC, offset and file end of a stream; writes nothing.
     Verify(VerifyArgs),
+    /// Donor side of a clone: serve a backup command's stream (or a directory) to
+    /// authenticated receivers (replaces `ncat --listen ... -c "xtrabackup ..."`).
+    Serve(ServeArgs),
+    /// New pod's side of a clone: receive, extract, check, then mark complete (replaces
+    /// `ncat --recv-only ... | xbstream -x`).
+    Receive(ReceiveArgs),
+}
+
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 10m, 1h)"))
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 0.0.0.0:3307.
+    #[arg(long)]
+    pub listen: String,
+    /// Shell command whose standard output is the stream, run once per authenticated peer.
+    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    pub exec: Option<String>,
+    /// Directory to stream (as `create -C DIR .`).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Clones running at once; further peers wait (and are told so).
+    #[arg(long, default_value_t = 1)]
+    pub max_conns: usize,
+    /// File holding the shared token (e.g. a mounted Kubernetes Secret).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Serve without authentication. Anyone who reaches the port gets the whole database.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Plain xbstream, no handshake, for `ncat --recv-only | xbstream -x` receivers. Cannot
+    /// prove completeness to the receiver, and authenticates no one.
+    #[arg(long)]
+    pub raw: bool,
+    /// Heartbeat interval while the source is silent.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub heartbeat: std::time::Duration,
+    /// TLS certificate (PEM) of this donor.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require receivers to present a certificate signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Parallel readers for --dir.
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pub parallel: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Donor address, HOST:PORT.
+    #[arg(long)]
+    pub from: String,
+    /// Directory to clone into.
+    #[arg(short = 'C', long = "directory")]
+    pub dir: PathBuf,
+    /// File holding the shared token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Accept a donor that does not authenticate (serve --insecure).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Read plain xbstream from an ncat-style donor. Cannot prove completeness: no completion
+    /// marker is written.
+    #[arg(long)]
+    pub raw: bool,
+    /// Keep retrying the connection (DNS failures included) this long.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub retry_for: std::time::Duration,
+    /// Fail when neither data nor heartbeats arrive for this long.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub stall_timeout: std::time::Duration,
+    /// Refuse to clear a partial clone left by an earlier attempt.
+    #[arg(long)]
+    pub keep_partial: bool,
+    /// CA certificate (PEM) that signed the donor's certificate; enables TLS.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for donors that require one.
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Name expected in the donor's certificate (default: the host part of --from).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// Writer threads.
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pub parallel: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -96,6 +96,14 @@ pub enum Error {
     #[error("cannot read '{}': {reason}", path.display())]
     Source { path: PathBuf, reason: String },
 
+    /// A clone failed between donor and receiver.
+    #[error(transparent)]
+    Clone(#[from] crate::clone::CloneError),
+
+    /// The target directory is not in a state this command may touch.
+    #[error("{0}")]
+    Refused(String),
+
     #[error("interrupted")]
     Interrupted,
 }
@@ -109,6 +117,9 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// A local problem: target or source files, permissions, disk space, refused symlinks.
     pub const LOCAL: i32 = 3;
+    /// The peer or the network: unreachable, authentication failed, stalled, cut, or the
+    /// donor reported an error.
+    pub const PEER: i32 = 4;
     pub const INTERRUPTED: i32 = 130;
 }
 
@@ -116,6 +127,14 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Format(_) | Error::Ledger(_) => exit::BAD_STREAM,
+            Error::Clone(c) => match c {
+                crate::clone::CloneError::ProducerFailed(_)
+                | crate::clone::CloneError::TrailerMismatch(_) => exit::BAD_STREAM,
+                crate::clone::CloneError::Tls(_)
+                | crate::clone::CloneError::Setup(_)
+                | crate::clone::CloneError::Listen { .. } => exit::LOCAL,
+                _ => exit::PEER,
+            },
             Error::Interrupted => exit::INTERRUPTED,
             _ => exit::LOCAL,
         }

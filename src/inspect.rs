@@ -110,3 +110,53 @@ impl Listing {
         }
     }
 }
+
+/// Checks a stream pushed to it piece by piece (a forwarder's view: the bytes go elsewhere,
+/// a copy passes through here). Memory: at most one chunk is held.
+pub struct StreamChecker {
+    decoder: crate::format::Decoder,
+    buf: bytes::BytesMut,
+    ledger: Ledger,
+    totals: StreamTotals,
+}
+
+impl StreamChecker {
+    pub fn new(opts: DecodeOptions) -> Self {
+        StreamChecker {
+            decoder: crate::format::Decoder::new(opts),
+            buf: bytes::BytesMut::new(),
+            ledger: Ledger::new(),
+            totals: StreamTotals::default(),
+        }
+    }
+
+    /// Check the next bytes of the stream.
+    pub fn push(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        while let Some(chunk) = self.decoder.decode(&mut self.buf)? {
+            self.account(&chunk)?;
+        }
+        Ok(())
+    }
+
+    fn account(&mut self, chunk: &crate::format::Chunk) -> Result<()> {
+        let ev = self.ledger.apply(chunk)?;
+        self.totals.chunks += 1;
+        self.totals.data_bytes += chunk.data_len();
+        if let LedgerEvent::File { closed: true, .. } = ev {
+            self.totals.files += 1;
+        }
+        Ok(())
+    }
+
+    /// The stream ended: it must end at a chunk boundary with every file complete.
+    pub fn finish(mut self) -> Result<StreamTotals> {
+        while let Some(chunk) = self.decoder.decode_eof(&mut self.buf)? {
+            self.account(&chunk)?;
+        }
+        self.ledger.finish()?;
+        self.totals.bytes = self.decoder.stream_offset();
+        self.totals.dialect = self.decoder.dialect().to_string();
+        Ok(self.totals)
+    }
+}

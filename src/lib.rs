@@ -7,6 +7,7 @@
 //! exit codes.
 
 pub mod cli;
+pub mod clone;
 pub mod codec;
 pub mod create;
 pub mod error;

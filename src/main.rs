@@ -8,7 +8,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use xbagent::cli::{Cli, Command, DecodeArgs, DropIn};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use xbagent::cli::{Cli, Command, DecodeArgs, DropIn, ReceiveArgs, ServeArgs};
+use xbagent::clone::receive::{receive, ReceiveOptions, Received};
+use xbagent::clone::serve::{serve, ServeOptions, Source};
+use xbagent::clone::tls;
 use xbagent::create::{create, CreateOptions};
 use xbagent::error::exit;
 use xbagent::extract::{extract_path, ExtractOptions, WriterOptions};
@@ -28,7 +34,9 @@ fn main() -> ExitCode {
         drop_in(DropIn::parse())
     } else {
         let cli = Cli::parse();
-        init_logging(cli.verbose, cli.quiet);
+        // The clone commands are services: their connection log is wanted by default.
+        let service = matches!(cli.command, Command::Serve(_) | Command::Receive(_));
+        init_logging(cli.verbose || service, cli.quiet);
         run(cli)
     };
     match result {
@@ -135,6 +143,8 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 None => Ok(exit::OK),
             }
         }
+        Command::Serve(a) => run_serve(a),
+        Command::Receive(a) => run_receive(a, show, cli.verbose),
         Command::Verify(a) => {
             let progress = Progress::new("verify", None, show, cli.verbose);
             let scan = scan_path(a.input.as_deref(), decode_opts(&a.decode), &progress)?;
@@ -150,6 +160,127 @@ fn run(cli: Cli) -> Result<i32, Error> {
             Ok(exit::OK)
         }
     }
+}
+
+fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, Error> {
+    match path {
+        Some(p) => {
+            let t = std::fs::read(p).map_err(|e| Error::Read {
+                what: format!("token file {}", p.display()),
+                source: e,
+            })?;
+            if t.trim_ascii().is_empty() {
+                return Err(Error::Refused(format!("token file {} is empty", p.display())));
+            }
+            Ok(Some(xbagent::clone::protocol::derive_key(&t)))
+        }
+        None if insecure => Ok(None),
+        None => Err(Error::Refused(
+            "no --token-file given: refusing to run unauthenticated (add --insecure to accept that risk)".into(),
+        )),
+    }
+}
+
+fn shutdown_flag() -> Result<Arc<AtomicBool>, Error> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, flag.clone())
+            .map_err(|e| Error::Refused(format!("cannot install a signal handler: {e}")))?;
+    }
+    Ok(flag)
+}
+
+fn run_serve(a: ServeArgs) -> Result<i32, Error> {
+    let key = if a.raw {
+        None
+    } else {
+        read_token(a.token_file.as_deref(), a.insecure)?
+    };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(&tls::ServerTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
+    let source = match (a.exec, a.dir) {
+        (Some(cmd), _) => Source::Exec(cmd),
+        (None, Some(d)) => Source::Dir(d),
+        (None, None) => return Ok(exit::USAGE),
+    };
+    let opts = ServeOptions {
+        listen: a.listen,
+        source,
+        max_conns: a.max_conns.max(1),
+        key,
+        tls,
+        raw: a.raw,
+        heartbeat: a.heartbeat.max(std::time::Duration::from_millis(100)),
+        parallel: a.parallel,
+    };
+    serve(opts, shutdown_flag()?)?;
+    Ok(exit::OK)
+}
+
+fn run_receive(a: ReceiveArgs, show: bool, verbose: bool) -> Result<i32, Error> {
+    let key = if a.raw {
+        None
+    } else {
+        read_token(a.token_file.as_deref(), a.insecure)?
+    };
+    let tls = match &a.tls_ca {
+        Some(ca) => {
+            let host = a
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| host_of(&a.from).to_string());
+            let cfg = tls::client_config(&tls::ClientTls {
+                ca: ca.clone(),
+                cert: a.tls_cert.clone().zip(a.tls_key.clone()),
+                server_name: a.tls_server_name.clone(),
+            })?;
+            Some((cfg, tls::server_name(&host)?))
+        }
+        None => None,
+    };
+    let opts = ReceiveOptions {
+        from: a.from,
+        dir: a.dir,
+        key,
+        tls,
+        retry_for: a.retry_for,
+        stall_timeout: a.stall_timeout,
+        keep_partial: a.keep_partial,
+        raw: a.raw,
+        parallel: a.parallel,
+    };
+    let progress = Progress::new("receive", None, show, verbose);
+    let res = receive(&opts, &progress);
+    progress.finish();
+    match res? {
+        Received::AlreadyComplete => eprintln!(
+            "xbagent: {} already holds a complete clone; nothing to do",
+            opts.dir.display()
+        ),
+        Received::Complete(t) => eprintln!(
+            "xbagent: clone complete: {} files, {} chunks, {} bytes, digest {}",
+            t.files,
+            t.chunks,
+            t.bytes,
+            blake3::Hash::from(t.digest).to_hex()
+        ),
+        Received::RawUnproven { files, bytes } => eprintln!(
+            "xbagent: raw stream received ({files} files, {bytes} bytes); raw mode cannot prove the stream was whole, so no completion marker was written"
+        ),
+    }
+    Ok(exit::OK)
+}
+
+/// Host part of HOST:PORT (brackets of an IPv6 literal removed).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 fn print_table(out: &mut impl Write, l: &Listing) -> std::io::Result<()> {

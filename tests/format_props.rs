@@ -1126,7 +1126,7 @@ fn files_and_order(percona: bool) -> impl Strategy<Value = (Vec<Vec<Piece>>, Vec
         let order: Vec<usize> = files
             .iter()
             .enumerate()
-            .flat_map(|(f, p)| std::iter::repeat(f).take(p.len() + 1))
+            .flat_map(|(f, p)| std::iter::repeat_n(f, p.len() + 1))
             .collect();
         (Just(files), Just(order).prop_shuffle())
     })

@@ -1,0 +1,522 @@
+//! `xbagent serve`: the donor side of a clone.
+//!
+//! One thread per connection. A connection is authenticated before anything else happens; only
+//! then does it wait for a free slot (`--max-conns`, with QUEUED frames so the peer knows why
+//! it waits) and start its source: a shell command (e.g. `mariabackup --backup
+//! --stream=xbstream`) or a directory streamed by `create`. The source's bytes are checked by
+//! the one decoder as they pass, framed, and sent; heartbeats fill silences; a trailer ends a
+//! good stream. A peer that goes away, a defect in the stream, or SIGTERM stops the source's
+//! whole process group: no orphaned backups.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use rustls::ServerConfig;
+
+use super::protocol::{self, Challenge, FrameType, Trailer, FLAG_NO_AUTH, NONCE_LEN};
+use super::transport::{read_frame, write_frame, Conn, FrameError};
+use super::CloneError;
+use crate::create::{create, CreateOptions};
+use crate::error::Result;
+use crate::format::DecodeOptions;
+use crate::inspect::StreamChecker;
+use crate::progress::Progress;
+
+/// Where a connection's stream comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A command run through `sh -c`, its standard output being the stream.
+    Exec(String),
+    /// A directory streamed as `create -C DIR .` would.
+    Dir(PathBuf),
+}
+
+/// Settings of `serve`.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub listen: String,
+    pub source: Source,
+    pub max_conns: usize,
+    /// Key derived from the token file; `None` only with `--insecure`.
+    pub key: Option<[u8; 32]>,
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Plain xbstream, no handshake (for `ncat --recv-only | xbstream -x` receivers).
+    pub raw: bool,
+    pub heartbeat: Duration,
+    /// Parallel readers for `--dir`.
+    pub parallel: usize,
+}
+
+const DATA_FRAME: usize = 1 << 20;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const QUEUE_NOTICE: Duration = Duration::from_secs(5);
+
+/// Clone slots: at most `max` sources run at once.
+struct Slots {
+    max: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    /// Wait up to `wait` for a slot; `Some(running)` if none came free.
+    fn try_take(&self, wait: Duration) -> std::result::Result<(), usize> {
+        let deadline = Instant::now() + wait;
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used >= self.max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(*used);
+            }
+            used = self
+                .freed
+                .wait_timeout(used, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *used += 1;
+        Ok(())
+    }
+    fn give_back(&self) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(1);
+        self.freed.notify_one();
+    }
+}
+
+/// Run the donor until `shutdown` is set (SIGTERM). In-flight clones are then aborted: their
+/// sources stopped, their peers told.
+pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<()> {
+    let listener = TcpListener::bind(&opts.listen).map_err(|e| CloneError::Listen {
+        addr: opts.listen.clone(),
+        source: e,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| CloneError::Listen {
+            addr: opts.listen.clone(),
+            source: e,
+        })?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if opts.raw {
+        tracing::warn!(
+            "serving raw xbstream on {local}: no authentication, and receivers cannot tell a cut stream from a complete one"
+        );
+    } else if opts.key.is_none() {
+        tracing::warn!("serving on {local} WITHOUT authentication (--insecure): anyone who reaches this port gets the whole database");
+    }
+    tracing::info!(
+        "listening on {local} (max {} concurrent clones)",
+        opts.max_conns
+    );
+    let slots = Arc::new(Slots {
+        max: opts.max_conns.max(1),
+        used: Mutex::new(0),
+        freed: Condvar::new(),
+    });
+    let ids = AtomicU64::new(1);
+    let mut handles = Vec::new();
+    while !shutdown.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((sock, peer)) => {
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                let (opts, slots, shutdown) = (opts.clone(), slots.clone(), shutdown.clone());
+                handles.push(thread::spawn(move || {
+                    handle(id, sock, peer, &opts, &slots, &shutdown)
+                }));
+                handles.retain(|h| !h.is_finished());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => tracing::warn!("accept failed: {e}"),
+        }
+    }
+    tracing::info!(
+        "shutting down: no new connections; aborting {} in-flight clone(s)",
+        handles.len()
+    );
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn handle(
+    id: u64,
+    sock: TcpStream,
+    peer: SocketAddr,
+    opts: &ServeOptions,
+    slots: &Slots,
+    shutdown: &AtomicBool,
+) {
+    let span = tracing::info_span!("conn", id, %peer);
+    let _g = span.enter();
+    tracing::info!("connected");
+    match session(sock, opts, slots, shutdown) {
+        Ok(t) if t.exit_status == 0 => tracing::info!(
+            "clone sent: {} files, {} chunks, {} bytes",
+            t.files,
+            t.chunks,
+            t.bytes
+        ),
+        Ok(t) => tracing::warn!(
+            "source exited with status {}; the receiver was told (trailer)",
+            t.exit_status
+        ),
+        Err(e) => tracing::warn!("clone aborted: {e}"),
+    }
+}
+
+fn io_err(e: std::io::Error) -> String {
+    e.to_string()
+}
+
+fn session(
+    sock: TcpStream,
+    opts: &ServeOptions,
+    slots: &Slots,
+    shutdown: &AtomicBool,
+) -> std::result::Result<Trailer, String> {
+    let _ = sock.set_nonblocking(false);
+    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_err)?;
+    sock.set_write_timeout(Some(Duration::from_secs(300)))
+        .map_err(io_err)?;
+    let mut conn = match &opts.tls {
+        Some(cfg) => {
+            let tls = rustls::ServerConnection::new(cfg.clone()).map_err(|e| e.to_string())?;
+            Conn::TlsServer(Box::new(rustls::StreamOwned::new(tls, sock)))
+        }
+        None => Conn::Plain(sock),
+    };
+    let mut buf = Vec::new();
+    if !opts.raw {
+        if let Err(e) = handshake(&mut conn, opts, &mut buf) {
+            let _ = write_frame(&mut conn, FrameType::Error, e.as_bytes());
+            conn.finish();
+            return Err(e);
+        }
+        tracing::info!("peer authenticated");
+    }
+    // Wait for a slot, telling the peer why it waits; a peer that leaves is noticed here.
+    loop {
+        if shutdown.load(Ordering::SeqCst) {
+            let _ = send_error(&mut conn, opts, "donor is shutting down");
+            return Err("shutting down before the clone started".into());
+        }
+        match slots.try_take(QUEUE_NOTICE) {
+            Ok(()) => break,
+            Err(running) => {
+                let msg = format!(
+                    "waiting: {running} clone(s) already running (--max-conns {})",
+                    slots.max
+                );
+                tracing::info!("{msg}");
+                if !opts.raw {
+                    write_frame(&mut conn, FrameType::Queued, msg.as_bytes())
+                        .and_then(|()| conn.flush())
+                        .map_err(|e| format!("peer left while waiting: {e}"))?;
+                }
+            }
+        }
+    }
+    let result = stream(&mut conn, opts, shutdown);
+    slots.give_back();
+    conn.finish();
+    result
+}
+
+fn send_error(conn: &mut Conn, opts: &ServeOptions, msg: &str) -> std::io::Result<()> {
+    if !opts.raw {
+        write_frame(conn, FrameType::Error, msg.as_bytes())?;
+        conn.flush()?;
+    }
+    Ok(())
+}
+
+fn handshake(
+    conn: &mut Conn,
+    opts: &ServeOptions,
+    buf: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    let frame = |r: std::result::Result<FrameType, FrameError>| match r {
+        Ok(t) => Ok(t),
+        Err(FrameError::Io(e)) => Err(format!("handshake: {e}")),
+        Err(FrameError::Protocol(e)) => Err(format!("handshake: {e}")),
+    };
+    let ty = frame(read_frame(conn, buf))?;
+    if ty != FrameType::Hello {
+        return Err(format!("handshake: expected HELLO, got {ty:?}"));
+    }
+    let client_nonce = protocol::parse_hello(buf).map_err(|e| e.to_string())?;
+    let mut server_nonce = [0u8; NONCE_LEN];
+    rustix::rand::getrandom(&mut server_nonce, rustix::rand::GetRandomFlags::empty())
+        .map_err(|e| format!("no randomness: {e}"))?;
+    let c = match &opts.key {
+        Some(k) => Challenge {
+            flags: 0,
+            nonce: server_nonce,
+            proof: protocol::server_proof(k, &client_nonce, &server_nonce),
+        },
+        None => Challenge {
+            flags: FLAG_NO_AUTH,
+            nonce: server_nonce,
+            proof: [0; 32],
+        },
+    };
+    write_frame(conn, FrameType::Challenge, &protocol::challenge(&c))
+        .and_then(|()| conn.flush())
+        .map_err(|e| format!("handshake: {e}"))?;
+    let ty = frame(read_frame(conn, buf))?;
+    if ty == FrameType::Error {
+        return Err(format!("peer refused: {}", String::from_utf8_lossy(buf)));
+    }
+    if ty != FrameType::Proof {
+        return Err(format!("handshake: expected PROOF, got {ty:?}"));
+    }
+    if let Some(k) = &opts.key {
+        let want = protocol::client_proof(k, &client_nonce, &server_nonce);
+        if !protocol::proof_matches(&want, buf) {
+            return Err("authentication failed: wrong token".into());
+        }
+    }
+    Ok(())
+}
+
+enum Piece {
+    Data(Vec<u8>),
+    End,
+    Failed(String),
+}
+
+/// A running source: its bytes arrive on a channel; `stop` ends it and everything it started.
+struct Running {
+    rx: Receiver<Piece>,
+    child: Option<Child>,
+    dir_status: Option<thread::JoinHandle<i32>>,
+}
+
+impl Running {
+    fn start(opts: &ServeOptions) -> std::result::Result<Self, String> {
+        let (tx, rx) = bounded::<Piece>(8);
+        match &opts.source {
+            Source::Exec(cmd) => {
+                let mut child = Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    // Its own process group, so stopping it stops what it started.
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| format!("cannot start the source command: {e}"))?;
+                tracing::info!(pid = child.id(), "source started: {cmd}");
+                if let Some(err) = child.stderr.take() {
+                    let span = tracing::Span::current();
+                    thread::spawn(move || {
+                        let _g = span.enter();
+                        for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+                            tracing::info!(target: "source", "{line}");
+                        }
+                    });
+                }
+                let out = child.stdout.take();
+                if let Some(out) = out {
+                    thread::spawn(move || pump(out, tx));
+                }
+                Ok(Running {
+                    rx,
+                    child: Some(child),
+                    dir_status: None,
+                })
+            }
+            Source::Dir(dir) => {
+                let (r, w) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+                let mut copts = CreateOptions::new(dir.clone(), vec![PathBuf::from(".")]);
+                copts.parallel = opts.parallel.max(1);
+                let h = thread::spawn(move || match create(&copts, w, &Progress::hidden()) {
+                    Ok(_) => 0,
+                    Err(e) => {
+                        tracing::warn!("streaming the directory failed: {e}");
+                        1
+                    }
+                });
+                thread::spawn(move || pump(r, tx));
+                Ok(Running {
+                    rx,
+                    child: None,
+                    dir_status: Some(h),
+                })
+            }
+        }
+    }
+
+    /// Stop the source (SIGTERM to its process group, SIGKILL after 5 s) and reap it.
+    fn stop(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Ok(None) = child.try_wait() {
+                let pgid = rustix::process::Pid::from_raw(child.id() as i32);
+                if let Some(pgid) = pgid {
+                    let _ =
+                        rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM);
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < deadline {
+                        if let Ok(Some(_)) = child.try_wait() {
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    let _ =
+                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                }
+                let _ = child.wait();
+                tracing::info!("source stopped");
+            }
+        }
+        // A directory source stops when its pipe's reader is gone.
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// Exit status of a source that has finished sending.
+    fn status(&mut self) -> i32 {
+        if let Some(child) = &mut self.child {
+            return match child.wait() {
+                Ok(s) => s.code().unwrap_or_else(|| -s.signal().unwrap_or(1)),
+                Err(_) => -1,
+            };
+        }
+        match self.dir_status.take() {
+            Some(h) => h.join().unwrap_or(1),
+            None => 1,
+        }
+    }
+}
+
+fn pump(mut r: impl Read, tx: crossbeam_channel::Sender<Piece>) {
+    loop {
+        let mut buf = vec![0u8; DATA_FRAME];
+        match r.read(&mut buf) {
+            Ok(0) => {
+                let _ = tx.send(Piece::End);
+                return;
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.send(Piece::Data(buf)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Piece::Failed(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+fn stream(
+    conn: &mut Conn,
+    opts: &ServeOptions,
+    shutdown: &AtomicBool,
+) -> std::result::Result<Trailer, String> {
+    let mut src = Running::start(opts).inspect_err(|e| {
+        let _ = send_error(conn, opts, e);
+    })?;
+    let r = forward(conn, opts, &mut src, shutdown);
+    match r {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            src.stop();
+            let _ = send_error(conn, opts, &e);
+            Err(e)
+        }
+    }
+}
+
+fn forward(
+    conn: &mut Conn,
+    opts: &ServeOptions,
+    src: &mut Running,
+    shutdown: &AtomicBool,
+) -> std::result::Result<Trailer, String> {
+    let desc = match &opts.source {
+        Source::Exec(cmd) => format!("exec: {cmd}"),
+        Source::Dir(d) => format!("dir: {}", d.display()),
+    };
+    let sent = |e: std::io::Error| format!("receiver went away: {e}");
+    if !opts.raw {
+        write_frame(conn, FrameType::Start, desc.as_bytes())
+            .and_then(|()| conn.flush())
+            .map_err(sent)?;
+    }
+    let mut checker = StreamChecker::new(DecodeOptions::default());
+    let mut digest = blake3::Hasher::new();
+    let mut bytes = 0u64;
+    loop {
+        if shutdown.load(Ordering::SeqCst) {
+            return Err("donor is shutting down (SIGTERM)".into());
+        }
+        match src.rx.recv_timeout(opts.heartbeat) {
+            Ok(Piece::Data(buf)) => {
+                checker
+                    .push(&buf)
+                    .map_err(|e| format!("the source's stream is defective: {e}"))?;
+                digest.update(&buf);
+                bytes += buf.len() as u64;
+                if opts.raw {
+                    conn.write_all(&buf).map_err(sent)?;
+                } else {
+                    write_frame(conn, FrameType::Data, &buf).map_err(sent)?;
+                }
+            }
+            Ok(Piece::End) => break,
+            Ok(Piece::Failed(e)) => return Err(format!("reading the source failed: {e}")),
+            Err(RecvTimeoutError::Timeout) => {
+                if !opts.raw {
+                    write_frame(conn, FrameType::Heartbeat, &bytes.to_le_bytes())
+                        .and_then(|()| conn.flush())
+                        .map_err(sent)?;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = src.status();
+    let totals = match checker.finish() {
+        Ok(t) => t,
+        Err(e) if status != 0 => {
+            tracing::warn!("stream incomplete after the source failed: {e}");
+            Default::default()
+        }
+        Err(e) => return Err(format!("the source's stream is defective: {e}")),
+    };
+    let trailer = Trailer {
+        exit_status: status,
+        files: totals.files,
+        chunks: totals.chunks,
+        bytes,
+        digest: *digest.finalize().as_bytes(),
+    };
+    if !opts.raw {
+        write_frame(conn, FrameType::Trailer, &protocol::trailer(&trailer))
+            .and_then(|()| conn.flush())
+            .map_err(sent)?;
+    } else {
+        conn.flush().map_err(sent)?;
+    }
+    Ok(trailer)
+}

@@ -1,0 +1,106 @@
+//! A connection (plain TCP or TLS) and framed reads and writes over it.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use rustls::{ClientConnection, ServerConnection, StreamOwned};
+
+use super::protocol::{frame_header, parse_header, FrameType, ProtocolError};
+
+/// One side of a clone connection.
+pub enum Conn {
+    Plain(TcpStream),
+    TlsServer(Box<StreamOwned<ServerConnection, TcpStream>>),
+    TlsClient(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::TlsServer(s) => &s.sock,
+            Conn::TlsClient(s) => &s.sock,
+        }
+    }
+
+    /// Send a TLS close_notify where there is one, then close the write side.
+    pub fn finish(&mut self) {
+        match self {
+            Conn::Plain(_) => {}
+            Conn::TlsServer(s) => {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            }
+            Conn::TlsClient(s) => {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            }
+        }
+        let _ = self.tcp().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::TlsServer(s) => s.read(buf),
+            Conn::TlsClient(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::TlsServer(s) => s.write(buf),
+            Conn::TlsClient(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::TlsServer(s) => s.flush(),
+            Conn::TlsClient(s) => s.flush(),
+        }
+    }
+}
+
+/// Why a framed read failed.
+#[derive(Debug)]
+pub enum FrameError {
+    Io(io::Error),
+    Protocol(ProtocolError),
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+/// Write one frame (header and payload).
+pub fn write_frame(w: &mut impl Write, ty: FrameType, payload: &[u8]) -> io::Result<()> {
+    w.write_all(&frame_header(ty, payload.len()))?;
+    w.write_all(payload)
+}
+
+/// Read one frame into `buf` (reused between calls; never larger than the frame cap).
+pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<FrameType, FrameError> {
+    let mut h = [0u8; 5];
+    r.read_exact(&mut h)?;
+    let (ty, len) = parse_header(&h).map_err(FrameError::Protocol)?;
+    buf.clear();
+    // The length is capped by parse_header; read in pieces so a peer that announces a large
+    // frame and sends nothing cannot make us allocate it.
+    let mut left = len as usize;
+    let mut piece = [0u8; 64 * 1024];
+    while left > 0 {
+        let n = left.min(piece.len());
+        r.read_exact(&mut piece[..n])?;
+        buf.extend_from_slice(&piece[..n]);
+        left -= n;
+    }
+    Ok(ty)
+}
