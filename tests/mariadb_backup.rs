@@ -1,0 +1,644 @@
+//! Integration tests against a real MariaDB server and the real mariabackup.
+//!
+//! Each test starts its own throw-away server with `scripts/mariadb-fixture` (own temp dir,
+//! own socket, own free TCP port), streams a `mariabackup --backup --stream=xbstream
+//! --parallel=4` backup, extracts it with `xbagent extract`, prepares it with
+//! `mariabackup --prepare`, starts a second server on the result and compares table
+//! checksums with the source. The same stream is also extracted with the reference
+//! `mbstream -x` and both trees must be byte-identical.
+//!
+//! These tests never skip: a missing tool (mariadbd, mariabackup, mbstream, ...) is a failure
+//! that names the tool and the packages to install.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use bytes::BytesMut;
+use xbagent::format::{ChunkBody, DecodeOptions, Decoder, FLAG_REWRITE};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mariadb-fixture");
+const XBAGENT: &str = env!("CARGO_BIN_EXE_xbagent");
+
+const REQUIRED_TOOLS: &[&str] = &[
+    "bash",
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb",
+    "mariadb-admin",
+    "mariabackup",
+    "mbstream",
+    "setsid",
+    "timeout",
+];
+
+/// Fail (never skip) when a tool the tests drive is missing.
+fn require_tools() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
+        .collect();
+    let missing: Vec<&str> = REQUIRED_TOOLS
+        .iter()
+        .copied()
+        .filter(|t| !dirs.iter().any(|d| d.join(t).is_file()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "required tool(s) not found in PATH: {}. Install mariadb-server and mariadb-backup \
+         (Debian/Ubuntu: apt-get install mariadb-server mariadb-backup); these tests never skip",
+        missing.join(", ")
+    );
+    assert!(
+        Path::new(FIXTURE).is_file(),
+        "fixture script {FIXTURE} is missing"
+    );
+}
+
+/// A short temp dir under /tmp: unix socket paths are limited to ~107 bytes.
+fn short_tempdir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("xbm-{tag}-"))
+        .tempdir_in("/tmp")
+        .expect("cannot create a temp dir in /tmp")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free TCP port")
+        .port()
+}
+
+fn describe(cmd: &str, args: &[&str], out: &Output) -> String {
+    format!(
+        "`{cmd} {}` failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Run the fixture script; panic with its output on failure; return its stdout.
+fn fixture(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(FIXTURE)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
+    assert!(out.status.success(), "{}", describe(FIXTURE, args, &out));
+    String::from_utf8(out.stdout).expect("fixture output is not UTF-8")
+}
+
+/// Run a fixture command whose stdout is a backup stream, into `dest`.
+fn fixture_to_file(args: &[&str], dest: &Path) {
+    let file = fs::File::create(dest).expect("cannot create the stream file");
+    let out = Command::new("bash")
+        .arg(FIXTURE)
+        .args(args)
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
+    assert!(out.status.success(), "{}", describe(FIXTURE, args, &out));
+}
+
+/// A running fixture server; shut down on drop, also when the test panics.
+struct Server {
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, port: u16) -> Server {
+        fixture(&["start", p(dir), &port.to_string()]);
+        Server {
+            dir: dir.to_path_buf(),
+        }
+    }
+    fn start_on(datadir: &Path, port: u16) -> Server {
+        fixture(&["start-on", p(datadir), &port.to_string()]);
+        Server {
+            dir: datadir.to_path_buf(),
+        }
+    }
+    fn checksums(&self) -> BTreeMap<String, String> {
+        parse_checksums(&fixture(&["checksums", p(&self.dir)]))
+    }
+    fn sql(&self, sql: &str) -> String {
+        fixture(&["sql", p(&self.dir), sql])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(FIXTURE)
+            .args(["stop", p(&self.dir)])
+            .output();
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+fn parse_checksums(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (t, c) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad checksum line {l:?}"));
+            (t.to_string(), c.to_string())
+        })
+        .collect()
+}
+
+/// Extract with xbagent; panic with its output on failure.
+fn xbagent_extract(stream: &Path, dest: &Path) {
+    let args = ["extract", "--no-progress", "-C", p(dest), p(stream)];
+    let out = Command::new(XBAGENT)
+        .args(args)
+        .output()
+        .expect("cannot run xbagent");
+    assert!(out.status.success(), "{}", describe(XBAGENT, &args, &out));
+}
+
+/// Extract with the reference `mbstream -x`.
+fn mbstream_extract(stream: &Path, dest: &Path) {
+    fs::create_dir_all(dest).unwrap();
+    let out = Command::new("mbstream")
+        .args(["-x", "-C", p(dest)])
+        .stdin(fs::File::open(stream).unwrap())
+        .output()
+        .expect("cannot run mbstream");
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("mbstream", &["-x", "-C", p(dest)], &out)
+    );
+}
+
+/// Every regular file below `root` (relative path → contents) and every directory.
+fn tree(root: &Path) -> (BTreeSet<String>, BTreeMap<String, Vec<u8>>) {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        dirs: &mut BTreeSet<String>,
+        files: &mut BTreeMap<String, Vec<u8>>,
+    ) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let ft = entry.file_type().unwrap();
+            if ft.is_dir() {
+                dirs.insert(rel);
+                walk(root, &path, dirs, files);
+            } else {
+                assert!(
+                    ft.is_file(),
+                    "unexpected non-regular file {rel} in {}",
+                    root.display()
+                );
+                let mut data = Vec::new();
+                fs::File::open(&path)
+                    .unwrap()
+                    .read_to_end(&mut data)
+                    .unwrap();
+                files.insert(rel, data);
+            }
+        }
+    }
+    let mut dirs = BTreeSet::new();
+    let mut files = BTreeMap::new();
+    walk(root, root, &mut dirs, &mut files);
+    (dirs, files)
+}
+
+/// xbagent's extraction must be byte-identical to the reference extraction of the same stream.
+fn assert_same_tree(ours: &Path, reference: &Path) {
+    let (our_dirs, our_files) = tree(ours);
+    let (ref_dirs, ref_files) = tree(reference);
+    assert_eq!(
+        our_dirs, ref_dirs,
+        "directories differ between xbagent and mbstream extraction"
+    );
+    let our_names: BTreeSet<_> = our_files.keys().collect();
+    let ref_names: BTreeSet<_> = ref_files.keys().collect();
+    assert_eq!(
+        our_names.difference(&ref_names).collect::<Vec<_>>(),
+        Vec::<&&String>::new(),
+        "files only in xbagent's extraction"
+    );
+    assert_eq!(
+        ref_names.difference(&our_names).collect::<Vec<_>>(),
+        Vec::<&&String>::new(),
+        "files only in mbstream's extraction"
+    );
+    for (name, data) in &our_files {
+        let r = &ref_files[name];
+        assert!(
+            data == r,
+            "file {name} differs: xbagent wrote {} bytes, mbstream {} bytes{}",
+            data.len(),
+            r.len(),
+            data.iter()
+                .zip(r.iter())
+                .position(|(a, b)| a != b)
+                .map(|i| format!(", first difference at byte {i}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// What a stream holds, chunk kind by chunk kind.
+#[derive(Debug, Default)]
+struct StreamStats {
+    chunks: u64,
+    payload: u64,
+    eof: u64,
+    seek: u64,
+    sparse: u64,
+    remove: u64,
+    rename: u64,
+    ignored: u64,
+    rewrite_flagged: u64,
+    /// R chunks whose source had been completely sent (E seen) earlier in the stream.
+    renames_of_sent_files: u64,
+    /// R chunks whose source never appeared in the stream (nothing to rename).
+    renames_of_unsent_files: u64,
+    /// D chunks whose path never appeared in the stream.
+    removes_of_unsent_files: u64,
+    seek_examples: Vec<String>,
+    bytes: u64,
+}
+
+impl StreamStats {
+    fn summary(&self) -> String {
+        format!(
+            "{} bytes, {} chunks: P={} E={} S(seek)={} S(sparse)={} D={} R={} ignored={}; \
+             REWRITE-flagged={}; R of already-sent files={}, R of never-sent files={}, \
+             D of never-sent paths={}; first seeks: {:?}",
+            self.bytes,
+            self.chunks,
+            self.payload,
+            self.eof,
+            self.seek,
+            self.sparse,
+            self.remove,
+            self.rename,
+            self.ignored,
+            self.rewrite_flagged,
+            self.renames_of_sent_files,
+            self.renames_of_unsent_files,
+            self.removes_of_unsent_files,
+            self.seek_examples
+        )
+    }
+}
+
+fn stream_stats(stream: &Path) -> StreamStats {
+    let data = fs::read(stream).expect("cannot read the stream");
+    let mut st = StreamStats {
+        bytes: data.len() as u64,
+        ..Default::default()
+    };
+    let mut buf = BytesMut::from(&data[..]);
+    let mut dec = Decoder::new(DecodeOptions::default());
+    // Paths present in the extracted tree as the stream is applied (sent, renamed, removed).
+    let mut present: BTreeSet<Vec<u8>> = BTreeSet::new();
+    loop {
+        let chunk = match dec.decode(&mut buf) {
+            Ok(Some(c)) => c,
+            Ok(None) => match dec.decode_eof(&mut buf) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => panic!("the decoder rejects the mariabackup stream at its end: {e}"),
+            },
+            Err(e) => panic!("the decoder rejects the mariabackup stream: {e}"),
+        };
+        st.chunks += 1;
+        if chunk.flags & FLAG_REWRITE != 0 {
+            st.rewrite_flagged += 1;
+        }
+        let path = chunk.path.to_vec();
+        match &chunk.body {
+            ChunkBody::Payload { .. } => {
+                st.payload += 1;
+                present.insert(path);
+            }
+            ChunkBody::Sparse { .. } => st.sparse += 1,
+            ChunkBody::Seek { offset } => {
+                st.seek += 1;
+                if st.seek_examples.len() < 5 {
+                    st.seek_examples
+                        .push(format!("{} -> {offset}", chunk.display_path()));
+                }
+            }
+            ChunkBody::Eof => {
+                st.eof += 1;
+                present.insert(path);
+            }
+            ChunkBody::Remove => {
+                st.remove += 1;
+                if !present.remove(&path) {
+                    st.removes_of_unsent_files += 1;
+                }
+            }
+            ChunkBody::Rename { to } => {
+                st.rename += 1;
+                if present.remove(&path) {
+                    st.renames_of_sent_files += 1;
+                    present.insert(to.to_vec());
+                } else {
+                    st.renames_of_unsent_files += 1;
+                }
+            }
+            ChunkBody::Ignored { .. } => st.ignored += 1,
+        }
+    }
+    st
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) a plain backup
+
+#[test]
+fn plain_backup_extracts_prepares_and_matches_source_checksums() {
+    require_tools();
+    let tmp = short_tempdir("plain");
+    let src_dir = tmp.path().join("src");
+    let restore = tmp.path().join("restore");
+    let reference = tmp.path().join("ref");
+    let stream = tmp.path().join("plain.xb");
+
+    let src = Server::start(&src_dir, free_port());
+    fixture(&["load", p(&src_dir), "2"]);
+    let source_sums = src.checksums();
+    assert!(
+        source_sums.len() >= 6,
+        "the fixture loaded too few tables: {source_sums:?}"
+    );
+
+    fixture_to_file(&["backup", p(&src_dir)], &stream);
+    let st = stream_stats(&stream);
+    eprintln!("plain backup stream: {}", st.summary());
+    assert!(
+        st.payload > 0 && st.eof > 0,
+        "the backup stream is empty: {st:?}"
+    );
+
+    xbagent_extract(&stream, &restore);
+    mbstream_extract(&stream, &reference);
+    assert_same_tree(&restore, &reference);
+
+    fixture(&["prepare", p(&restore)]);
+    let restored = Server::start_on(&restore, free_port());
+    let restored_sums = restored.checksums();
+    let nulls: Vec<_> = restored_sums.iter().filter(|(_, c)| *c == "NULL").collect();
+    assert!(
+        nulls.is_empty(),
+        "unreadable tables after restore: {nulls:?}"
+    );
+    assert_eq!(
+        restored_sums, source_sums,
+        "CHECKSUM TABLE of the restored server differs from the source"
+    );
+    drop(restored);
+    drop(src);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) a backup taken while DDL runs
+
+/// One completed statement of the fixture's DDL loop (see scripts/mariadb-fixture).
+#[derive(Debug, Clone)]
+enum Ddl {
+    Create(String),
+    Drop(String),
+    Rename(String, String),
+    Alter(String),
+}
+
+#[derive(Debug, Default)]
+struct DdlLog {
+    initial: BTreeSet<String>,
+    steps: Vec<Ddl>,
+    /// Steps completed before the backup process was started.
+    before_backup: usize,
+    /// Steps logged before the backup process exited (some may have completed just after
+    /// BACKUP STAGE END released them; none logged later can be in the backup).
+    before_backup_end: usize,
+}
+
+fn parse_ddl_log(text: &str) -> DdlLog {
+    let mut log = DdlLog::default();
+    let mut saw_start = false;
+    let mut saw_end = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# initial-tables") {
+            log.initial = rest.split_whitespace().map(str::to_string).collect();
+        } else if line == "# backup-start" {
+            log.before_backup = log.steps.len();
+            saw_start = true;
+        } else if line.starts_with("# backup-end") {
+            log.before_backup_end = log.steps.len();
+            saw_end = true;
+        } else if line.starts_with("# failed") {
+            panic!("the DDL loop failed: {line}");
+        } else if line.starts_with('#') || line.is_empty() {
+        } else {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let n: usize = f[0]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad ddl.log line {line:?}"));
+            assert_eq!(
+                n,
+                log.steps.len() + 1,
+                "ddl.log steps out of order at {line:?}"
+            );
+            log.steps.push(match (f[1], f.len()) {
+                ("create", 3) => Ddl::Create(f[2].into()),
+                ("drop", 3) => Ddl::Drop(f[2].into()),
+                ("alter", 3) => Ddl::Alter(f[2].into()),
+                ("rename", 4) => Ddl::Rename(f[2].into(), f[3].into()),
+                _ => panic!("bad ddl.log line {line:?}"),
+            });
+        }
+    }
+    assert!(
+        saw_start && saw_end,
+        "ddl.log lacks its backup markers:\n{text}"
+    );
+    log
+}
+
+/// The table set after each step: `sets[k]` is the state after `k` steps.
+fn table_sets(log: &DdlLog) -> Vec<BTreeSet<String>> {
+    let mut cur = log.initial.clone();
+    let mut sets = vec![cur.clone()];
+    for (i, step) in log.steps.iter().enumerate() {
+        match step {
+            Ddl::Create(t) => assert!(cur.insert(t.clone()), "step {}: {t} created twice", i + 1),
+            Ddl::Drop(t) => assert!(cur.remove(t), "step {}: {t} dropped but absent", i + 1),
+            Ddl::Rename(a, b) => {
+                assert!(cur.remove(a), "step {}: {a} renamed but absent", i + 1);
+                assert!(cur.insert(b.clone()), "step {}: {b} already exists", i + 1);
+            }
+            Ddl::Alter(t) => assert!(cur.contains(t), "step {}: {t} altered but absent", i + 1),
+        }
+        sets.push(cur.clone());
+    }
+    sets
+}
+
+/// rows(i) of the fixture's DDL loop: `ddl.{c,r}_<engine>_<i>` holds this many rows.
+fn ddl_rows(i: u64) -> u64 {
+    50 + (i * 37) % 400
+}
+
+#[test]
+fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
+    require_tools();
+    let tmp = short_tempdir("ddl");
+    let src_dir = tmp.path().join("src");
+    let restore = tmp.path().join("restore");
+    let reference = tmp.path().join("ref");
+    let stream = tmp.path().join("ddl.xb");
+
+    let src = Server::start(&src_dir, free_port());
+    fixture(&["load", p(&src_dir), "1"]);
+
+    // The loop starts before the backup and stops after it; see the fixture for how the
+    // backup is throttled so that DDL lands inside BACKUP STAGE START .. BLOCK_DDL.
+    fixture_to_file(&["backup-ddl", p(&src_dir)], &stream);
+    let log_text = fs::read_to_string(src_dir.join("ddl.log")).expect("no ddl.log");
+    let log = parse_ddl_log(&log_text);
+    let sets = table_sets(&log);
+    eprintln!(
+        "DDL loop: {} statements, {} before the backup started, {} before it ended",
+        log.steps.len(),
+        log.before_backup,
+        log.before_backup_end
+    );
+    assert!(
+        log.before_backup_end > log.before_backup,
+        "no DDL statement completed while the backup ran; the test proves nothing"
+    );
+
+    let st = stream_stats(&stream);
+    eprintln!("DDL backup stream: {}", st.summary());
+    assert!(
+        st.remove > 0 && st.rename > 0,
+        "the DDL backup holds no D (remove) or no R (rename) chunk: {st:?}; the DDL loop did \
+         not overlap the backup's copy phase (see {}/backup.log)",
+        src_dir.display()
+    );
+
+    xbagent_extract(&stream, &restore);
+    mbstream_extract(&stream, &reference);
+    assert_same_tree(&restore, &reference);
+
+    // The source as it is now (the loop has stopped).
+    let source_sums = src.checksums();
+
+    fixture(&["prepare", p(&restore)]);
+    let restored = Server::start_on(&restore, free_port());
+    let restored_sums = restored.checksums();
+    let restored_set: BTreeSet<String> = restored_sums.keys().cloned().collect();
+
+    // 1. The restored table set is the source's table set right after some DDL statement
+    //    that completed while the backup ran (DDL is atomic, and BACKUP STAGE BLOCK_DDL
+    //    waits for running DDL and holds new DDL back until the backup ends).
+    let lo = log.before_backup;
+    let hi = log.before_backup_end;
+    let matching: Vec<usize> = (lo..=hi).filter(|&k| sets[k] == restored_set).collect();
+    if matching.is_empty() {
+        let (best, diff) = (lo..=hi)
+            .map(|k| (k, sets[k].symmetric_difference(&restored_set).count()))
+            .min_by_key(|&(_, d)| d)
+            .unwrap();
+        panic!(
+            "the restored table set matches the source after no DDL step in {lo}..={hi}; \
+             closest is step {best} ({diff} tables differ): only restored {:?}, only source {:?}",
+            restored_set.difference(&sets[best]).collect::<Vec<_>>(),
+            sets[best].difference(&restored_set).collect::<Vec<_>>()
+        );
+    }
+    eprintln!(
+        "restored table set = source after DDL step(s) {:?} (backup ran over steps {lo}..={hi})",
+        matching
+    );
+
+    // 2. Every restored table is readable.
+    let nulls: Vec<_> = restored_sums.iter().filter(|(_, c)| *c == "NULL").collect();
+    assert!(
+        nulls.is_empty(),
+        "unreadable tables after restore: {nulls:?}"
+    );
+
+    // 3. Tables the DDL loop never touches have the source's content.
+    let touched = |t: &str| {
+        t.starts_with("ddl.c_")
+            || t.starts_with("ddl.r_")
+            || t.starts_with("ddl.flip_")
+            || t.starts_with("ddl.pool_")
+    };
+    for (t, sum) in source_sums.iter().filter(|(t, _)| !touched(t)) {
+        assert_eq!(
+            restored_sums.get(t),
+            Some(sum),
+            "table {t} (untouched by DDL) differs after restore"
+        );
+    }
+    // The flip tables are only renamed: their content must survive under whichever name.
+    for e in ["innodb", "myisam", "aria"] {
+        let name = |s: &BTreeMap<String, String>| {
+            let a = format!("ddl.flip_{e}_a");
+            let b = format!("ddl.flip_{e}_b");
+            match (s.get(&a), s.get(&b)) {
+                (Some(x), None) | (None, Some(x)) => x.clone(),
+                other => panic!("expected exactly one of {a}, {b}; found {other:?}"),
+            }
+        };
+        assert_eq!(
+            name(&restored_sums),
+            name(&source_sums),
+            "renamed table ddl.flip_{e}_* lost its content"
+        );
+    }
+    // The pool tables are only dropped: those still there keep the source's content.
+    for (t, sum) in restored_sums
+        .iter()
+        .filter(|(t, _)| t.starts_with("ddl.pool_"))
+    {
+        if let Some(s) = source_sums.get(t) {
+            assert_eq!(sum, s, "table {t} differs after restore");
+        }
+    }
+
+    // 4. Tables created by the loop hold the rows they were created with.
+    for t in restored_set
+        .iter()
+        .filter(|t| t.starts_with("ddl.c_") || t.starts_with("ddl.r_"))
+    {
+        let i: u64 = t.rsplit('_').next().unwrap().parse().unwrap();
+        let count = restored.sql(&format!("SELECT COUNT(*) FROM {t}"));
+        assert_eq!(
+            count.trim(),
+            ddl_rows(i).to_string(),
+            "table {t} has the wrong number of rows after restore"
+        );
+    }
+    drop(restored);
+    drop(src);
+}
