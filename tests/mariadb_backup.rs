@@ -260,6 +260,32 @@ fn assert_same_tree(ours: &Path, reference: &Path) {
     }
 }
 
+/// Table data files without their table's `.frm`, in every database directory of a datadir.
+///
+/// mariabackup 10.11 copies every `.frm` under BACKUP STAGE BLOCK_DDL, after the DDL it has
+/// to account for, and sends D and R chunks for data files it copied earlier under names
+/// that no longer exist. An extractor that ignores D or R leaves such files behind: the server
+/// does not see them, but the restored datadir holds stale data under dead names.
+fn orphan_table_files(datadir: &Path) -> Vec<String> {
+    const DATA_EXTS: &[&str] = &["ibd", "MYD", "MYI", "MAD", "MAI", "CSV", "CSM", "ARZ"];
+    let mut orphans = Vec::new();
+    for db in fs::read_dir(datadir).unwrap() {
+        let db = db.unwrap().path();
+        if !db.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&db).unwrap() {
+            let f = f.unwrap().path();
+            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if DATA_EXTS.contains(&ext) && !f.with_extension("frm").exists() {
+                orphans.push(f.strip_prefix(datadir).unwrap().display().to_string());
+            }
+        }
+    }
+    orphans.sort();
+    orphans
+}
+
 /// What a stream holds, chunk kind by chunk kind.
 #[derive(Debug, Default)]
 struct StreamStats {
@@ -276,6 +302,8 @@ struct StreamStats {
     renames_of_sent_files: u64,
     /// R chunks whose source never appeared in the stream (nothing to rename).
     renames_of_unsent_files: u64,
+    /// D chunks whose path had been sent earlier in the stream.
+    removes_of_sent_files: u64,
     /// D chunks whose path never appeared in the stream.
     removes_of_unsent_files: u64,
     seek_examples: Vec<String>,
@@ -287,7 +315,7 @@ impl StreamStats {
         format!(
             "{} bytes, {} chunks: P={} E={} S(seek)={} S(sparse)={} D={} R={} ignored={}; \
              REWRITE-flagged={}; R of already-sent files={}, R of never-sent files={}, \
-             D of never-sent paths={}; first seeks: {:?}",
+             D of already-sent files={}, D of never-sent paths={}; first seeks: {:?}",
             self.bytes,
             self.chunks,
             self.payload,
@@ -300,6 +328,7 @@ impl StreamStats {
             self.rewrite_flagged,
             self.renames_of_sent_files,
             self.renames_of_unsent_files,
+            self.removes_of_sent_files,
             self.removes_of_unsent_files,
             self.seek_examples
         )
@@ -350,7 +379,9 @@ fn stream_stats(stream: &Path) -> StreamStats {
             }
             ChunkBody::Remove => {
                 st.remove += 1;
-                if !present.remove(&path) {
+                if present.remove(&path) {
+                    st.removes_of_sent_files += 1;
+                } else {
                     st.removes_of_unsent_files += 1;
                 }
             }
@@ -402,6 +433,11 @@ fn plain_backup_extracts_prepares_and_matches_source_checksums() {
     assert_same_tree(&restore, &reference);
 
     fixture(&["prepare", p(&restore)]);
+    let orphans = orphan_table_files(&restore);
+    assert!(
+        orphans.is_empty(),
+        "table files without a .frm after prepare: {orphans:?}"
+    );
     let restored = Server::start_on(&restore, free_port());
     let restored_sums = restored.checksums();
     let nulls: Vec<_> = restored_sums.iter().filter(|(_, c)| *c == "NULL").collect();
@@ -530,6 +566,12 @@ fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
         log.before_backup,
         log.before_backup_end
     );
+    for l in log_text
+        .lines()
+        .filter(|l| l.starts_with("# pause") || l.starts_with("# resume"))
+    {
+        eprintln!("DDL loop: {}", &l[2..]);
+    }
     assert!(
         log.before_backup_end > log.before_backup,
         "no DDL statement completed while the backup ran; the test proves nothing"
@@ -544,14 +586,33 @@ fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
         src_dir.display()
     );
 
+    assert!(
+        st.renames_of_sent_files + st.removes_of_sent_files > 0,
+        "no D or R chunk in the DDL backup touches a file sent earlier in the stream: {}; \
+         the fixture did not catch BACKUP STAGE FLUSH (see '# paused' lines in {}/ddl.log), \
+         so this stream cannot tell whether an extractor applies D and R",
+        st.summary(),
+        src_dir.display()
+    );
+
     xbagent_extract(&stream, &restore);
     mbstream_extract(&stream, &reference);
     assert_same_tree(&restore, &reference);
+    let orphans = orphan_table_files(&restore);
+    assert!(
+        orphans.is_empty(),
+        "table files without a .frm after extraction (D or R chunks not applied?): {orphans:?}"
+    );
 
     // The source as it is now (the loop has stopped).
     let source_sums = src.checksums();
 
     fixture(&["prepare", p(&restore)]);
+    let orphans = orphan_table_files(&restore);
+    assert!(
+        orphans.is_empty(),
+        "table files without a .frm after prepare: {orphans:?}"
+    );
     let restored = Server::start_on(&restore, free_port());
     let restored_sums = restored.checksums();
     let restored_set: BTreeSet<String> = restored_sums.keys().cloned().collect();
