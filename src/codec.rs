@@ -63,16 +63,17 @@ impl<R: Read> ChunkReader<R> {
     fn fill(&mut self) -> Result<()> {
         let have = self.buf.len();
         let need = self.decoder.bytes_needed().max(have + 1);
-        // Read what the chunk still needs, at least MIN_READ (to amortise syscalls), but never
-        // reserve more than what has arrived justifies.
-        let want = (need - have)
-            .max(MIN_READ)
-            .min(self.hint.max(have).max(MIN_READ));
-        if self.buf.capacity() - have < want {
+        let remaining = need - have;
+        // Grow only when the chunk cannot fit, and then by no more than what has arrived
+        // justifies (the bytes in hand, or the size of the last whole chunk): a declared
+        // length alone never reserves memory. Spare room is otherwise used as it is, so a
+        // buffer is never reallocated (and copied) just to read ahead.
+        if self.buf.capacity() - have < remaining {
+            let grant = remaining.min(self.hint.max(have).max(MIN_READ));
             if have == 0 {
-                self.buf = BytesMut::with_capacity(want);
+                self.buf = BytesMut::with_capacity(grant.max(MIN_READ));
             } else {
-                self.buf.reserve(want);
+                self.buf.reserve(grant);
             }
         }
         let start = self.buf.len();

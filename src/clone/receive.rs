@@ -329,6 +329,10 @@ fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> std::result::Result<(), 
             CloneError::Cut { peer: peer.clone() }
         }
         FrameError::Io(e) => io(e),
+        // A raw donor sends xbstream at once: its first byte is the 'X' of "XBSTCK01".
+        FrameError::Protocol(protocol::ProtocolError::UnknownFrame(b'X')) => {
+            proto(protocol::ProtocolError::BadMagic)
+        }
         FrameError::Protocol(p) => proto(p),
     };
     let mut nonce = [0u8; NONCE_LEN];

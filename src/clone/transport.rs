@@ -92,15 +92,14 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<FrameType, Fra
     r.read_exact(&mut h)?;
     let (ty, len) = parse_header(&h).map_err(FrameError::Protocol)?;
     buf.clear();
-    // The length is capped by parse_header; read in pieces so a peer that announces a large
-    // frame and sends nothing cannot make us allocate it.
-    let mut left = len as usize;
-    let mut piece = [0u8; 64 * 1024];
-    while left > 0 {
-        let n = left.min(piece.len());
-        r.read_exact(&mut piece[..n])?;
-        buf.extend_from_slice(&piece[..n]);
-        left -= n;
+    // The length is capped by parse_header; the buffer still grows only step by step as bytes
+    // arrive, so a peer that announces a large frame and sends nothing gets little memory.
+    const STEP: usize = 256 * 1024;
+    let len = len as usize;
+    while buf.len() < len {
+        let at = buf.len();
+        buf.resize(len.min(at + STEP.max(at)), 0);
+        r.read_exact(&mut buf[at..])?;
     }
     Ok(ty)
 }
