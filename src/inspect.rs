@@ -1,6 +1,5 @@
 //! `list` and `verify`: read a whole stream through the decoder and the ledger, write nothing.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -54,16 +53,8 @@ pub fn scan<R: Read>(input: R, what: &str, opts: DecodeOptions, progress: &Progr
 
 /// Scan a file, or standard input for `None` / `-`.
 pub fn scan_path(input: Option<&Path>, opts: DecodeOptions, progress: &Progress) -> Result<Scan> {
-    Ok(match input {
-        Some(p) if p != Path::new("-") => {
-            let f = File::open(p).map_err(|e| Error::Read {
-                what: p.display().to_string(),
-                source: e,
-            })?;
-            scan(f, &p.display().to_string(), opts, progress)
-        }
-        _ => scan(crate::stdio::stdin()?, "standard input", opts, progress),
-    })
+    let (f, what) = crate::stdio::open_input(input)?;
+    Ok(scan(f, &what, opts, progress))
 }
 
 /// One file of a listing, as printed by `list --json`.

@@ -24,3 +24,18 @@ pub fn stdout() -> Result<File> {
         .map(File::from)
         .map_err(Error::WriteStream)
 }
+
+/// The input a command reads: a named file, or standard input for `None` / `-`; with the
+/// name to use in messages.
+pub fn open_input(path: Option<&std::path::Path>) -> Result<(File, String)> {
+    match path {
+        Some(p) if p != std::path::Path::new("-") => {
+            let f = File::open(p).map_err(|e| Error::Read {
+                what: p.display().to_string(),
+                source: e,
+            })?;
+            Ok((f, p.display().to_string()))
+        }
+        _ => Ok((stdin()?, "standard input".to_string())),
+    }
+}

@@ -22,7 +22,7 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
 use super::protocol::{self, FrameType, Trailer, FLAG_NO_AUTH, NONCE_LEN};
-use super::transport::{read_frame, write_frame, Conn, FrameError};
+use super::transport::{read_frame, read_header, read_payload, write_frame, Conn, FrameError};
 use super::{CloneError, COMPLETE_MARKER, PARTIAL_MARKER};
 use crate::error::{Error, Result};
 use crate::extract::{extract_reader, ExtractOptions, WriterOptions};
@@ -217,8 +217,8 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
     let reader = FrameReader {
         conn,
         raw: opts.raw,
+        left: 0,
         buf: Vec::new(),
-        pos: 0,
         trailer: None,
         digest: blake3::Hasher::new(),
         bytes: 0,
@@ -414,8 +414,10 @@ fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> std::result::Result<(), 
 struct FrameReader {
     conn: Conn,
     raw: bool,
+    /// Bytes left in the DATA frame being read.
+    left: usize,
+    /// Payload of the last control frame.
     buf: Vec<u8>,
-    pos: usize,
     trailer: Option<Trailer>,
     digest: blake3::Hasher,
     bytes: u64,
@@ -462,15 +464,20 @@ impl Read for FrameReader {
             if self.trailer.is_some() {
                 return Ok(0);
             }
-            if self.pos < self.buf.len() {
-                let n = out.len().min(self.buf.len() - self.pos);
-                out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-                self.pos += n;
+            if self.left > 0 {
+                // Inside a DATA frame: read straight into the extractor's buffer.
+                let want = out.len().min(self.left);
+                let n = self.conn.read(&mut out[..want]).map_err(|e| self.net(e))?;
+                if n == 0 {
+                    return Err(self.net(io::ErrorKind::UnexpectedEof.into()));
+                }
+                self.digest.update(&out[..n]);
+                self.bytes += n as u64;
+                self.left -= n;
                 return Ok(n);
             }
-            let mut buf = std::mem::take(&mut self.buf);
-            let ty = match read_frame(&mut self.conn, &mut buf) {
-                Ok(t) => t,
+            let (ty, len) = match read_header(&mut self.conn) {
+                Ok(h) => h,
                 Err(FrameError::Io(e)) => return Err(self.net(e)),
                 Err(FrameError::Protocol(p)) => {
                     return Err(self.fail(CloneError::Protocol {
@@ -479,32 +486,26 @@ impl Read for FrameReader {
                     }))
                 }
             };
-            self.pos = 0;
+            if ty == FrameType::Data {
+                self.left = len as usize;
+                continue;
+            }
+            if let Err(e) = read_payload(&mut self.conn, len, &mut self.buf) {
+                return Err(self.net(e));
+            }
             match ty {
-                FrameType::Data => {
-                    self.digest.update(&buf);
-                    self.bytes += buf.len() as u64;
-                    self.buf = buf;
-                }
-                FrameType::Heartbeat | FrameType::Queued => {
-                    self.buf = {
-                        buf.clear();
-                        buf
-                    }
-                }
+                FrameType::Heartbeat | FrameType::Queued => {}
                 FrameType::Trailer => {
-                    let t = protocol::parse_trailer(&buf).map_err(|p| {
+                    let t = protocol::parse_trailer(&self.buf).map_err(|p| {
                         self.fail(CloneError::Protocol {
                             peer: self.peer.clone(),
                             source: p,
                         })
                     })?;
                     self.trailer = Some(t);
-                    buf.clear();
-                    self.buf = buf;
                 }
                 FrameType::Error => {
-                    let msg = String::from_utf8_lossy(&buf).into_owned();
+                    let msg = String::from_utf8_lossy(&self.buf).into_owned();
                     return Err(self.fail(CloneError::Donor(msg)));
                 }
                 other => {

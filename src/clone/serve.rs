@@ -295,8 +295,12 @@ fn handshake(
     Ok(())
 }
 
+/// Room for a frame header in front of the data, so header and payload leave in one write.
+const HDR: usize = 5;
+
 enum Piece {
-    Data(Vec<u8>),
+    /// A buffer whose bytes `HDR..HDR + len` are stream data.
+    Data(Vec<u8>, usize),
     End,
     Failed(String),
 }
@@ -304,6 +308,8 @@ enum Piece {
 /// A running source: its bytes arrive on a channel; `stop` ends it and everything it started.
 struct Running {
     rx: Receiver<Piece>,
+    /// Buffers go back to the pump after sending: allocated (and zeroed) once.
+    pool: crossbeam_channel::Sender<Vec<u8>>,
     child: Option<Child>,
     dir_status: Option<thread::JoinHandle<i32>>,
 }
@@ -311,6 +317,10 @@ struct Running {
 impl Running {
     fn start(opts: &ServeOptions) -> std::result::Result<Self, String> {
         let (tx, rx) = bounded::<Piece>(8);
+        let (pool, pool_rx) = bounded::<Vec<u8>>(10);
+        for _ in 0..10 {
+            let _ = pool.send(vec![0u8; HDR + DATA_FRAME]);
+        }
         match &opts.source {
             Source::Exec(cmd) => {
                 let mut child = Command::new("sh")
@@ -335,10 +345,13 @@ impl Running {
                 }
                 let out = child.stdout.take();
                 if let Some(out) = out {
-                    thread::spawn(move || pump(out, tx));
+                    // A larger pipe lets each read carry up to a frame, not 64 KiB.
+                    let _ = rustix::pipe::fcntl_setpipe_size(&out, DATA_FRAME);
+                    thread::spawn(move || pump(out, tx, pool_rx));
                 }
                 Ok(Running {
                     rx,
+                    pool,
                     child: Some(child),
                     dir_status: None,
                 })
@@ -354,9 +367,11 @@ impl Running {
                         1
                     }
                 });
-                thread::spawn(move || pump(r, tx));
+                let _ = rustix::pipe::fcntl_setpipe_size(&r, DATA_FRAME);
+                thread::spawn(move || pump(r, tx, pool_rx));
                 Ok(Running {
                     rx,
+                    pool,
                     child: None,
                     dir_status: Some(h),
                 })
@@ -405,21 +420,21 @@ impl Running {
     }
 }
 
-fn pump(mut r: impl Read, tx: crossbeam_channel::Sender<Piece>) {
-    loop {
-        let mut buf = vec![0u8; DATA_FRAME];
-        match r.read(&mut buf) {
+fn pump(mut r: impl Read, tx: crossbeam_channel::Sender<Piece>, pool: Receiver<Vec<u8>>) {
+    for mut buf in pool {
+        match r.read(&mut buf[HDR..]) {
             Ok(0) => {
                 let _ = tx.send(Piece::End);
                 return;
             }
             Ok(n) => {
-                buf.truncate(n);
-                if tx.send(Piece::Data(buf)).is_err() {
+                if tx.send(Piece::Data(buf, n)).is_err() {
                     return;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                let _ = tx.send(Piece::Data(buf, 0));
+            }
             Err(e) => {
                 let _ = tx.send(Piece::Failed(e.to_string()));
                 return;
@@ -471,17 +486,20 @@ fn forward(
             return Err("donor is shutting down (SIGTERM)".into());
         }
         match src.rx.recv_timeout(opts.heartbeat) {
-            Ok(Piece::Data(buf)) => {
+            Ok(Piece::Data(mut buf, n)) => {
+                let data = &buf[HDR..HDR + n];
                 checker
-                    .push(&buf)
+                    .push(data)
                     .map_err(|e| format!("the source's stream is defective: {e}"))?;
-                digest.update(&buf);
-                bytes += buf.len() as u64;
+                digest.update(data);
+                bytes += n as u64;
                 if opts.raw {
-                    conn.write_all(&buf).map_err(sent)?;
-                } else {
-                    write_frame(conn, FrameType::Data, &buf).map_err(sent)?;
+                    conn.write_all(data).map_err(sent)?;
+                } else if n > 0 {
+                    buf[..HDR].copy_from_slice(&protocol::frame_header(FrameType::Data, n));
+                    conn.write_all(&buf[..HDR + n]).map_err(sent)?;
                 }
+                let _ = src.pool.send(buf);
             }
             Ok(Piece::End) => break,
             Ok(Piece::Failed(e)) => return Err(format!("reading the source failed: {e}")),

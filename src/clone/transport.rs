@@ -88,12 +88,23 @@ pub fn write_frame(w: &mut impl Write, ty: FrameType, payload: &[u8]) -> io::Res
 
 /// Read one frame into `buf` (reused between calls; never larger than the frame cap).
 pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<FrameType, FrameError> {
+    let (ty, len) = read_header(r)?;
+    read_payload(r, len, buf)?;
+    Ok(ty)
+}
+
+/// Read and check a frame header.
+pub fn read_header(r: &mut impl Read) -> Result<(FrameType, u32), FrameError> {
     let mut h = [0u8; 5];
     r.read_exact(&mut h)?;
-    let (ty, len) = parse_header(&h).map_err(FrameError::Protocol)?;
+    parse_header(&h).map_err(FrameError::Protocol)
+}
+
+/// Read a frame's payload of `len` bytes (already checked against the cap) into `buf`.
+pub fn read_payload(r: &mut impl Read, len: u32, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
-    // The length is capped by parse_header; the buffer still grows only step by step as bytes
-    // arrive, so a peer that announces a large frame and sends nothing gets little memory.
+    // The buffer grows step by step as bytes arrive, so a peer that announces a large frame
+    // and sends nothing gets little memory.
     const STEP: usize = 256 * 1024;
     let len = len as usize;
     while buf.len() < len {
@@ -101,5 +112,5 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<FrameType, Fra
         buf.resize(len.min(at + STEP.max(at)), 0);
         r.read_exact(&mut buf[at..])?;
     }
-    Ok(ty)
+    Ok(())
 }

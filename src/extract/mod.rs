@@ -11,14 +11,13 @@
 pub mod dir;
 mod writer;
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use dir::TargetDir;
 pub use writer::{DirWriter, WriterOptions};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::{DecodeOptions, Ledger};
 use crate::progress::Progress;
 use crate::sink::{self, StreamTotals};
@@ -59,14 +58,6 @@ pub fn extract_path(
     opts: &ExtractOptions,
     progress: &Progress,
 ) -> Result<(Ledger, StreamTotals)> {
-    match input {
-        Some(p) if p != Path::new("-") => {
-            let f = File::open(p).map_err(|e| Error::Read {
-                what: p.display().to_string(),
-                source: e,
-            })?;
-            extract_reader(f, &p.display().to_string(), opts, progress)
-        }
-        _ => extract_reader(crate::stdio::stdin()?, "standard input", opts, progress),
-    }
+    let (f, what) = crate::stdio::open_input(input)?;
+    extract_reader(f, &what, opts, progress)
 }

@@ -303,16 +303,7 @@ impl Decoder {
                 if have < total {
                     return need_or_trunc(total, "payload");
                 }
-                let stored = le_u32(&buf[pend + 16..]);
-                let computed = crc32fast::hash(&buf[hdr..total]);
-                if stored != computed {
-                    return Err(FormatError::BadChecksum {
-                        offset: at,
-                        path: spath(),
-                        stored,
-                        computed,
-                    });
-                }
+                check_crc(at, raw_path, le_u32(&buf[pend + 16..]), &buf[hdr..total])?;
             }
             Kind::Sparse => {
                 let hdr = pend + 24;
@@ -332,16 +323,7 @@ impl Decoder {
                 if have < total {
                     return need_or_trunc(total, "sparse map and payload");
                 }
-                let stored = le_u32(&buf[pend + 20..]);
-                let computed = crc32fast::hash(&buf[hdr..total]);
-                if stored != computed {
-                    return Err(FormatError::BadChecksum {
-                        offset: at,
-                        path: spath(),
-                        stored,
-                        computed,
-                    });
-                }
+                check_crc(at, raw_path, le_u32(&buf[pend + 20..]), &buf[hdr..total])?;
                 let map_end = hdr + map_bytes as usize;
                 let mut described: u64 = 0;
                 let mut extent: u64 = 0;
@@ -459,6 +441,20 @@ impl Decoder {
             }),
         }
     }
+}
+
+/// The stored CRC-32 must match the bytes it covers before any of them is used.
+fn check_crc(at: u64, raw_path: &[u8], stored: u32, covered: &[u8]) -> Result<(), FormatError> {
+    let computed = crc32fast::hash(covered);
+    if stored != computed {
+        return Err(FormatError::BadChecksum {
+            offset: at,
+            path: display_path(raw_path),
+            stored,
+            computed,
+        });
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
