@@ -32,7 +32,6 @@ const REQUIRED_TOOLS: &[&str] = &[
     "mariabackup",
     "mbstream",
     "setsid",
-    "timeout",
 ];
 
 /// Fail (never skip) when a tool the tests drive is missing.
