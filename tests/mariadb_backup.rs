@@ -58,11 +58,18 @@ fn require_tools() {
 }
 
 /// A short temp dir under /tmp: unix socket paths are limited to ~107 bytes.
+/// Set `XBAGENT_TEST_KEEP=1` to keep it (logs, streams, datadirs) for a post-mortem.
 fn short_tempdir(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let keep = std::env::var_os("XBAGENT_TEST_KEEP").is_some_and(|v| v != "0");
+    let dir = tempfile::Builder::new()
         .prefix(&format!("xbm-{tag}-"))
+        .disable_cleanup(keep)
         .tempdir_in("/tmp")
-        .expect("cannot create a temp dir in /tmp")
+        .expect("cannot create a temp dir in /tmp");
+    if keep {
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
 }
 
 fn free_port() -> u16 {
