@@ -358,17 +358,18 @@ impl Resolver {
     }
 
     /// `R`: rename `from` to `to` (parents of `to` created as needed). A missing source is
-    /// skipped with a warning, as the reference skips it.
+    /// skipped, as the reference skips it: real DDL backups name many files that were never
+    /// sent (mariabackup replays the server's DDL log), so this is only a debug message.
     pub fn rename(&mut self, from: &[u8], to: &[u8], offset: u64) -> Result<()> {
         let Some(src_parent) = self.parent(from, false, offset)? else {
-            tracing::warn!("rename source '{}' does not exist; skipped", show(from));
+            tracing::debug!("rename source '{}' does not exist; skipped", show(from));
             return Ok(());
         };
         let (_, src_name) = Self::split(from);
         match rustix::fs::statat(&*src_parent, os(src_name), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(_) => {}
             Err(Errno::NOENT) => {
-                tracing::warn!("rename source '{}' does not exist; skipped", show(from));
+                tracing::debug!("rename source '{}' does not exist; skipped", show(from));
                 return Ok(());
             }
             Err(e) => return Err(self.target("rename", from, offset, e)),
