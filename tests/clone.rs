@@ -1,0 +1,1861 @@
+//! Integration tests of the clone commands (`xbagent serve` / `xbagent receive`, issue 3),
+//! over real TCP sockets, against the built binary.
+//!
+//! Every test picks its own free port(s), works in its own temp dir, kills every process it
+//! starts (guards with `Drop`, also when an assertion fails) and bounds every wait, so a bug
+//! makes a test fail, never hang. Tests that need external tools (openssl, ip, mbstream, the
+//! MariaDB server and mariabackup) fail with the tool's name when it is missing; they never
+//! skip.
+//!
+//! After every failed clone the tests assert a non-zero exit code and that no completion
+//! marker was written.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+use xbagent::clone::protocol::{self, Challenge, FrameType};
+use xbagent::clone::transport::{read_frame, write_frame};
+
+const XBAGENT: &str = env!("CARGO_BIN_EXE_xbagent");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mariadb-fixture");
+/// The receiver's markers, as the clone contract names them.
+const COMPLETE: &str = ".xbagent-clone-complete";
+const PARTIAL: &str = ".xbagent-clone-in-progress";
+/// Exit codes of the contract.
+const EXIT_BAD_STREAM: i32 = 1;
+const EXIT_LOCAL: i32 = 3;
+const EXIT_PEER: i32 = 4;
+/// Where a "slow" source pauses: this many bytes of the stream, then silence.
+const CUT_AT: u64 = 1_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// Environment, tools, temp dirs
+// ---------------------------------------------------------------------------------------------
+
+/// PATH for child processes: the test's PATH plus the sbin directories (mariadbd, ip).
+fn child_path() -> String {
+    let cur = std::env::var("PATH").unwrap_or_default();
+    format!("{cur}:/usr/local/sbin:/usr/sbin:/sbin")
+}
+
+/// Fail (never skip) when a tool is missing; `hint` names what to install.
+fn require_tools(tools: &[&str], hint: &str) {
+    let path = child_path();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "required tool(s) not found in PATH: {} — install {hint} (scripts/test does); this test never skips",
+        missing.join(", ")
+    );
+}
+
+/// A short temp dir under /tmp (unix socket paths are limited to ~107 bytes).
+fn tmp(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("xbc-{tag}-"))
+        .tempdir_in("/tmp")
+        .expect("cannot create a temp dir in /tmp")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free TCP port")
+        .port()
+}
+
+fn local(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Poll `f` every 50 ms until it holds; panic after `limit` with `what`.
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Is this process still running (a zombie counts as gone)?
+fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the parenthesised command name.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next()),
+            Some("Z") | Some("X")
+        ),
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// A process started by a test; killed (and reaped) on drop. Its stdout and stderr go to one
+/// log file.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    /// `serve`: SIGTERM first, so it stops its sources (they run in their own process groups).
+    term_first: bool,
+}
+
+/// How a process ended.
+#[derive(Debug)]
+struct Outcome {
+    code: Option<i32>,
+    log: String,
+    elapsed: Duration,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: PathBuf, term_first: bool) -> Proc {
+        let f = fs::File::create(&log).expect("cannot create a log file");
+        let f2 = f.try_clone().expect("cannot dup a log file");
+        let child = cmd
+            .env("PATH", child_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::from(f2))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+            term_first,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn signal(&self, sig: Signal) {
+        let _ = kill_process(Pid::from_raw(self.pid()).expect("pid"), sig);
+    }
+
+    /// Wait for the exit, at most `limit` (then kill it and panic with its log).
+    fn wait(&mut self, limit: Duration) -> Outcome {
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => {
+                    return Outcome {
+                        code: st.code(),
+                        log: self.log(),
+                        elapsed: start.elapsed(),
+                    }
+                }
+                Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "{} did not exit within {limit:?}; killed it. Its log:\n{}",
+                        self.name,
+                        self.log()
+                    );
+                }
+                Err(e) => panic!("cannot wait for {}: {e}", self.name),
+            }
+        }
+    }
+
+    /// Wait until the log holds `needle` (the process must stay alive meanwhile).
+    fn wait_log(&mut self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            if !self.running() {
+                panic!(
+                    "{} exited before logging {needle:?}. Its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} did not log {needle:?} within {limit:?}. Its log:\n{}",
+                self.name,
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if self.term_first {
+                self.signal(Signal::TERM);
+                let deadline = Instant::now() + Duration::from_secs(8);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Kills, on drop, the process group whose leader wrote its PID into `file` (a source command
+/// started by `serve`, which runs in its own process group and would outlive a killed serve).
+struct GroupGuard(Vec<PathBuf>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            if let Some(pid) = read_pid(f).and_then(Pid::from_raw) {
+                let _ = kill_process_group(pid, Signal::KILL);
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+    }
+}
+
+fn read_pid(f: &Path) -> Option<i32> {
+    fs::read_to_string(f).ok()?.trim().parse().ok()
+}
+
+fn xb(args: &[&str]) -> Command {
+    let mut c = Command::new(XBAGENT);
+    c.args(args);
+    c
+}
+
+/// Start `xbagent serve ARGS` and wait until it listens.
+fn start_serve(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let mut p = Proc::spawn(name, &mut xb(&all), dir.join(format!("{name}.log")), true);
+    p.wait_log("listening on", Duration::from_secs(15));
+    p
+}
+
+fn start_receive(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["receive"];
+    all.extend_from_slice(args);
+    Proc::spawn(name, &mut xb(&all), dir.join(format!("{name}.log")), false)
+}
+
+/// Run `xbagent receive ARGS` to its end (at most `limit`).
+fn receive(dir: &Path, name: &str, args: &[&str], limit: Duration) -> Outcome {
+    let out = start_receive(dir, name, args).wait(limit);
+    // Shown with --nocapture: what each receive ended with.
+    eprintln!(
+        "[{name}] exit {:?} after {:.1?}: {}",
+        out.code,
+        out.elapsed,
+        out.log.lines().last().unwrap_or("")
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trees, markers, streams
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File { len: u64, blake3: String },
+    Symlink(PathBuf),
+}
+
+/// Every entry under `root` (relative paths), the clone markers at the top left out.
+fn tree(root: &Path) -> BTreeMap<String, Entry> {
+    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, Entry>) {
+        let dir = root.join(rel);
+        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {dir:?}: {e}")) {
+            let e = e.unwrap();
+            let rel_p = rel.join(e.file_name());
+            let key = rel_p.to_string_lossy().into_owned();
+            if rel.as_os_str().is_empty() && (key == COMPLETE || key == PARTIAL) {
+                continue;
+            }
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(key, Entry::Dir);
+                walk(root, &rel_p, out);
+            } else if ft.is_symlink() {
+                out.insert(key, Entry::Symlink(fs::read_link(e.path()).unwrap()));
+            } else {
+                let data = fs::read(e.path()).unwrap();
+                out.insert(
+                    key,
+                    Entry::File {
+                        len: data.len() as u64,
+                        blake3: blake3::hash(&data).to_hex().to_string(),
+                    },
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, Path::new(""), &mut out);
+    out
+}
+
+fn assert_same_tree(src: &Path, dst: &Path) {
+    let (a, b) = (tree(src), tree(dst));
+    assert!(!a.is_empty(), "source tree {src:?} is empty");
+    assert_eq!(a, b, "the clone in {dst:?} differs from {src:?}");
+}
+
+fn marker(dst: &Path) -> bool {
+    dst.join(COMPLETE).exists()
+}
+
+/// The outcome of a clone that must fail: the exit code, words of the message, no marker.
+fn assert_failed(out: &Outcome, code: i32, words: &[&str], dst: &Path) {
+    assert_eq!(
+        out.code,
+        Some(code),
+        "expected exit {code}; receive's log:\n{}",
+        out.log
+    );
+    let lower = out.log.to_lowercase();
+    for w in words {
+        assert!(
+            lower.contains(&w.to_lowercase()),
+            "receive's message lacks {w:?}; its log:\n{}",
+            out.log
+        );
+    }
+    assert!(
+        !marker(dst),
+        "a failed clone left the completion marker in {dst:?}; receive's log:\n{}",
+        out.log
+    );
+}
+
+fn assert_complete(out: &Outcome, src: &Path, dst: &Path) {
+    assert_eq!(out.code, Some(0), "receive failed; its log:\n{}", out.log);
+    assert!(
+        out.log.contains("clone complete:"),
+        "no 'clone complete' line; receive's log:\n{}",
+        out.log
+    );
+    assert!(marker(dst), "no completion marker in {dst:?}");
+    assert!(
+        !dst.join(PARTIAL).exists(),
+        "the in-progress marker is still in {dst:?} after a complete clone"
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(dst.join(COMPLETE)).unwrap()).expect("marker is JSON");
+    assert_eq!(m["trailer"]["exit_status"], 0, "marker: {m}");
+    assert_same_tree(src, dst);
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible enough for a stream.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A source tree: nested directories, an empty file, small files, a 3 MiB file.
+fn make_src(src: &Path) {
+    fs::create_dir_all(src.join("db1/sub")).unwrap();
+    fs::create_dir_all(src.join("db2")).unwrap();
+    fs::write(src.join("ibdata1"), noise(1, 3 << 20)).unwrap();
+    fs::write(src.join("db1/t1.ibd"), noise(2, 200_000)).unwrap();
+    fs::write(src.join("db1/t1.frm"), b"frm of t1\n").unwrap();
+    fs::write(src.join("db1/sub/deep.txt"), b"deep\n").unwrap();
+    fs::write(src.join("db2/empty"), b"").unwrap();
+    fs::write(
+        src.join("xtrabackup_checkpoints"),
+        b"backup_type = full-backuped\n",
+    )
+    .unwrap();
+}
+
+/// A test's world: a source tree, its stream `good.xb` (256 KiB chunks), a token file.
+struct World {
+    _t: tempfile::TempDir,
+    dir: PathBuf,
+    src: PathBuf,
+    xb: PathBuf,
+    token: PathBuf,
+}
+
+impl World {
+    fn new(tag: &str) -> World {
+        let t = tmp(tag);
+        let dir = t.path().to_path_buf();
+        let src = dir.join("src");
+        make_src(&src);
+        let xb = dir.join("good.xb");
+        let f = fs::File::create(&xb).unwrap();
+        let out = Command::new(XBAGENT)
+            .args(["create", "--chunk-size", "256K", "-C", s(&src), "."])
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("cannot run xbagent create");
+        assert!(
+            out.status.success(),
+            "xbagent create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(fs::metadata(&xb).unwrap().len() > 3 << 20);
+        let token = dir.join("token");
+        fs::write(&token, "correct horse battery staple\n").unwrap();
+        World {
+            _t: t,
+            dir,
+            src,
+            xb,
+            token,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A shell command that sends CUT_AT bytes of the stream, records its PID in `pidfile`,
+    /// and then sleeps (the process itself, `exec`ed, so killing that PID ends the source).
+    fn stalling_source(&self, pidfile: &Path) -> String {
+        format!(
+            "echo $$ > '{}'; head -c {CUT_AT} '{}'; exec sleep 30",
+            s(pidfile),
+            s(&self.xb)
+        )
+    }
+}
+
+/// Wait until the receiver has written something of the stream into `dst`.
+fn wait_data(dst: &Path, recv: &mut Proc) {
+    let start = Instant::now();
+    loop {
+        let n = fs::read_dir(dst)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    // Not our markers (nor the temp file the in-progress one is written as).
+                    .filter(|e| {
+                        !e.file_name()
+                            .to_string_lossy()
+                            .starts_with(".xbagent-clone")
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if n > 0 {
+            return;
+        }
+        assert!(
+            recv.running(),
+            "receive exited before any data arrived; its log:\n{}",
+            recv.log()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no data arrived in {dst:?} within 20 s; receive's log:\n{}",
+            recv.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const MIN: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// 1. The happy path with --dir, and the re-run on a complete clone
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn dir_clone_is_identical_and_a_rerun_is_a_no_op() {
+    let w = World::new("dir");
+    let port = free_port();
+    let mut serve = start_serve(
+        &w.dir,
+        "serve",
+        &[
+            "--listen",
+            &local(port),
+            "--dir",
+            s(&w.src),
+            "--token-file",
+            s(&w.token),
+        ],
+    );
+    let dst = w.path("dst");
+    let args = [
+        "--from",
+        &local(port),
+        "-C",
+        s(&dst),
+        "--token-file",
+        s(&w.token),
+    ];
+    let out = receive(&w.dir, "recv1", &args, MIN);
+    assert_complete(&out, &w.src, &dst);
+    serve.wait_log("clone sent: 6 files", Duration::from_secs(10));
+    assert!(serve.log().contains("peer authenticated"));
+
+    let before = fs::read(dst.join(COMPLETE)).unwrap();
+    let again = receive(&w.dir, "recv2", &args, MIN);
+    assert_eq!(again.code, Some(0), "second receive: {}", again.log);
+    assert!(
+        again.log.contains("already holds a complete clone"),
+        "second receive: {}",
+        again.log
+    );
+    assert!(
+        again.elapsed < Duration::from_secs(5),
+        "second receive took {:?}",
+        again.elapsed
+    );
+    assert_eq!(fs::read(dst.join(COMPLETE)).unwrap(), before);
+    assert_same_tree(&w.src, &dst);
+    assert_eq!(
+        serve.log().matches("}: connected").count(),
+        1,
+        "the second receive must not even connect; serve's log:\n{}",
+        serve.log()
+    );
+    assert!(serve.running(), "serve exited: {}", serve.log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. End to end with a real MariaDB server and mariabackup
+// ---------------------------------------------------------------------------------------------
+
+/// Run the fixture script; panic with its output on failure.
+fn fixture(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(FIXTURE)
+        .args(args)
+        .env("PATH", child_path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
+    assert!(
+        out.status.success(),
+        "mariadb-fixture {} failed with {}:\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fixture server, stopped on drop.
+struct Mariadb(PathBuf);
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(FIXTURE)
+            .args(["stop", s(&self.0)])
+            .env("PATH", child_path())
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+#[test]
+fn mariabackup_clone_restores_to_identical_tables() {
+    require_tools(
+        &[
+            "bash",
+            "mariadbd",
+            "mariadb-install-db",
+            "mariadb",
+            "mariadb-admin",
+            "mariabackup",
+            "setsid",
+        ],
+        "mariadb-server and mariadb-backup",
+    );
+    let t = tmp("mdb");
+    let src = t.path().join("s");
+    let dst = t.path().join("d");
+    let mbtmp = t.path().join("mbt");
+    fs::create_dir_all(&mbtmp).unwrap();
+    fixture(&["start", s(&src)]);
+    let src_server = Mariadb(src.clone());
+    fixture(&["load", s(&src), "1"]);
+    let want = fixture(&["checksums", s(&src)]);
+    assert!(
+        want.contains("fx.t_innodb") && want.contains("fx.t_myisam") && want.contains("fx.t_aria"),
+        "unexpected source tables:\n{want}"
+    );
+
+    let token = t.path().join("token");
+    fs::write(&token, "mariadb-clone-token\n").unwrap();
+    let cmd = format!(
+        "mariabackup --no-defaults --backup --stream=xbstream --parallel=2 --user=root \
+         --socket='{}/sock' --datadir='{}/data' --target-dir='{}'",
+        s(&src),
+        s(&src),
+        s(&mbtmp)
+    );
+    let port = free_port();
+    let serve = start_serve(
+        t.path(),
+        "serve",
+        &[
+            "--listen",
+            &local(port),
+            "--exec",
+            &cmd,
+            "--token-file",
+            s(&token),
+        ],
+    );
+    let out = receive(
+        t.path(),
+        "recv",
+        &[
+            "--from",
+            &local(port),
+            "-C",
+            s(&dst),
+            "--token-file",
+            s(&token),
+        ],
+        Duration::from_secs(180),
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "receive failed: {}\nserve's log:\n{}",
+        out.log,
+        serve.log()
+    );
+    assert!(marker(&dst), "no completion marker; {}", out.log);
+    assert!(dst.join("xtrabackup_checkpoints").is_file());
+    drop(serve);
+
+    // The markers are ours, not the server's: they must not bother prepare or the server.
+    fixture(&["prepare", s(&dst)]);
+    let port2 = free_port();
+    fixture(&["start-on", s(&dst), &port2.to_string()]);
+    let _dst_server = Mariadb(dst.clone());
+    let got = fixture(&["checksums", s(&dst)]);
+    assert_eq!(got, want, "table checksums differ between source and clone");
+    drop(src_server);
+
+    // Also with --dir: the restored (and now stopped) datadir served as a directory.
+    drop(_dst_server);
+    let _ = fs::remove_file(dst.join("sock"));
+    let port3 = free_port();
+    let serve = start_serve(
+        t.path(),
+        "serve-dir",
+        &[
+            "--listen",
+            &local(port3),
+            "--dir",
+            s(&dst),
+            "--token-file",
+            s(&token),
+        ],
+    );
+    let dst2 = t.path().join("d2");
+    let out = receive(
+        t.path(),
+        "recv-dir",
+        &[
+            "--from",
+            &local(port3),
+            "-C",
+            s(&dst2),
+            "--token-file",
+            s(&token),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "receive from serve --dir failed: {}\nserve's log:\n{}",
+        out.log,
+        serve.log()
+    );
+    assert_same_tree(&dst, &dst2);
+    drop(serve);
+    let port4 = free_port();
+    fixture(&["start-on", s(&dst2), &port4.to_string()]);
+    let _dst2_server = Mariadb(dst2.clone());
+    let got = fixture(&["checksums", s(&dst2)]);
+    assert_eq!(got, want, "table checksums differ after the --dir clone");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Faults
+// ---------------------------------------------------------------------------------------------
+
+fn token_args(w: &World) -> Vec<String> {
+    vec!["--token-file".into(), s(&w.token).into()]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `serve --exec CMD --token-file T [extra]` on a fresh port.
+fn serve_exec(w: &World, name: &str, cmd: &str, extra: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let listen = local(port);
+    let mut args = vec!["--listen", &listen, "--exec", cmd];
+    let tok = token_args(w);
+    args.extend(strs(&tok));
+    args.extend_from_slice(extra);
+    (start_serve(&w.dir, name, &args), port)
+}
+
+fn recv_args(w: &World, port: u16, dst: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec!["--from".into(), local(port), "-C".into(), s(dst).into()];
+    v.extend(token_args(w));
+    v.extend(extra.iter().map(|x| x.to_string()));
+    v
+}
+
+// a. serve killed with SIGKILL mid-stream
+#[test]
+fn fault_serve_sigkilled_mid_stream() {
+    let w = World::new("kill9");
+    let pidf = w.path("src.pid");
+    let _g = GroupGuard(vec![pidf.clone()]);
+    let (serve, port) = serve_exec(&w, "serve", &w.stalling_source(&pidf), &[]);
+    let dst = w.path("dst");
+    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    wait_data(&dst, &mut r);
+    serve.signal(Signal::KILL);
+    let out = r.wait(Duration::from_secs(30));
+    assert_failed(&out, EXIT_PEER, &["closed the connection"], &dst);
+    assert!(
+        dst.join(PARTIAL).exists(),
+        "the in-progress marker must stay"
+    );
+}
+
+// b. only the child killed
+#[test]
+fn fault_source_killed() {
+    let w = World::new("kchild");
+    let pidf = w.path("src.pid");
+    let _g = GroupGuard(vec![pidf.clone()]);
+    let (mut serve, port) = serve_exec(&w, "serve", &w.stalling_source(&pidf), &[]);
+    let dst = w.path("dst");
+    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    wait_data(&dst, &mut r);
+    let pid = read_pid(&pidf).expect("the source wrote its pid");
+    kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).expect("kill the source");
+    let out = r.wait(Duration::from_secs(30));
+    assert_failed(&out, EXIT_BAD_STREAM, &[], &dst);
+    assert!(
+        serve.running(),
+        "serve must survive its source: {}",
+        serve.log()
+    );
+    serve.wait_log("status -9", Duration::from_secs(10));
+}
+
+// c. child exits non-zero after sending everything
+#[test]
+fn fault_source_exits_non_zero_after_the_whole_stream() {
+    let w = World::new("exit3");
+    let cmd = format!("cat '{}'; exit 3", s(&w.xb));
+    let (_serve, port) = serve_exec(&w, "serve", &cmd, &[]);
+    let dst = w.path("dst");
+    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])), MIN);
+    assert_failed(&out, EXIT_BAD_STREAM, &["exit status 3"], &dst);
+}
+
+/// A TCP proxy that forwards one connection to `target` and cuts it (both ways) once
+/// `cut_after` bytes went from the server to the client.
+fn cutting_proxy(target: u16, cut_after: u64) -> (u16, thread::JoinHandle<u64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = thread::spawn(move || {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = loop {
+            match l.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("proxy: no client within 60 s: {e}"),
+            }
+        };
+        client.set_nonblocking(false).unwrap();
+        let upstream = TcpStream::connect(("127.0.0.1", target)).expect("proxy: connect");
+        for sock in [&client, &upstream] {
+            sock.set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+        }
+        // Client to server: forward until either side closes.
+        let (mut c_r, mut u_w) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        thread::spawn(move || {
+            let mut b = [0u8; 16 * 1024];
+            while let Ok(n) = c_r.read(&mut b) {
+                if n == 0 || u_w.write_all(&b[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+        // Server to client: forward `cut_after` bytes, then cut.
+        let (mut u_r, mut c_w) = (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+        let mut sent = 0u64;
+        let mut b = [0u8; 16 * 1024];
+        while sent < cut_after {
+            let want = (cut_after - sent).min(b.len() as u64) as usize;
+            match u_r.read(&mut b[..want]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if c_w.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                }
+            }
+        }
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = upstream.shutdown(Shutdown::Both);
+        sent
+    });
+    (port, h)
+}
+
+// d. connection cut mid-stream by a proxy
+#[test]
+fn fault_connection_cut_by_proxy() {
+    let w = World::new("proxy");
+    let pidf = w.path("src.pid");
+    let _g = GroupGuard(vec![pidf.clone()]);
+    let (mut serve, port) = serve_exec(
+        &w,
+        "serve",
+        &w.stalling_source(&pidf),
+        &["--heartbeat", "1s"],
+    );
+    let (pport, proxy) = cutting_proxy(port, 500_000);
+    let dst = w.path("dst");
+    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, pport, &dst, &[])), MIN);
+    assert_eq!(proxy.join().unwrap(), 500_000, "the proxy cut too early");
+    assert_failed(&out, EXIT_PEER, &["closed the connection"], &dst);
+    // The donor notices that its receiver went away and stops the source.
+    serve.wait_log("clone aborted", Duration::from_secs(15));
+    let pid = read_pid(&pidf).unwrap();
+    wait_for("the source to be stopped", Duration::from_secs(10), || {
+        !process_alive(pid)
+    });
+}
+
+/// A fake donor: completes the handshake with `token`, sends START, then nothing at all.
+fn silent_donor(token: &[u8]) -> (u16, Arc<AtomicBool>, thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = protocol::derive_key(token);
+    let stop2 = stop.clone();
+    let h = thread::spawn(move || {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut c = loop {
+            match l.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline && !stop2.load(Ordering::SeqCst) => {
+                    thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("fake donor: no peer: {e}"),
+            }
+        };
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = Vec::new();
+        let ty = read_frame(&mut c, &mut buf).expect("fake donor: HELLO");
+        assert_eq!(ty, FrameType::Hello);
+        let client_nonce = protocol::parse_hello(&buf).expect("fake donor: parse HELLO");
+        let server_nonce = [0x5a; protocol::NONCE_LEN];
+        let ch = Challenge {
+            flags: 0,
+            nonce: server_nonce,
+            proof: protocol::server_proof(&key, &client_nonce, &server_nonce),
+        };
+        write_frame(&mut c, FrameType::Challenge, &protocol::challenge(&ch)).unwrap();
+        let ty = read_frame(&mut c, &mut buf).expect("fake donor: PROOF");
+        assert_eq!(ty, FrameType::Proof);
+        assert!(
+            protocol::proof_matches(
+                &protocol::client_proof(&key, &client_nonce, &server_nonce),
+                &buf
+            ),
+            "fake donor: the receiver's proof is wrong"
+        );
+        write_frame(&mut c, FrameType::Start, b"exec: silence").unwrap();
+        // Then nothing: no data, no heartbeat, but the connection stays open.
+        let until = Instant::now() + Duration::from_secs(30);
+        while !stop2.load(Ordering::SeqCst) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    (port, stop, h)
+}
+
+// e. a silent source: no heartbeats → stalled; heartbeats → kept alive
+#[test]
+fn fault_silent_donor_without_heartbeats_stalls() {
+    let w = World::new("stall");
+    let (port, stop, h) = silent_donor(&fs::read(&w.token).unwrap());
+    let dst = w.path("dst");
+    let out = receive(
+        &w.dir,
+        "recv",
+        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "2s"])),
+        MIN,
+    );
+    stop.store(true, Ordering::SeqCst);
+    h.join().expect("the fake donor failed");
+    assert_failed(&out, EXIT_PEER, &["stalled"], &dst);
+    assert!(
+        out.elapsed >= Duration::from_millis(1900) && out.elapsed < Duration::from_secs(10),
+        "stalled after {:?}, --stall-timeout was 2s",
+        out.elapsed
+    );
+}
+
+#[test]
+fn silent_source_is_kept_alive_by_heartbeats() {
+    let w = World::new("hbeat");
+    let cmd = format!("sleep 8; cat '{}'", s(&w.xb));
+    let (serve, port) = serve_exec(&w, "serve", &cmd, &["--heartbeat", "1s"]);
+    let dst = w.path("dst");
+    let out = receive(
+        &w.dir,
+        "recv",
+        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "3s"])),
+        MIN,
+    );
+    assert!(
+        out.elapsed >= Duration::from_secs(7),
+        "the clone ended after {:?}, before the source spoke",
+        out.elapsed
+    );
+    assert_complete(&out, &w.src, &dst);
+    drop(serve);
+}
+
+// A corrupt stream from the source: serve's check stops it; the bad chunk is never delivered.
+#[test]
+fn fault_corrupt_source_stream_is_never_delivered() {
+    let w = World::new("crc");
+    let mut bad = fs::read(&w.xb).unwrap();
+    // Inside ibdata1's payload (the stream's first and biggest file).
+    let at = bad.len() / 4;
+    bad[at] ^= 0x55;
+    let bad_xb = w.path("bad.xb");
+    fs::write(&bad_xb, &bad).unwrap();
+    let cmd = format!("cat '{}'", s(&bad_xb));
+    let (mut serve, port) = serve_exec(&w, "serve", &cmd, &[]);
+    let dst = w.path("dst");
+    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])), MIN);
+    assert_failed(
+        &out,
+        EXIT_PEER,
+        &["donor reported an error", "checksum mismatch"],
+        &dst,
+    );
+    serve.wait_log("clone aborted", Duration::from_secs(10));
+    // No byte of the corrupt chunk reached the target: what arrived is a prefix of the
+    // original file, shorter than the position of the flipped byte.
+    if let Ok(got) = fs::read(dst.join("ibdata1")) {
+        let orig = fs::read(w.src.join("ibdata1")).unwrap();
+        assert!(got.len() < at, "{} bytes of ibdata1 arrived", got.len());
+        assert_eq!(&orig[..got.len()], &got[..], "ibdata1 is not a good prefix");
+    }
+}
+
+// The donor never answers (nothing listens; a name that does not resolve): retried, then exit 4.
+#[test]
+fn unreachable_donor_fails_after_retry_for() {
+    let t = tmp("unreach");
+    for (name, from) in [
+        ("refused", local(free_port())),
+        ("dns", "no-such-donor.invalid:3307".to_string()),
+    ] {
+        let dst = t.path().join(name);
+        let out = receive(
+            t.path(),
+            name,
+            &[
+                "--from",
+                &from,
+                "-C",
+                s(&dst),
+                "--insecure",
+                "--retry-for",
+                "3s",
+            ],
+            MIN,
+        );
+        assert_failed(&out, EXIT_PEER, &["cannot reach the donor"], &dst);
+        assert!(
+            out.log.matches("not reachable yet").count() >= 2,
+            "receive should retry: {}",
+            out.log
+        );
+        assert!(
+            out.elapsed >= Duration::from_millis(2900) && out.elapsed < Duration::from_secs(30),
+            "gave up after {:?} with --retry-for 3s",
+            out.elapsed
+        );
+    }
+}
+
+// A receiver that goes away stops the donor's source (no orphaned backups); serve goes on.
+#[test]
+fn receiver_killed_stops_the_source() {
+    let w = World::new("rkill");
+    let pidf = w.path("src.pid");
+    let _g = GroupGuard(vec![pidf.clone()]);
+    let (mut serve, port) = serve_exec(
+        &w,
+        "serve",
+        &w.stalling_source(&pidf),
+        &["--heartbeat", "1s"],
+    );
+    let dst = w.path("dst");
+    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    wait_data(&dst, &mut r);
+    let pid = read_pid(&pidf).expect("the source wrote its pid");
+    r.signal(Signal::KILL);
+    let _ = r.wait(Duration::from_secs(10));
+    assert!(!marker(&dst));
+    serve.wait_log("clone aborted", Duration::from_secs(15));
+    wait_for("the source to be stopped", Duration::from_secs(10), || {
+        !process_alive(pid)
+    });
+    assert!(serve.running(), "serve exited: {}", serve.log());
+}
+
+// Chained clones: a datadir that was itself cloned (it holds our completion marker) is served
+// with --dir. The marker inside the stream must never count as the receiver's own: not after a
+// good clone (the receiver writes its own), and above all not after a failed one.
+#[test]
+fn a_marker_inside_the_stream_never_fakes_completion() {
+    let w = World::new("chain");
+    // First clone: w.src -> hop1 (now holds a completion marker).
+    let port = free_port();
+    let serve1 = start_serve(
+        &w.dir,
+        "serve1",
+        &[
+            "--listen",
+            &local(port),
+            "--dir",
+            s(&w.src),
+            "--token-file",
+            s(&w.token),
+        ],
+    );
+    let hop1 = w.path("hop1");
+    let out = receive(
+        &w.dir,
+        "recv1",
+        &strs(&recv_args(&w, port, &hop1, &[])),
+        MIN,
+    );
+    assert_complete(&out, &w.src, &hop1);
+    drop(serve1);
+
+    // Second hop, good: hop1 -> hop2; the marker is the receiver's own, about this clone.
+    let port2 = free_port();
+    let _serve2 = start_serve(
+        &w.dir,
+        "serve2",
+        &[
+            "--listen",
+            &local(port2),
+            "--dir",
+            s(&hop1),
+            "--token-file",
+            s(&w.token),
+        ],
+    );
+    let hop2 = w.path("hop2");
+    let out = receive(
+        &w.dir,
+        "recv2",
+        &strs(&recv_args(&w, port2, &hop2, &[])),
+        MIN,
+    );
+    assert_complete(&out, &w.src, &hop2);
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(hop2.join(COMPLETE)).unwrap()).unwrap();
+    assert_eq!(m["from"], local(port2), "hop2's marker is not its own: {m}");
+
+    // Second hop, failing: the stream of hop1 (marker included) from a source exiting 3.
+    let stream = w.path("hop1.xb");
+    let f = fs::File::create(&stream).unwrap();
+    let st = Command::new(XBAGENT)
+        .args(["create", "-C", s(&hop1), "."])
+        .stdout(Stdio::from(f))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cmd = format!("cat '{}'; exit 3", s(&stream));
+    let (_bad, bad_port) = serve_exec(&w, "serve-bad", &cmd, &[]);
+    let hop3 = w.path("hop3");
+    let args = recv_args(&w, bad_port, &hop3, &[]);
+    let out = receive(&w.dir, "recv-bad", &strs(&args), MIN);
+    assert_failed(&out, EXIT_BAD_STREAM, &["exit status 3"], &hop3);
+    // And the restarted initContainer must not take it for a complete clone.
+    let again = receive(&w.dir, "recv-bad-again", &strs(&args), MIN);
+    assert_failed(&again, EXIT_BAD_STREAM, &["exit status 3"], &hop3);
+}
+
+// f. authentication: wrong token, missing token, junk; the source never starts
+#[test]
+fn fault_wrong_token_and_junk_never_start_the_source() {
+    let w = World::new("auth");
+    let started = w.path("started");
+    let cmd = format!("touch '{}'; cat '{}'", s(&started), s(&w.xb));
+    let (mut serve, port) = serve_exec(&w, "serve", &cmd, &[]);
+
+    let wrong = w.path("wrong-token");
+    fs::write(&wrong, "not the token\n").unwrap();
+    let dst = w.path("dst-wrong");
+    let out = receive(
+        &w.dir,
+        "recv-wrong",
+        &[
+            "--from",
+            &local(port),
+            "-C",
+            s(&dst),
+            "--token-file",
+            s(&wrong),
+        ],
+        MIN,
+    );
+    assert_failed(&out, EXIT_PEER, &["authentication"], &dst);
+    assert!(!started.exists(), "the source started for a wrong token");
+
+    let dst = w.path("dst-none");
+    let out = receive(
+        &w.dir,
+        "recv-none",
+        &["--from", &local(port), "-C", s(&dst), "--insecure"],
+        MIN,
+    );
+    assert_failed(&out, EXIT_PEER, &["authentication"], &dst);
+    assert!(
+        !started.exists(),
+        "the source started for a peer without token"
+    );
+
+    // Junk: an HTTP request, a frame header announcing a huge frame, a silent close.
+    let junk: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[0x01, 0xff, 0xff, 0xff, 0x7f],
+        b"",
+    ];
+    for j in junk {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect to serve");
+        c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+        c.write_all(j).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        let _ = c.read_to_end(&mut reply);
+        if !j.is_empty() {
+            assert_eq!(
+                reply.first().copied(),
+                Some(FrameType::Error as u8),
+                "serve should answer junk {j:?} with an ERROR frame, got {reply:?}"
+            );
+        }
+        assert!(serve.running(), "serve died on junk: {}", serve.log());
+    }
+    assert!(!started.exists(), "the source started for junk");
+
+    // The next good peer is served.
+    let dst = w.path("dst-good");
+    let out = receive(
+        &w.dir,
+        "recv-good",
+        &strs(&recv_args(&w, port, &dst, &[])),
+        MIN,
+    );
+    assert_complete(&out, &w.src, &dst);
+    assert!(started.exists(), "the source did not run for the good peer");
+}
+
+// g. receive started before serve
+#[test]
+fn receive_waits_for_a_late_donor() {
+    let w = World::new("late");
+    let port = free_port();
+    let dst = w.path("dst");
+    let mut r = start_receive(
+        &w.dir,
+        "recv",
+        &strs(&recv_args(&w, port, &dst, &["--retry-for", "60s"])),
+    );
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        r.running(),
+        "receive gave up before the donor came: {}",
+        r.log()
+    );
+    let _serve = start_serve(
+        &w.dir,
+        "serve",
+        &[
+            "--listen",
+            &local(port),
+            "--dir",
+            s(&w.src),
+            "--token-file",
+            s(&w.token),
+        ],
+    );
+    let out = r.wait(MIN);
+    assert_complete(&out, &w.src, &dst);
+    assert!(
+        out.log.contains("not reachable yet"),
+        "receive should say it waits: {}",
+        out.log
+    );
+}
+
+// h. re-run after a failure, --keep-partial, a foreign non-empty DIR
+#[test]
+fn rerun_after_failure_clears_the_partial_clone() {
+    let w = World::new("rerun");
+    let cmd = format!("cat '{}'; exit 3", s(&w.xb));
+    let (bad, bad_port) = serve_exec(&w, "serve-bad", &cmd, &[]);
+    let dst = w.path("dst");
+    let out = receive(
+        &w.dir,
+        "recv-bad",
+        &strs(&recv_args(&w, bad_port, &dst, &[])),
+        MIN,
+    );
+    assert_failed(&out, EXIT_BAD_STREAM, &["exit status 3"], &dst);
+    assert!(
+        dst.join(PARTIAL).exists(),
+        "a failed clone keeps its in-progress marker"
+    );
+    drop(bad);
+    fs::write(dst.join("stray-from-attempt-1"), b"x").unwrap();
+
+    let port = free_port();
+    let mut serve = start_serve(
+        &w.dir,
+        "serve",
+        &[
+            "--listen",
+            &local(port),
+            "--dir",
+            s(&w.src),
+            "--token-file",
+            s(&w.token),
+        ],
+    );
+    // --keep-partial refuses, and touches nothing.
+    let before = tree(&dst);
+    let out = receive(
+        &w.dir,
+        "recv-keep",
+        &strs(&recv_args(&w, port, &dst, &["--keep-partial"])),
+        MIN,
+    );
+    assert_failed(&out, EXIT_LOCAL, &["partial"], &dst);
+    assert_eq!(tree(&dst), before, "--keep-partial changed the directory");
+    assert!(dst.join(PARTIAL).exists());
+
+    // A plain re-run clears the partial clone and succeeds.
+    let out = receive(
+        &w.dir,
+        "recv-again",
+        &strs(&recv_args(&w, port, &dst, &[])),
+        MIN,
+    );
+    assert_complete(&out, &w.src, &dst);
+    assert!(!dst.join("stray-from-attempt-1").exists());
+
+    // A non-empty directory that is not ours: refused, untouched, the donor never contacted.
+    let foreign = w.path("foreign");
+    fs::create_dir_all(foreign.join("mysql")).unwrap();
+    fs::write(foreign.join("mysql/user.frm"), b"precious").unwrap();
+    fs::write(foreign.join("ibdata1"), b"precious too").unwrap();
+    let before = tree(&foreign);
+    let connects = serve.log().matches("}: connected").count();
+    let out = receive(
+        &w.dir,
+        "recv-foreign",
+        &strs(&recv_args(&w, port, &foreign, &[])),
+        MIN,
+    );
+    assert_failed(&out, EXIT_LOCAL, &["not empty"], &foreign);
+    assert_eq!(tree(&foreign), before, "a foreign directory was modified");
+    assert!(!foreign.join(PARTIAL).exists());
+    assert_eq!(serve.log().matches("}: connected").count(), connects);
+    assert!(serve.running());
+}
+
+// i. SIGTERM to serve mid-clone
+#[test]
+fn sigterm_stops_serve_and_its_source() {
+    let w = World::new("term");
+    let pidf = w.path("src.pid");
+    let gpidf = w.path("grandchild.pid");
+    let _g = GroupGuard(vec![pidf.clone(), gpidf.clone()]);
+    // The source and a grandchild of it (a backup tool's helper): both must go.
+    let cmd = format!(
+        "echo $$ > '{}'; head -c {CUT_AT} '{}'; sleep 60 & echo $! > '{}'; wait",
+        s(&pidf),
+        s(&w.xb),
+        s(&gpidf)
+    );
+    let (mut serve, port) = serve_exec(&w, "serve", &cmd, &["--heartbeat", "1s"]);
+    let dst = w.path("dst");
+    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    wait_data(&dst, &mut r);
+    wait_for("the grandchild's pid", Duration::from_secs(10), || {
+        read_pid(&gpidf).is_some()
+    });
+    let (pid, gpid) = (read_pid(&pidf).unwrap(), read_pid(&gpidf).unwrap());
+    assert!(process_alive(pid) && process_alive(gpid));
+
+    serve.signal(Signal::TERM);
+    let s_out = serve.wait(Duration::from_secs(10));
+    assert!(
+        s_out.elapsed < Duration::from_secs(10),
+        "serve took {:?} to stop",
+        s_out.elapsed
+    );
+    assert_eq!(s_out.code, Some(0), "serve after SIGTERM: {}", s_out.log);
+    assert!(!process_alive(pid), "the source (pid {pid}) outlived serve");
+    wait_for("the grandchild to die", Duration::from_secs(5), || {
+        !process_alive(gpid)
+    });
+    let out = r.wait(Duration::from_secs(30));
+    assert_failed(&out, EXIT_PEER, &["shutting down"], &dst);
+}
+
+// j. --max-conns 1: the second receiver waits, then completes
+#[test]
+fn max_conns_queues_the_second_receiver() {
+    let w = World::new("queue");
+    let lock = w.path("first");
+    let events = w.path("events");
+    // The first clone's source is slow (8 s), the next ones are fast; each source records its
+    // start and end, so the test can tell whether two ever ran at once.
+    let cmd = format!(
+        "echo start >> '{ev}'; if mkdir '{}' 2>/dev/null; then sleep 8; fi; cat '{}'; echo end >> '{ev}'",
+        s(&lock),
+        s(&w.xb),
+        ev = s(&events)
+    );
+    let (mut serve, port) = serve_exec(
+        &w,
+        "serve",
+        &cmd,
+        &["--max-conns", "1", "--heartbeat", "1s"],
+    );
+    let (d1, d2) = (w.path("dst1"), w.path("dst2"));
+    let start = Instant::now();
+    let mut r1 = start_receive(&w.dir, "recv1", &strs(&recv_args(&w, port, &d1, &[])));
+    serve.wait_log("source started", Duration::from_secs(15));
+    let mut r2 = start_receive(&w.dir, "recv2", &strs(&recv_args(&w, port, &d2, &[])));
+    let (o1, o2) = (r1.wait(MIN), r2.wait(MIN));
+    assert_complete(&o1, &w.src, &d1);
+    assert_complete(&o2, &w.src, &d2);
+    assert!(
+        o2.log.contains("donor busy"),
+        "the second receiver was not told to wait: {}",
+        o2.log
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(8),
+        "both clones done after {:?}, before the first source could finish",
+        start.elapsed()
+    );
+    assert_eq!(
+        fs::read_to_string(&events).unwrap(),
+        "start\nend\nstart\nend\n",
+        "two sources ran at once with --max-conns 1"
+    );
+    assert!(serve.log().contains("waiting: 1 clone(s) already running"));
+}
+
+// k. no token and no --insecure
+#[test]
+fn serve_refuses_to_run_without_a_token() {
+    let t = tmp("notok");
+    let src = t.path().join("src");
+    make_src(&src);
+    let mut p = Proc::spawn(
+        "serve",
+        &mut xb(&["serve", "--listen", &local(free_port()), "--dir", s(&src)]),
+        t.path().join("serve.log"),
+        true,
+    );
+    let out = p.wait(Duration::from_secs(10));
+    assert_eq!(out.code, Some(EXIT_LOCAL), "serve: {}", out.log);
+    for w in ["--token-file", "--insecure"] {
+        assert!(out.log.contains(w), "message lacks {w}: {}", out.log);
+    }
+    assert!(!out.log.contains("listening on"), "{}", out.log);
+}
+
+// l. raw mode, both ways
+#[test]
+fn raw_mode_clones_but_writes_no_marker_and_feeds_mbstream() {
+    require_tools(&["mbstream"], "mariadb-backup");
+    let w = World::new("raw");
+    let port = free_port();
+    let _serve = start_serve(
+        &w.dir,
+        "serve",
+        &["--listen", &local(port), "--raw", "--dir", s(&w.src)],
+    );
+    let dst = w.path("dst");
+    let out = receive(
+        &w.dir,
+        "recv",
+        &["--raw", "--from", &local(port), "-C", s(&dst)],
+        MIN,
+    );
+    assert_eq!(out.code, Some(0), "raw receive: {}", out.log);
+    assert!(out.log.contains("raw"), "{}", out.log);
+    assert!(
+        !marker(&dst),
+        "raw mode must not write the completion marker"
+    );
+    assert_same_tree(&w.src, &dst);
+
+    // An ncat-style receiver: a plain socket read into `mbstream -x`.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut stream = Vec::new();
+    c.read_to_end(&mut stream).expect("reading the raw stream");
+    assert!(stream.starts_with(b"XBSTCK01"), "not an xbstream");
+    let mb = w.path("mb");
+    fs::create_dir_all(&mb).unwrap();
+    let mut p = Command::new("mbstream")
+        .args(["-x", "-C", s(&mb)])
+        .env("PATH", child_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run mbstream");
+    p.stdin.take().unwrap().write_all(&stream).unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "mbstream -x failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_tree(&w.src, &mb);
+}
+
+// m. TLS
+struct Pki {
+    ca: PathBuf,
+    other_ca: PathBuf,
+    srv_cert: PathBuf,
+    srv_key: PathBuf,
+    cli_cert: PathBuf,
+    cli_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .env("PATH", child_path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    require_tools(&["openssl"], "openssl");
+    fs::create_dir_all(dir).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
+        let subj = format!("/CN=xbagent test {ca}");
+        a.push(&subj);
+        a.extend_from_slice(&ec);
+        let (k, c) = (format!("{ca}.key"), format!("{ca}.crt"));
+        a.extend_from_slice(&["-keyout", &k, "-out", &c]);
+        a.extend_from_slice(&[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(dir, &a);
+    }
+    fs::write(
+        dir.join("srv.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("cli.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for (n, serial) in [("srv", "1001"), ("cli", "1002")] {
+        let (k, csr, crt, ext) = (
+            format!("{n}.key"),
+            format!("{n}.csr"),
+            format!("{n}.crt"),
+            format!("{n}.ext"),
+        );
+        let subj = format!("/CN=xbagent test {n}");
+        let mut a = vec!["req", "-new", "-subj", &subj];
+        a.extend_from_slice(&ec);
+        a.extend_from_slice(&["-keyout", &k, "-out", &csr]);
+        openssl(dir, &a);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+    Pki {
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other-ca.crt"),
+        srv_cert: dir.join("srv.crt"),
+        srv_key: dir.join("srv.key"),
+        cli_cert: dir.join("cli.crt"),
+        cli_key: dir.join("cli.key"),
+    }
+}
+
+fn assert_tls_failure(out: &Outcome, dst: &Path) {
+    assert!(
+        matches!(out.code, Some(3) | Some(4)),
+        "expected exit 3 or 4; receive's log:\n{}",
+        out.log
+    );
+    let l = out.log.to_lowercase();
+    assert!(
+        l.contains("tls") || l.contains("certificate"),
+        "the message should mention TLS or the certificate:\n{}",
+        out.log
+    );
+    assert!(
+        !marker(dst),
+        "a failed TLS clone left the completion marker"
+    );
+}
+
+#[test]
+fn tls_verifies_the_donor_and_optionally_the_receiver() {
+    let w = World::new("tls");
+    let pki = make_pki(&w.path("pki"));
+    let port = free_port();
+    let mut serve = start_serve(
+        &w.dir,
+        "serve",
+        &[
+            "--listen",
+            &local(port),
+            "--dir",
+            s(&w.src),
+            "--token-file",
+            s(&w.token),
+            "--tls-cert",
+            s(&pki.srv_cert),
+            "--tls-key",
+            s(&pki.srv_key),
+        ],
+    );
+    let dst = w.path("dst-ok");
+    let out = receive(
+        &w.dir,
+        "recv-ok",
+        &strs(&recv_args(&w, port, &dst, &["--tls-ca", s(&pki.ca)])),
+        MIN,
+    );
+    assert_complete(&out, &w.src, &dst);
+
+    let dst = w.path("dst-wrong-ca");
+    let out = receive(
+        &w.dir,
+        "recv-wrong-ca",
+        &strs(&recv_args(&w, port, &dst, &["--tls-ca", s(&pki.other_ca)])),
+        MIN,
+    );
+    assert_tls_failure(&out, &dst);
+
+    // A plaintext receiver against a TLS donor: refused, no marker.
+    let dst = w.path("dst-plain");
+    let out = receive(
+        &w.dir,
+        "recv-plain",
+        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "10s"])),
+        MIN,
+    );
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "plaintext receive against TLS serve: {}",
+        out.log
+    );
+    assert!(!marker(&dst));
+    assert!(serve.running(), "{}", serve.log());
+
+    // Client certificates required.
+    let port2 = free_port();
+    let _serve2 = start_serve(
+        &w.dir,
+        "serve-mtls",
+        &[
+            "--listen",
+            &local(port2),
+            "--dir",
+            s(&w.src),
+            "--token-file",
+            s(&w.token),
+            "--tls-cert",
+            s(&pki.srv_cert),
+            "--tls-key",
+            s(&pki.srv_key),
+            "--tls-client-ca",
+            s(&pki.ca),
+        ],
+    );
+    let dst = w.path("dst-no-client-cert");
+    let out = receive(
+        &w.dir,
+        "recv-no-cert",
+        &strs(&recv_args(&w, port2, &dst, &["--tls-ca", s(&pki.ca)])),
+        MIN,
+    );
+    assert_tls_failure(&out, &dst);
+    let dst = w.path("dst-client-cert");
+    let out = receive(
+        &w.dir,
+        "recv-cert",
+        &strs(&recv_args(
+            &w,
+            port2,
+            &dst,
+            &[
+                "--tls-ca",
+                s(&pki.ca),
+                "--tls-cert",
+                s(&pki.cli_cert),
+                "--tls-key",
+                s(&pki.cli_key),
+            ],
+        )),
+        MIN,
+    );
+    assert_complete(&out, &w.src, &dst);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Donor and receiver in two network namespaces joined by a veth pair
+// ---------------------------------------------------------------------------------------------
+
+fn ip(args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(args)
+        .env("PATH", child_path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run ip")
+}
+
+fn ip_ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces and a veth pair; all removed on drop.
+struct Netns {
+    ns: [String; 2],
+    veth: [String; 2],
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.ns {
+            let _ = ip(&["netns", "del", n]);
+        }
+        // Only there if moving it into a namespace failed.
+        let _ = ip(&["link", "del", &self.veth[0]]);
+    }
+}
+
+#[test]
+fn clone_between_network_namespaces_over_veth() {
+    require_tools(&["ip"], "iproute2");
+    let id = std::process::id() % 1_000_000;
+    let net = Netns {
+        ns: [format!("xbc-{id}-donor"), format!("xbc-{id}-recv")],
+        veth: [format!("xbv{id}a"), format!("xbv{id}b")],
+    };
+    let out = ip(&["netns", "add", &net.ns[0]]);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let l = err.to_lowercase();
+        if l.contains("permission") || l.contains("not permitted") {
+            panic!(
+                "`ip netns add` is not permitted ({}): this test needs root (CAP_SYS_ADMIN and \
+                 CAP_NET_ADMIN), as CI runs it",
+                err.trim()
+            );
+        }
+        panic!("ip netns add {} failed: {}", net.ns[0], err.trim());
+    }
+    ip_ok(&["netns", "add", &net.ns[1]]);
+    ip_ok(&[
+        "link",
+        "add",
+        &net.veth[0],
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &net.veth[1],
+    ]);
+    for (i, addr) in ["10.77.0.1/24", "10.77.0.2/24"].into_iter().enumerate() {
+        ip_ok(&["link", "set", &net.veth[i], "netns", &net.ns[i]]);
+        ip_ok(&["-n", &net.ns[i], "addr", "add", addr, "dev", &net.veth[i]]);
+        ip_ok(&["-n", &net.ns[i], "link", "set", &net.veth[i], "up"]);
+        ip_ok(&["-n", &net.ns[i], "link", "set", "lo", "up"]);
+    }
+
+    let w = World::new("netns");
+    let mut serve = Proc::spawn(
+        "serve",
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            &net.ns[0],
+            XBAGENT,
+            "serve",
+            "--listen",
+            "10.77.0.1:3307",
+            "--dir",
+            s(&w.src),
+            "--token-file",
+            s(&w.token),
+        ]),
+        w.path("serve.log"),
+        true,
+    );
+    serve.wait_log("listening on", Duration::from_secs(15));
+    let dst = w.path("dst");
+    let out = Proc::spawn(
+        "receive",
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            &net.ns[1],
+            XBAGENT,
+            "receive",
+            "--from",
+            "10.77.0.1:3307",
+            "-C",
+            s(&dst),
+            "--token-file",
+            s(&w.token),
+            "--retry-for",
+            "20s",
+        ]),
+        w.path("recv.log"),
+        false,
+    )
+    .wait(MIN);
+    assert_complete(&out, &w.src, &dst);
+    // The peer the donor saw is the other namespace's address: the clone crossed the veth.
+    serve.wait_log("peer=10.77.0.2:", Duration::from_secs(5));
+    drop(serve);
+    drop(net);
+}
