@@ -68,6 +68,8 @@ pub enum ProtocolError {
         "peer is not an xbagent clone endpoint (bad greeting); is it a raw ncat donor? try --raw"
     )]
     BadMagic,
+    #[error("peer answered with TLS; give --tls-ca (and the donor's CA certificate) to connect over TLS")]
+    TlsPeer,
     #[error("peer speaks clone protocol version {0}, this xbagent speaks {VERSION}")]
     Version(u16),
     #[error("unknown frame type 0x{0:02x}")]

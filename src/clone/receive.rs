@@ -232,6 +232,11 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
         writer: WriterOptions {
             threads: opts.parallel.max(1),
             sync: true,
+            reserved: [COMPLETE_MARKER, PARTIAL_MARKER]
+                .iter()
+                .flat_map(|m| [m.to_string(), format!("{m}.tmp")])
+                .map(bytes::Bytes::from)
+                .collect(),
             ..WriterOptions::default()
         },
     };
@@ -332,6 +337,10 @@ fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> std::result::Result<(), 
         // A raw donor sends xbstream at once: its first byte is the 'X' of "XBSTCK01".
         FrameError::Protocol(protocol::ProtocolError::UnknownFrame(b'X')) => {
             proto(protocol::ProtocolError::BadMagic)
+        }
+        // 0x15/0x16: a TLS alert or handshake record.
+        FrameError::Protocol(protocol::ProtocolError::UnknownFrame(0x15 | 0x16)) => {
+            proto(protocol::ProtocolError::TlsPeer)
         }
         FrameError::Protocol(p) => proto(p),
     };

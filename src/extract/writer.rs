@@ -35,6 +35,9 @@ pub struct WriterOptions {
     pub queue_bytes: u64,
     /// fsync every file at its end chunk and every directory at the end.
     pub sync: bool,
+    /// Paths never written (checked, counted, then dropped): the clone's own markers, so a
+    /// stream that carries a copy of them cannot fake a complete clone.
+    pub reserved: Vec<Bytes>,
 }
 
 impl Default for WriterOptions {
@@ -45,6 +48,7 @@ impl Default for WriterOptions {
             max_open_files: 512,
             queue_bytes: 8 << 20,
             sync: false,
+            reserved: Vec::new(),
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct DirWriter {
     hasher: RandomState,
     sync: bool,
     force: bool,
+    reserved: Vec<Bytes>,
     /// Files this run created: without `--force`, removes and renames touch only these and
     /// the directories this run created.
     created_files: HashSet<Bytes>,
@@ -154,6 +159,7 @@ impl DirWriter {
             hasher: RandomState::new(),
             sync: opts.sync,
             force: opts.force,
+            reserved: opts.reserved.clone(),
             created_files: HashSet::new(),
         }
     }
@@ -191,6 +197,18 @@ impl DirWriter {
 impl ChunkSink for DirWriter {
     fn chunk(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<()> {
         self.check_failed()?;
+        let touches = |p: &Bytes| {
+            chunk.path == *p || matches!(&chunk.body, ChunkBody::Rename { to } if to == p)
+        };
+        if self.reserved.iter().any(touches) {
+            if let LedgerEvent::File { created: true, .. } = event {
+                tracing::warn!(
+                    "not writing '{}' from the stream: that name is reserved for this tool's own marker",
+                    chunk.display_path()
+                );
+            }
+            return Ok(());
+        }
         match (&chunk.body, event) {
             (ChunkBody::Remove, _) => {
                 self.quiesce()?;
