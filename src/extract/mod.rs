@@ -48,7 +48,7 @@ pub fn extract_reader<R: Read>(
     progress: &Progress,
 ) -> Result<(Ledger, StreamTotals)> {
     let target = TargetDir::open(&opts.dir)?;
-    let mut writer = DirWriter::new(&target, &opts.writer);
+    let mut writer = DirWriter::new(&target, &opts.writer)?;
     sink::run(input, what, opts.decode, &mut writer, progress)
 }
 

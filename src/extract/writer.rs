@@ -119,7 +119,7 @@ pub struct DirWriter {
 }
 
 impl DirWriter {
-    pub fn new(target: &TargetDir, opts: &WriterOptions) -> Self {
+    pub fn new(target: &TargetDir, opts: &WriterOptions) -> Result<Self> {
         let threads = opts.threads.max(1);
         let shared = Arc::new(Shared {
             budget: Budget {
@@ -147,11 +147,14 @@ impl DirWriter {
             let handle = std::thread::Builder::new()
                 .name(format!("xbagent-writer-{i}"))
                 .spawn(move || worker.run(rx, shared))
-                .unwrap_or_else(|e| panic!("cannot start a writer thread: {e}"));
+                .map_err(|e| Error::TargetDir {
+                    dir: target.display.clone(),
+                    source: e,
+                })?;
             senders.push(tx);
             handles.push(handle);
         }
-        DirWriter {
+        Ok(DirWriter {
             senders,
             handles,
             shared,
@@ -161,7 +164,7 @@ impl DirWriter {
             force: opts.force,
             reserved: opts.reserved.clone(),
             created_files: HashSet::new(),
-        }
+        })
     }
 
     fn check_failed(&self) -> Result<()> {
