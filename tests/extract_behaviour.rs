@@ -307,3 +307,55 @@ fn a_stream_cut_at_a_chunk_boundary_fails_and_names_the_unfinished_files() {
     assert_eq!(json["files"][0]["state"], "complete");
     assert_eq!(json["files"][1]["state"], "open");
 }
+
+#[test]
+fn create_fails_promptly_when_the_stream_cannot_be_written() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..300 {
+        let d = src.join(format!("d{}", i % 7));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("f{i}")), pattern(3000 + i, i as u8)).unwrap();
+    }
+    for parallel in ["1", "4"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xbagent"))
+            .args([
+                "create",
+                "--parallel",
+                parallel,
+                "-C",
+                src.to_str().unwrap(),
+                ".",
+            ])
+            .stdout(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("create --parallel {parallel} hung on a full disk");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(3), "{err}");
+        assert!(err.contains("cannot write the stream"), "{err}");
+    }
+}

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
@@ -68,7 +69,9 @@ enum Piece {
     Data {
         path: Arc<[u8]>,
         offset: u64,
+        /// A pooled buffer of `chunk_size` bytes; the first `len` are data.
         buf: Vec<u8>,
+        len: usize,
     },
     Sparse {
         path: Arc<[u8]>,
@@ -103,21 +106,28 @@ pub fn create<W: Write>(opts: &CreateOptions, out: W, progress: &Progress) -> Re
     let sparse = opts.sparse;
 
     let mut totals = CreateTotals::default();
+    let cancel = AtomicBool::new(false);
     let result = std::thread::scope(|s| {
         for _ in 0..threads {
             let pool = Pool {
                 take: pool_rx.clone(),
                 give: pool_tx.clone(),
             };
-            let (work_rx, piece_tx) = (work_rx.clone(), piece_tx.clone());
-            s.spawn(move || read_files(work_rx, pool, piece_tx, chunk_size, sparse));
+            let (work_rx, piece_tx, cancel) = (work_rx.clone(), piece_tx.clone(), &cancel);
+            s.spawn(move || read_files(work_rx, pool, piece_tx, chunk_size, sparse, cancel));
         }
         drop(piece_tx);
         let r = write_pieces(&piece_rx, &pool_tx, out, &mut totals, progress);
         if r.is_err() {
-            // Stop the readers: they see a closed channel and quit.
-            drop(piece_rx);
+            // Stop the readers: no new files, no new blocks; hand back the buffers of what
+            // they already sent, so none of them waits for one forever.
+            cancel.store(true, Ordering::SeqCst);
             while work_rx.try_recv().is_ok() {}
+            for piece in piece_rx.iter() {
+                if let Piece::Data { buf, .. } | Piece::Sparse { buf, .. } = piece {
+                    let _ = pool_tx.send(buf);
+                }
+            }
         }
         r
     });
@@ -136,18 +146,24 @@ fn write_pieces<W: Write>(
     for piece in pieces {
         hdr.clear();
         let payload = match &piece {
-            Piece::Data { path, offset, buf } => {
+            Piece::Data {
+                path,
+                offset,
+                buf,
+                len,
+            } => {
+                let data = &buf[..*len];
                 encode_header_into(
                     &ChunkHeader::Payload {
                         path,
                         flags: 0,
                         offset: *offset,
-                        len: buf.len() as u64,
-                        crc: crc32fast::hash(buf),
+                        len: data.len() as u64,
+                        crc: crc32fast::hash(data),
                     },
                     &mut hdr,
                 );
-                &buf[..]
+                data
             }
             Piece::Sparse {
                 path,
@@ -180,8 +196,7 @@ fn write_pieces<W: Write>(
         if let Piece::Failed(e) = piece {
             return Err(e);
         }
-        out.write_all(&hdr).map_err(Error::WriteStream)?;
-        out.write_all(payload).map_err(Error::WriteStream)?;
+        write_both(&mut out, &hdr, payload).map_err(Error::WriteStream)?;
         totals.chunks += 1;
         totals.data_bytes += payload.len() as u64;
         totals.stream_bytes += (hdr.len() + payload.len()) as u64;
@@ -203,15 +218,34 @@ struct Pool {
     give: Sender<Vec<u8>>,
 }
 
+/// Header and payload in as few writes as the sink allows (one, for a pipe or a file).
+fn write_both(out: &mut impl Write, hdr: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let mut bufs = [std::io::IoSlice::new(hdr), std::io::IoSlice::new(payload)];
+    let mut bufs = &mut bufs[..];
+    while !bufs.is_empty() {
+        match out.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn read_files(
     work: Receiver<SourceFile>,
     pool: Pool,
     pieces: Sender<Piece>,
     chunk_size: usize,
     sparse: bool,
+    cancel: &AtomicBool,
 ) {
     for f in work {
-        if let Err(e) = read_one(&f, &pool, &pieces, chunk_size, sparse) {
+        if cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = read_one(&f, &pool, &pieces, chunk_size, sparse, cancel) {
             let _ = pieces.send(Piece::Failed(e));
             return;
         }
@@ -225,6 +259,7 @@ fn read_one(
     pieces: &Sender<Piece>,
     chunk_size: usize,
     sparse: bool,
+    cancel: &AtomicBool,
 ) -> Result<()> {
     let err = |e: std::io::Error| Error::Source {
         path: f.fs_path.clone(),
@@ -234,11 +269,14 @@ fn read_one(
     let path: Arc<[u8]> = f.stream_path.clone().into();
     let mut offset = 0u64;
     loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let Ok(mut buf) = pool.take.recv() else {
             return Ok(());
         };
-        buf.clear();
         if sparse {
+            buf.clear();
             if let Some((piece, extent)) =
                 read_sparse_block(&file, &path, offset, chunk_size, &mut buf).map_err(err)?
             {
@@ -252,11 +290,19 @@ fn read_one(
             rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(offset))
                 .map_err(|e| err(e.into()))?;
         }
-        buf.reserve(chunk_size.min(f.size.saturating_sub(offset) as usize + 1));
-        let n = (&file)
-            .take(chunk_size as u64)
-            .read_to_end(&mut buf)
-            .map_err(err)?;
+        // Pool buffers are zeroed once, at their first use, and then read into in place.
+        if buf.len() < chunk_size {
+            buf.resize(chunk_size, 0);
+        }
+        let mut n = 0;
+        while n < chunk_size {
+            match (&file).read(&mut buf[n..chunk_size]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
         if n == 0 {
             let _ = pool.give.send(buf);
             break;
@@ -265,6 +311,7 @@ fn read_one(
             path: path.clone(),
             offset,
             buf,
+            len: n,
         };
         offset += n as u64;
         if pieces.send(piece).is_err() {

@@ -13,7 +13,7 @@
 //! the current chunk needs, so the caller can read (and grow its buffer) as bytes arrive.
 //! Every declared length is checked against a cap before it is trusted.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::chunk::{display_path, Chunk, ChunkBody, Dialect, SparseEntry};
 use super::error::FormatError;
@@ -354,7 +354,9 @@ impl Decoder {
         // The whole chunk is present and checked: take it out of the buffer without copying.
         let mut raw = buf.split_to(total).freeze();
         self.offset += total as u64;
-        let path = raw.slice(PREFIX_LEN..pend);
+        // The path is copied out: a slice would keep the whole read buffer (up to a chunk)
+        // alive for as long as anyone holds the path, e.g. a ledger of every file.
+        let path = Bytes::copy_from_slice(&raw[PREFIX_LEN..pend]);
         raw.advance(pend);
         let body = match kind {
             Kind::Eof => ChunkBody::Eof,
@@ -364,7 +366,9 @@ impl Decoder {
             },
             Kind::Rename => {
                 raw.advance(4);
-                ChunkBody::Rename { to: raw }
+                ChunkBody::Rename {
+                    to: Bytes::copy_from_slice(&raw),
+                }
             }
             Kind::Payload | Kind::Ignored(_) => {
                 let _len = raw.get_u64_le();
