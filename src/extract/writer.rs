@@ -105,6 +105,9 @@ impl Shared {
 
 /// Writes chunks into a target directory.
 pub struct DirWriter {
+    /// With one writer, chunks are written on the caller's thread: no hand-off per chunk,
+    /// which costs more than it overlaps for streams of many small files.
+    inline: Option<Worker>,
     senders: Vec<Sender<Job>>,
     handles: Vec<JoinHandle<Resolver>>,
     shared: Arc<Shared>,
@@ -133,16 +136,18 @@ impl DirWriter {
         let per_thread = (opts.max_open_files / threads).max(4);
         let mut senders = Vec::new();
         let mut handles = Vec::new();
-        for i in 0..threads {
+        let make_worker = || Worker {
+            resolver: target.resolver(),
+            files: HashMap::new(),
+            open_fds: 0,
+            max_fds: per_thread,
+            force: opts.force,
+            sync: opts.sync,
+        };
+        let inline = (threads == 1).then(make_worker);
+        for i in 0..if inline.is_some() { 0 } else { threads } {
             let (tx, rx) = bounded::<Job>(64);
-            let worker = Worker {
-                resolver: target.resolver(),
-                files: HashMap::new(),
-                open_fds: 0,
-                max_fds: per_thread,
-                force: opts.force,
-                sync: opts.sync,
-            };
+            let worker = make_worker();
             let shared = shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("xbagent-writer-{i}"))
@@ -155,6 +160,7 @@ impl DirWriter {
             handles.push(handle);
         }
         Ok(DirWriter {
+            inline,
             senders,
             handles,
             shared,
@@ -178,6 +184,10 @@ impl DirWriter {
 
     /// Wait until every writer has drained its queue and dropped its directory cache.
     fn quiesce(&mut self) -> Result<()> {
+        if let Some(w) = &mut self.inline {
+            w.resolver.clear();
+            return Ok(());
+        }
         let (ack_tx, ack_rx) = bounded(self.senders.len());
         for s in &self.senders {
             // A closed channel means the writer stopped on an error, reported below.
@@ -240,6 +250,9 @@ impl ChunkSink for DirWriter {
                 if let LedgerEvent::File { created: true, .. } = event {
                     self.created_files.insert(chunk.path.clone());
                 }
+                if let Some(w) = &mut self.inline {
+                    return w.write(chunk, event);
+                }
                 let n = chunk.data_len();
                 self.shared.budget.acquire(n, &self.shared.failed);
                 let i = (self.hasher.hash_one(&chunk.path) % self.senders.len() as u64) as usize;
@@ -255,7 +268,10 @@ impl ChunkSink for DirWriter {
     }
 
     fn finish(&mut self, _ledger: &Ledger) -> Result<()> {
-        let resolvers = self.stop_workers();
+        let mut resolvers = self.stop_workers();
+        if let Some(w) = self.inline.take() {
+            resolvers.push(w.resolver);
+        }
         if let Some(e) = self.shared.take_error() {
             return Err(e);
         }
