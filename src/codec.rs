@@ -70,11 +70,9 @@ impl<R: Read> ChunkReader<R> {
         // buffer is never reallocated (and copied) just to read ahead.
         if self.buf.capacity() - have < remaining {
             let grant = remaining.min(self.hint.max(have).max(MIN_READ));
-            if have == 0 {
-                self.buf = BytesMut::with_capacity(grant.max(MIN_READ));
-            } else {
-                self.buf.reserve(grant);
-            }
+            // Once every chunk cut from the buffer has been dropped (written), `reserve` takes
+            // the same allocation back instead of faulting in a fresh one.
+            self.buf.reserve(grant);
         }
         let start = self.buf.len();
         // Zero only a window that the last read suggests will be filled (pipes deliver
