@@ -246,7 +246,6 @@ fn run_receive(a: ReceiveArgs, show: bool, verbose: bool) -> Result<i32, Error> 
             let cfg = tls::client_config(&tls::ClientTls {
                 ca: ca.clone(),
                 cert: a.tls_cert.clone().zip(a.tls_key.clone()),
-                server_name: a.tls_server_name.clone(),
             })?;
             Some((cfg, tls::server_name(&host)?))
         }

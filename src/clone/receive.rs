@@ -251,9 +251,9 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
     // real cause.
     let (_, totals) = match res {
         Ok(v) => v,
-        Err(Error::Read { .. }) if failure.lock().map(|f| f.is_some()).unwrap_or(false) => {
+        Err(e @ Error::Read { .. }) => {
             let cause = failure.lock().ok().and_then(|mut f| f.take());
-            return Err(cause.map(Error::Clone).unwrap_or(Error::Interrupted));
+            return Err(cause.map(Error::Clone).unwrap_or(e));
         }
         Err(e) => return Err(e),
     };

@@ -89,8 +89,6 @@ pub struct ClientTls {
     pub ca: PathBuf,
     /// Client certificate and key, for donors that require one.
     pub cert: Option<(PathBuf, PathBuf)>,
-    /// Name to verify in the donor's certificate (default: the host of --from).
-    pub server_name: Option<String>,
 }
 
 pub fn client_config(t: &ClientTls) -> Result<Arc<ClientConfig>, CloneError> {
