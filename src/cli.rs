@@ -13,9 +13,11 @@ use crate::format::{Dialect, DEFAULT_MAX_CHUNK_SIZE, REFERENCE_CHUNK_SIZE};
     version,
     about = "Back up, clone and restore MySQL/MariaDB data directories as xbstream streams",
     after_help = "Exit codes: 0 success; 1 bad, hostile, truncated or incomplete stream (or \
-                  the donor's backup command failed); 2 usage error; 3 local problem (target \
-                  or source files, permissions, existing files, symlinks, disk full); 4 peer \
-                  or network (unreachable, authentication failed, stalled, cut)."
+                  the donor's or producer's backup command failed, or a backup does not match \
+                  its manifest); 2 usage error; 3 local problem (target or source files, \
+                  permissions, existing files, symlinks, disk full, no such backup); 4 peer, \
+                  network or object store (unreachable, authentication failed, stalled, cut, \
+                  S3 errors after retries); 130 interrupted (an upload is aborted)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -47,6 +49,154 @@ pub enum Command {
     /// New pod's side of a clone: receive, extract, check, then mark complete (replaces
     /// `ncat --recv-only ... | xbstream -x`).
     Receive(ReceiveArgs),
+    /// Back up a stream (a command's output, a directory, a file or stdin) to a repository:
+    /// checked as it passes, optionally compressed, manifest written last.
+    Upload(UploadArgs),
+    /// Restore a backup from a repository into an empty directory, checking it against its
+    /// manifest.
+    Restore(RestoreArgs),
+    /// List or prune the backups of a repository.
+    #[command(subcommand)]
+    Backups(BackupsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// Every backup: id, complete or not, size, files, source.
+    List(BackupsListArgs),
+    /// Delete old backups (dry run unless --apply). The newest complete backup is never deleted.
+    Prune(PruneArgs),
+}
+
+/// How to reach an S3 repository (ignored for a local one).
+#[derive(Debug, Args, Clone)]
+pub struct S3Args {
+    /// S3 endpoint URL, e.g. http://minio:9000 (default: AWS_ENDPOINT_URL, else AWS).
+    /// Path-style addressing is used with a custom endpoint.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Region (default: AWS_REGION / the profile, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// How long one request may keep retrying (5xx, SlowDown, timeouts, resets).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub retry_for: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// Repository: s3://bucket/prefix, file:///dir, or a directory.
+    #[arg(long)]
+    pub to: String,
+    /// Shell command whose standard output is the stream (e.g. mariabackup --backup --stream=xbstream).
+    #[arg(long, conflicts_with_all = ["dir", "input"])]
+    pub exec: Option<String>,
+    /// Directory to stream (as `create -C DIR .`).
+    #[arg(long, conflicts_with = "input")]
+    pub dir: Option<PathBuf>,
+    /// Whole-stream compression: zstd or zstd:LEVEL (1-19), multi-threaded.
+    #[arg(long, value_parser = parse_compress)]
+    pub compress: Option<i32>,
+    /// Parts uploaded at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Memory for part buffers and everything else; larger parts are spooled to --spool-dir.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub memory_limit: u64,
+    /// Size of the first parts; it doubles every 1,000 parts (minimum 6MiB).
+    #[arg(long, value_parser = parse_size, default_value = "8MiB")]
+    pub part_size: u64,
+    /// Directory for parts too large for memory (default: $TMPDIR or /tmp).
+    #[arg(long)]
+    pub spool_dir: Option<PathBuf>,
+    /// Readers for --dir.
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Backup id (default: the start time, UTC, YYYYMMDDTHHMMSS.mmmZ).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Stream file, or `-` for standard input (when neither --exec nor --dir).
+    pub input: Option<PathBuf>,
+}
+
+pub fn parse_compress(s: &str) -> Result<i32, String> {
+    match s.split_once(':') {
+        None if s == "zstd" => Ok(3),
+        Some(("zstd", l)) => match l.parse::<i32>() {
+            Ok(l) if (1..=19).contains(&l) => Ok(l),
+            _ => Err(format!("bad zstd level '{l}' (1 to 19)")),
+        },
+        _ => Err(format!("unknown compression '{s}' (zstd or zstd:LEVEL)")),
+    }
+}
+
+/// Reading a backup back (restore, verify).
+#[derive(Debug, Args, Clone)]
+pub struct ReadArgs {
+    /// Ranged GETs in flight.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Memory for read-ahead and everything else.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub memory_limit: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// REPO@ID or REPO@latest (REPO alone means @latest).
+    #[arg(long)]
+    pub from: String,
+    /// Directory to restore into: must be empty unless --force.
+    #[arg(short = 'C', long = "directory")]
+    pub dir: PathBuf,
+    /// Restore into a non-empty directory, overwriting files of the same names.
+    #[arg(long)]
+    pub force: bool,
+    /// Writer threads; each file's chunks stay in order.
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pub parallel: usize,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsListArgs {
+    /// Repository: s3://bucket/prefix, file:///dir, or a directory.
+    pub repo: String,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Repository: s3://bucket/prefix, file:///dir, or a directory.
+    pub repo: String,
+    /// Complete backups to keep, newest first (the newest is always kept).
+    #[arg(long)]
+    pub keep_last: usize,
+    /// Also keep complete backups younger than this (e.g. 7d).
+    #[arg(long, value_parser = parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Incomplete backups (no manifest) younger than this are left alone: they may still be
+    /// uploading.
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub grace: std::time::Duration,
+    /// Delete. Without it, only print what would be deleted.
+    #[arg(long)]
+    pub apply: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -226,8 +376,13 @@ pub struct ListArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Stream file; `-` or nothing for standard input.
-    pub input: Option<PathBuf>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Stream file (`-` or nothing for standard input), or a repository backup:
+    /// REPO[@ID|@latest] where REPO is s3://bucket/prefix, file:///dir or a directory.
+    pub input: Option<String>,
 }
 
 /// The flags of `xbstream` / `mbstream`, for scripts that call xbagent under those names.

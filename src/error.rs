@@ -100,6 +100,10 @@ pub enum Error {
     #[error(transparent)]
     Clone(#[from] crate::clone::CloneError),
 
+    /// A backup command (upload, restore, verify, prune) failed.
+    #[error(transparent)]
+    Backup(#[from] crate::store::BackupError),
+
     /// The target directory is not in a state this command may touch.
     #[error("{0}")]
     Refused(String),
@@ -135,6 +139,7 @@ impl Error {
                 | crate::clone::CloneError::Listen { .. } => exit::LOCAL,
                 _ => exit::PEER,
             },
+            Error::Backup(b) => b.exit_code(),
             Error::Interrupted => exit::INTERRUPTED,
             _ => exit::LOCAL,
         }

@@ -113,10 +113,15 @@ pub struct StreamChecker {
 
 impl StreamChecker {
     pub fn new(opts: DecodeOptions) -> Self {
+        Self::with_ledger(opts, Ledger::new())
+    }
+
+    /// A checker keeping its records in `ledger` (e.g. one that keeps per-file CRCs).
+    pub fn with_ledger(opts: DecodeOptions, ledger: Ledger) -> Self {
         StreamChecker {
             decoder: crate::format::Decoder::new(opts),
             buf: bytes::BytesMut::new(),
-            ledger: Ledger::new(),
+            ledger,
             totals: StreamTotals::default(),
         }
     }
@@ -141,13 +146,18 @@ impl StreamChecker {
     }
 
     /// The stream ended: it must end at a chunk boundary with every file complete.
-    pub fn finish(mut self) -> Result<StreamTotals> {
+    pub fn finish(self) -> Result<StreamTotals> {
+        self.finish_with_ledger().map(|(t, _)| t)
+    }
+
+    /// [`StreamChecker::finish`], also returning the ledger with every file's record.
+    pub fn finish_with_ledger(mut self) -> Result<(StreamTotals, Ledger)> {
         while let Some(chunk) = self.decoder.decode_eof(&mut self.buf)? {
             self.account(&chunk)?;
         }
         self.ledger.finish()?;
         self.totals.bytes = self.decoder.stream_offset();
         self.totals.dialect = self.decoder.dialect().to_string();
-        Ok(self.totals)
+        Ok((self.totals, self.ledger))
     }
 }

@@ -19,3 +19,5 @@ pub mod sink;
 pub mod stdio;
 
 pub use error::{Error, Result};
+pub mod source;
+pub mod store;

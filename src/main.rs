@@ -11,7 +11,10 @@ use tracing_subscriber::EnvFilter;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use xbagent::cli::{Cli, Command, DecodeArgs, DropIn, ReceiveArgs, ServeArgs};
+use xbagent::cli::{
+    BackupsCommand, Cli, Command, DecodeArgs, DropIn, PruneArgs, ReadArgs, ReceiveArgs,
+    RestoreArgs, S3Args, ServeArgs, UploadArgs,
+};
 use xbagent::clone::receive::{receive, ReceiveOptions, Received};
 use xbagent::clone::serve::{serve, ServeOptions, Source};
 use xbagent::clone::tls;
@@ -21,6 +24,9 @@ use xbagent::extract::{extract_path, ExtractOptions, WriterOptions};
 use xbagent::format::{DecodeOptions, FileState};
 use xbagent::inspect::{scan_path, Listing};
 use xbagent::progress::Progress;
+use xbagent::store::restore::{ReadOptions, RestoreOptions};
+use xbagent::store::upload::UploadOptions;
+use xbagent::store::{retention, BackupRef, RepoAddress, Repository, S3Settings};
 use xbagent::Error;
 
 fn main() -> ExitCode {
@@ -35,7 +41,14 @@ fn main() -> ExitCode {
     } else {
         let cli = Cli::parse();
         // The clone commands are services: their connection log is wanted by default.
-        let service = matches!(cli.command, Command::Serve(_) | Command::Receive(_));
+        let service = matches!(
+            cli.command,
+            Command::Serve(_)
+                | Command::Receive(_)
+                | Command::Upload(_)
+                | Command::Restore(_)
+                | Command::Backups(BackupsCommand::Prune(_))
+        );
         init_logging(cli.verbose || service, cli.quiet);
         run(cli)
     };
@@ -145,9 +158,53 @@ fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::Serve(a) => run_serve(a),
         Command::Receive(a) => run_receive(a, show, cli.verbose),
+        Command::Upload(a) => run_upload(a, show, cli.verbose),
+        Command::Restore(a) => run_restore(a, show, cli.verbose),
+        Command::Backups(BackupsCommand::List(a)) => {
+            let repo = open_repo(&a.repo, &a.s3, 1)?;
+            let all = retention::list(&*repo).map_err(xbagent::store::BackupError::from)?;
+            let mut out = std::io::stdout().lock();
+            let res = if a.json {
+                serde_json::to_writer_pretty(&mut out, &all)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| writeln!(out))
+            } else {
+                print_backups(&mut out, &all)
+            };
+            res.map_err(Error::WriteStream)?;
+            Ok(exit::OK)
+        }
+        Command::Backups(BackupsCommand::Prune(a)) => run_prune(a),
+        Command::Verify(a)
+            if a.input
+                .as_deref()
+                .is_some_and(RepoAddress::looks_like_repository) =>
+        {
+            let input = a.input.as_deref().unwrap_or_default();
+            let (addr, which) =
+                RepoAddress::parse_with_backup(input).map_err(xbagent::store::BackupError::from)?;
+            let repo = xbagent::store::open(&addr, &s3_settings(&a.s3, a.read.concurrency))
+                .map_err(xbagent::store::BackupError::from)?;
+            let progress = Arc::new(Progress::new("verify", None, show, cli.verbose));
+            let res = xbagent::store::restore::verify(
+                repo,
+                &which.unwrap_or(BackupRef::Latest),
+                &read_opts(&a.read, &a.decode),
+                progress.clone(),
+                shutdown_flag()?,
+            );
+            progress.finish();
+            let c = res?;
+            println!(
+                "ok: backup {} matches its manifest: {} files, {} chunks, {} stream bytes, {} bytes stored (blake3 {})",
+                c.id, c.totals.files, c.totals.chunks, c.totals.bytes, c.manifest.object.size, c.manifest.object.blake3
+            );
+            Ok(exit::OK)
+        }
         Command::Verify(a) => {
             let progress = Progress::new("verify", None, show, cli.verbose);
-            let scan = scan_path(a.input.as_deref(), decode_opts(&a.decode), &progress)?;
+            let input = a.input.as_deref().map(Path::new);
+            let scan = scan_path(input, decode_opts(&a.decode), &progress)?;
             progress.finish();
             if let Some(e) = scan.defect {
                 return Err(e);
@@ -160,6 +217,169 @@ fn run(cli: Cli) -> Result<i32, Error> {
             Ok(exit::OK)
         }
     }
+}
+
+fn s3_settings(a: &S3Args, concurrency: usize) -> S3Settings {
+    S3Settings {
+        endpoint: a.endpoint.clone(),
+        region: a.region.clone(),
+        retry_for: Some(a.retry_for),
+        concurrency,
+    }
+}
+
+fn open_repo(addr: &str, s3: &S3Args, concurrency: usize) -> Result<Arc<dyn Repository>, Error> {
+    let addr = RepoAddress::parse(addr).map_err(xbagent::store::BackupError::from)?;
+    Ok(xbagent::store::open(&addr, &s3_settings(s3, concurrency))
+        .map_err(xbagent::store::BackupError::from)?)
+}
+
+fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> ReadOptions {
+    ReadOptions {
+        concurrency: r.concurrency.clamp(1, 64),
+        memory_limit: r.memory_limit,
+        decode: decode_opts(d),
+    }
+}
+
+fn run_upload(a: UploadArgs, show: bool, verbose: bool) -> Result<i32, Error> {
+    let source = match (&a.exec, &a.dir, &a.input) {
+        (Some(cmd), _, _) => Source::Exec(cmd.clone()),
+        (None, Some(d), _) => Source::Dir(d.clone()),
+        (None, None, Some(p)) if p.as_os_str() != "-" => Source::File(p.clone()),
+        _ => Source::Stdin,
+    };
+    let total = match &source {
+        Source::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+        _ => None,
+    };
+    let mut opts = UploadOptions::new(source);
+    opts.parallel = a.parallel.max(1);
+    opts.compress = a.compress;
+    opts.concurrency = a.concurrency;
+    opts.memory_limit = a.memory_limit;
+    opts.first_part = a.part_size;
+    opts.spool_dir = a.spool_dir.clone();
+    opts.id = a.id.clone();
+    opts.decode = decode_opts(&a.decode);
+    opts.validate()
+        .map_err(|e| Error::Backup(xbagent::store::BackupError::Refused(e)))?;
+    let shutdown = shutdown_flag()?;
+    let repo = open_repo(&a.to, &a.s3, a.concurrency)?;
+    let progress = Progress::new("upload", total, show, verbose);
+    let res = xbagent::store::upload::upload(&*repo, &opts, &progress, &shutdown);
+    progress.finish();
+    let up = res?;
+    let m = &up.manifest;
+    println!(
+        "backup {} complete in {}: {} files, {} stream bytes, {} bytes stored ({}), blake3 {}",
+        m.id,
+        repo.describe(),
+        m.stream.files,
+        m.stream.bytes,
+        m.object.size,
+        m.compression,
+        m.object.blake3
+    );
+    Ok(exit::OK)
+}
+
+fn run_restore(a: RestoreArgs, show: bool, verbose: bool) -> Result<i32, Error> {
+    let (addr, which) =
+        RepoAddress::parse_with_backup(&a.from).map_err(xbagent::store::BackupError::from)?;
+    let shutdown = shutdown_flag()?;
+    let repo = xbagent::store::open(&addr, &s3_settings(&a.s3, a.read.concurrency))
+        .map_err(xbagent::store::BackupError::from)?;
+    let which = which.unwrap_or(BackupRef::Latest);
+    // The object's size, for the progress display's ETA.
+    let total = xbagent::store::restore::resolve(&*repo, &which)
+        .ok()
+        .map(|(_, m)| m.object.size);
+    let progress = Arc::new(Progress::new("restore", total, show, verbose));
+    let opts = RestoreOptions {
+        dir: a.dir.clone(),
+        force: a.force,
+        writers: a.parallel.max(1),
+        read: read_opts(&a.read, &a.decode),
+    };
+    let res = xbagent::store::restore::restore(repo, &which, &opts, progress.clone(), shutdown);
+    progress.finish();
+    let c = res?;
+    println!(
+        "restored backup {} into {}: {} files, {} stream bytes; digest and file list match the manifest",
+        c.id,
+        a.dir.display(),
+        c.totals.files,
+        c.totals.bytes
+    );
+    Ok(exit::OK)
+}
+
+fn run_prune(a: PruneArgs) -> Result<i32, Error> {
+    let repo = open_repo(&a.repo, &a.s3, 1)?;
+    let all = retention::scan(&*repo).map_err(xbagent::store::BackupError::from)?;
+    let policy = retention::Policy {
+        keep_last: a.keep_last,
+        keep_within: a.keep_within,
+        grace: a.grace,
+    };
+    let doomed = retention::plan(&all, &policy, std::time::SystemTime::now());
+    let verb = if a.apply { "deleting" } else { "would delete" };
+    for d in &doomed {
+        println!("{verb} {} ({})", d.id, d.reason);
+    }
+    let kept = all.len() - doomed.len();
+    if a.apply {
+        retention::apply(&*repo, &doomed)?;
+        println!("deleted {} backup(s), kept {kept}", doomed.len());
+    } else {
+        println!(
+            "dry run: {} backup(s) would be deleted, {kept} kept; add --apply to delete",
+            doomed.len()
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn print_backups(out: &mut impl Write, all: &[retention::BackupSummary]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<22} {:<10} {:>14} {:>8} {:<8} {:<25} SOURCE",
+        "ID", "STATE", "STORED", "FILES", "COMPRESS", "FINISHED"
+    )?;
+    for b in all {
+        let state = match (&b.problem, b.complete) {
+            (Some(_), _) => "damaged",
+            (None, true) => "complete",
+            (None, false) => "incomplete",
+        };
+        let (files, comp, fin, src) = match &b.manifest {
+            Some(m) => (
+                m.files.to_string(),
+                m.compression.clone(),
+                m.finished.clone(),
+                m.source.clone(),
+            ),
+            None => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                b.problem.clone().unwrap_or_default(),
+            ),
+        };
+        writeln!(
+            out,
+            "{:<22} {:<10} {:>14} {:>8} {:<8} {:<25} {}",
+            b.id, state, b.stored_bytes, files, comp, fin, src
+        )?;
+    }
+    let complete = all.iter().filter(|b| b.complete).count();
+    writeln!(
+        out,
+        "{} backup(s): {complete} complete, {} incomplete",
+        all.len(),
+        all.len() - complete
+    )
 }
 
 fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, Error> {

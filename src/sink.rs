@@ -59,8 +59,19 @@ pub fn run<R: Read>(
     sink: &mut dyn ChunkSink,
     progress: &Progress,
 ) -> Result<(Ledger, StreamTotals)> {
+    run_with(input, what, opts, sink, progress, Ledger::new())
+}
+
+/// [`run`] with a given ledger (e.g. one that keeps per-file CRCs).
+pub fn run_with<R: Read>(
+    input: R,
+    what: &str,
+    opts: DecodeOptions,
+    sink: &mut dyn ChunkSink,
+    progress: &Progress,
+    mut ledger: Ledger,
+) -> Result<(Ledger, StreamTotals)> {
     let mut reader = ChunkReader::new(input, what, opts);
-    let mut ledger = Ledger::new();
     let mut totals = StreamTotals::default();
     while let Some(chunk) = reader.next_chunk()? {
         progress.set_position(reader.stream_offset());

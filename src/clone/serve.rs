@@ -8,36 +8,25 @@
 //! good stream. A peer that goes away, a defect in the stream, or SIGTERM stops the source's
 //! whole process group: no orphaned backups.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::RecvTimeoutError;
 use rustls::ServerConfig;
 
 use super::protocol::{self, Challenge, FrameType, Trailer, FLAG_NO_AUTH, NONCE_LEN};
 use super::transport::{read_frame, write_frame, Conn, FrameError};
 use super::CloneError;
-use crate::create::{create, CreateOptions};
 use crate::error::Result;
 use crate::format::DecodeOptions;
 use crate::inspect::StreamChecker;
-use crate::progress::Progress;
 
-/// Where a connection's stream comes from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// A command run through `sh -c`, its standard output being the stream.
-    Exec(String),
-    /// A directory streamed as `create -C DIR .` would.
-    Dir(PathBuf),
-}
+pub use crate::source::Source;
+use crate::source::{Piece, Running};
 
 /// Settings of `serve`.
 #[derive(Clone)]
@@ -298,159 +287,15 @@ fn handshake(
 /// Room for a frame header in front of the data, so header and payload leave in one write.
 const HDR: usize = 5;
 
-enum Piece {
-    /// A buffer whose bytes `HDR..HDR + len` are stream data.
-    Data(Vec<u8>, usize),
-    End,
-    Failed(String),
-}
-
-/// A running source: its bytes arrive on a channel; `stop` ends it and everything it started.
-struct Running {
-    rx: Receiver<Piece>,
-    /// Buffers go back to the pump after sending: allocated (and zeroed) once.
-    pool: crossbeam_channel::Sender<Vec<u8>>,
-    child: Option<Child>,
-    dir_status: Option<thread::JoinHandle<i32>>,
-}
-
-impl Running {
-    fn start(opts: &ServeOptions) -> std::result::Result<Self, String> {
-        let (tx, rx) = bounded::<Piece>(8);
-        let (pool, pool_rx) = bounded::<Vec<u8>>(10);
-        for _ in 0..10 {
-            let _ = pool.send(vec![0u8; HDR + DATA_FRAME]);
-        }
-        match &opts.source {
-            Source::Exec(cmd) => {
-                let mut child = Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    // Its own process group, so stopping it stops what it started.
-                    .process_group(0)
-                    .spawn()
-                    .map_err(|e| format!("cannot start the source command: {e}"))?;
-                tracing::info!(pid = child.id(), "source started: {cmd}");
-                if let Some(err) = child.stderr.take() {
-                    let span = tracing::Span::current();
-                    thread::spawn(move || {
-                        let _g = span.enter();
-                        for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
-                            tracing::info!(target: "source", "{line}");
-                        }
-                    });
-                }
-                let out = child.stdout.take();
-                if let Some(out) = out {
-                    // A larger pipe lets each read carry up to a frame, not 64 KiB.
-                    let _ = rustix::pipe::fcntl_setpipe_size(&out, DATA_FRAME);
-                    thread::spawn(move || pump(out, tx, pool_rx));
-                }
-                Ok(Running {
-                    rx,
-                    pool,
-                    child: Some(child),
-                    dir_status: None,
-                })
-            }
-            Source::Dir(dir) => {
-                let (r, w) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
-                let mut copts = CreateOptions::new(dir.clone(), vec![PathBuf::from(".")]);
-                copts.parallel = opts.parallel.max(1);
-                let h = thread::spawn(move || match create(&copts, w, &Progress::hidden()) {
-                    Ok(_) => 0,
-                    Err(e) => {
-                        tracing::warn!("streaming the directory failed: {e}");
-                        1
-                    }
-                });
-                let _ = rustix::pipe::fcntl_setpipe_size(&r, DATA_FRAME);
-                thread::spawn(move || pump(r, tx, pool_rx));
-                Ok(Running {
-                    rx,
-                    pool,
-                    child: None,
-                    dir_status: Some(h),
-                })
-            }
-        }
-    }
-
-    /// Stop the source (SIGTERM to its process group, SIGKILL after 5 s) and reap it.
-    fn stop(&mut self) {
-        if let Some(child) = &mut self.child {
-            if let Ok(None) = child.try_wait() {
-                let pgid = rustix::process::Pid::from_raw(child.id() as i32);
-                if let Some(pgid) = pgid {
-                    let _ =
-                        rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM);
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while Instant::now() < deadline {
-                        if let Ok(Some(_)) = child.try_wait() {
-                            break;
-                        }
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                    let _ =
-                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-                }
-                let _ = child.wait();
-                tracing::info!("source stopped");
-            }
-        }
-        // A directory source stops when its pipe's reader is gone.
-        while self.rx.try_recv().is_ok() {}
-    }
-
-    /// Exit status of a source that has finished sending.
-    fn status(&mut self) -> i32 {
-        if let Some(child) = &mut self.child {
-            return match child.wait() {
-                Ok(s) => s.code().unwrap_or_else(|| -s.signal().unwrap_or(1)),
-                Err(_) => -1,
-            };
-        }
-        match self.dir_status.take() {
-            Some(h) => h.join().unwrap_or(1),
-            None => 1,
-        }
-    }
-}
-
-fn pump(mut r: impl Read, tx: crossbeam_channel::Sender<Piece>, pool: Receiver<Vec<u8>>) {
-    for mut buf in pool {
-        match r.read(&mut buf[HDR..]) {
-            Ok(0) => {
-                let _ = tx.send(Piece::End);
-                return;
-            }
-            Ok(n) => {
-                if tx.send(Piece::Data(buf, n)).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                let _ = tx.send(Piece::Data(buf, 0));
-            }
-            Err(e) => {
-                let _ = tx.send(Piece::Failed(e.to_string()));
-                return;
-            }
-        }
-    }
-}
-
 fn stream(
     conn: &mut Conn,
     opts: &ServeOptions,
     shutdown: &AtomicBool,
 ) -> std::result::Result<Trailer, String> {
-    let mut src = Running::start(opts).inspect_err(|e| {
-        let _ = send_error(conn, opts, e);
-    })?;
+    let mut src =
+        Running::start(&opts.source, opts.parallel, HDR, DATA_FRAME).inspect_err(|e| {
+            let _ = send_error(conn, opts, e);
+        })?;
     let r = forward(conn, opts, &mut src, shutdown);
     match r {
         Ok(t) => Ok(t),
@@ -468,10 +313,7 @@ fn forward(
     src: &mut Running,
     shutdown: &AtomicBool,
 ) -> std::result::Result<Trailer, String> {
-    let desc = match &opts.source {
-        Source::Exec(cmd) => format!("exec: {cmd}"),
-        Source::Dir(d) => format!("dir: {}", d.display()),
-    };
+    let desc = opts.source.describe();
     let sent = |e: std::io::Error| format!("receiver went away: {e}");
     if !opts.raw {
         write_frame(conn, FrameType::Start, desc.as_bytes())
@@ -499,7 +341,7 @@ fn forward(
                     buf[..HDR].copy_from_slice(&protocol::frame_header(FrameType::Data, n));
                     conn.write_all(&buf[..HDR + n]).map_err(sent)?;
                 }
-                let _ = src.pool.send(buf);
+                src.recycle(buf);
             }
             Ok(Piece::End) => break,
             Ok(Piece::Failed(e)) => return Err(format!("reading the source failed: {e}")),

@@ -13,7 +13,7 @@ use super::chunk::{display_path, Chunk, ChunkBody};
 use super::error::LedgerError;
 
 /// Where a file stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileState {
     /// Chunks seen, no `E` yet.
@@ -37,6 +37,9 @@ pub struct FileRecord {
     pub state: FileState,
     /// File offset the next data chunk must start at.
     pub next_offset: u64,
+    /// CRC-32 of the data bytes in stream order (holes excluded); kept only by a ledger made
+    /// with [`Ledger::with_crcs`], else 0.
+    pub crc32: u32,
 }
 
 /// What applying one chunk means for the consumer.
@@ -63,11 +66,20 @@ pub struct Ledger {
     /// Latest record of each live path.
     by_path: HashMap<Bytes, usize>,
     open: usize,
+    crcs: bool,
 }
 
 impl Ledger {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A ledger that also keeps each file's CRC-32 (for backup manifests).
+    pub fn with_crcs() -> Self {
+        Ledger {
+            crcs: true,
+            ..Self::default()
+        }
     }
 
     /// Apply one decoded chunk.
@@ -118,6 +130,9 @@ impl Ledger {
                 rec.next_offset += data.len() as u64;
                 rec.data_bytes += data.len() as u64;
                 rec.size = rec.size.max(rec.next_offset);
+                if self.crcs {
+                    rec.crc32 = continue_crc(rec.crc32, data);
+                }
             }
             ChunkBody::Sparse { offset, map, data } => {
                 expect_offset(rec, at, *offset)?;
@@ -125,6 +140,9 @@ impl Ledger {
                 rec.next_offset = offset + holes + data.len() as u64;
                 rec.data_bytes += data.len() as u64;
                 rec.size = rec.size.max(rec.next_offset);
+                if self.crcs {
+                    rec.crc32 = continue_crc(rec.crc32, data);
+                }
             }
             ChunkBody::Seek { offset } => rec.next_offset = *offset,
             ChunkBody::Eof => {
@@ -182,6 +200,7 @@ impl Ledger {
             chunks: 0,
             state: FileState::Open,
             next_offset: 0,
+            crc32: 0,
         });
         let i = self.records.len() - 1;
         self.by_path.insert(path, i);
@@ -259,4 +278,10 @@ fn expect_offset(rec: &FileRecord, at: u64, got: u64) -> Result<(), LedgerError>
 /// `p` lies strictly below directory `dir`.
 pub fn is_below(p: &[u8], dir: &[u8]) -> bool {
     p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/'
+}
+
+fn continue_crc(crc: u32, data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(crc);
+    h.update(data);
+    h.finalize()
 }

@@ -1,0 +1,280 @@
+//! The local directory backend: the embedded default, needing no server.
+//!
+//! Small objects are written to a temporary name, fsynced and renamed; a multipart upload
+//! writes `KEY.partial` at each part's offset and renames it at completion, so a reader never
+//! sees a half-written object under its final name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::{ObjectInfo, PartBody, Repository, StoreError, Upload};
+
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+pub struct LocalRepo {
+    root: PathBuf,
+}
+
+fn local(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Local { op, path, source }
+}
+
+impl LocalRepo {
+    /// Open (and create, if missing) the repository directory.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(root).map_err(local("create the repository directory", root))?;
+        let meta = fs::metadata(root).map_err(local("open the repository directory", root))?;
+        if !meta.is_dir() {
+            return Err(StoreError::Local {
+                op: "use as a repository",
+                path: root.to_path_buf(),
+                source: io::Error::other("not a directory"),
+            });
+        }
+        Ok(LocalRepo {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The file of a key. Keys are made by this program from checked ids; refuse anything
+    /// that could leave the root all the same.
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        if key.is_empty()
+            || key.starts_with('/')
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(StoreError::Setup(format!("invalid key '{key}'")));
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(local("fsync directory", dir))
+}
+
+fn parent(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("."))
+}
+
+impl Repository for LocalRepo {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let dir = parent(&path);
+        fs::create_dir_all(dir).map_err(local("create directory", dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .map_err(local("create a temporary file in", dir))?;
+        io::Write::write_all(&mut tmp, &data).map_err(local("write", tmp.path()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(local("fsync", tmp.path()))?;
+        tmp.persist(&path)
+            .map_err(|e| local("rename into place", &path)(e.error))?;
+        sync_dir(dir)
+    }
+
+    fn get(&self, key: &str, max: u64) -> Result<Bytes, StoreError> {
+        let path = self.path(key)?;
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    key: key.into(),
+                    repo: self.describe(),
+                })
+            }
+            Err(e) => return Err(local("open", &path)(e)),
+        };
+        let mut buf = Vec::new();
+        f.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(local("read", &path))?;
+        if buf.len() as u64 > max {
+            return Err(StoreError::Local {
+                op: "read",
+                path,
+                source: io::Error::other(format!("larger than {max} bytes")),
+            });
+        }
+        Ok(buf.into())
+    }
+
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        let path = self.path(key)?;
+        let f = File::open(&path).map_err(local("open", &path))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, start)
+            .map_err(local("read", &path))?;
+        Ok(buf.into())
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.path(key)?;
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(local("stat", &path)(e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        walk(&self.root, "", &mut out)?;
+        out.retain(|o| o.key.starts_with(prefix));
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(local("delete", &path)(e)),
+        }
+        // An emptied backup directory goes too (a non-empty one stays: rmdir fails).
+        let dir = parent(&path);
+        if dir != self.root {
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
+    fn start_upload(&self, key: &str) -> Result<Box<dyn Upload>, StoreError> {
+        let path = self.path(key)?;
+        let dir = parent(&path).to_path_buf();
+        fs::create_dir_all(&dir).map_err(local("create directory", &dir))?;
+        let partial = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", path.display()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(local("create", &partial))?;
+        Ok(Box::new(LocalUpload {
+            file,
+            partial,
+            path,
+        }))
+    }
+
+    fn abort_unfinished(&self, prefix: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for o in self.list(prefix)? {
+            if o.key.ends_with(PARTIAL_SUFFIX) {
+                self.delete(&o.key)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Every regular file under `dir`, keys relative to the root. Symlinks are not followed;
+/// temporary files (`.tmp-*`) are skipped.
+fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> Result<(), StoreError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(local("list", dir)(e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(local("list", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(".tmp-") {
+            continue;
+        }
+        let key = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = entry.file_type().map_err(local("stat", &entry.path()))?;
+        if ft.is_dir() {
+            walk(&entry.path(), &key, out)?;
+        } else if ft.is_file() {
+            let len = entry
+                .metadata()
+                .map_err(local("stat", &entry.path()))?
+                .len();
+            out.push(ObjectInfo { key, size: len });
+        }
+    }
+    Ok(())
+}
+
+struct LocalUpload {
+    file: File,
+    partial: PathBuf,
+    path: PathBuf,
+}
+
+impl Upload for LocalUpload {
+    fn put_part(&self, _number: u32, offset: u64, body: &PartBody) -> Result<(), StoreError> {
+        match body {
+            PartBody::Memory(b) => self
+                .file
+                .write_all_at(b, offset)
+                .map_err(local("write", &self.partial)),
+            PartBody::Spooled { file, len } => {
+                let mut src = file.reopen().map_err(local("reopen", file.path()))?;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut done = 0u64;
+                while done < *len {
+                    let want = (*len - done).min(buf.len() as u64) as usize;
+                    src.read_exact(&mut buf[..want])
+                        .map_err(local("read", file.path()))?;
+                    self.file
+                        .write_all_at(&buf[..want], offset + done)
+                        .map_err(local("write", &self.partial))?;
+                    done += want as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn complete(&self, _parts: u32, size: u64) -> Result<(), StoreError> {
+        let have = self
+            .file
+            .metadata()
+            .map_err(local("stat", &self.partial))?
+            .len();
+        if have != size {
+            return Err(StoreError::Local {
+                op: "complete",
+                path: self.partial.clone(),
+                source: io::Error::other(format!("holds {have} bytes, expected {size}")),
+            });
+        }
+        self.file
+            .sync_all()
+            .map_err(local("fsync", &self.partial))?;
+        fs::rename(&self.partial, &self.path).map_err(local("rename into place", &self.path))?;
+        sync_dir(parent(&self.path))
+    }
+
+    fn abort(&self) -> Result<(), StoreError> {
+        match fs::remove_file(&self.partial) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(local("delete", &self.partial)(e)),
+        }
+    }
+}

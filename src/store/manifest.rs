@@ -1,0 +1,248 @@
+//! The manifest: what a complete backup holds, written last. Pure data and checks, no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{chunk_display_path, FileState, Ledger};
+use crate::sink::StreamTotals;
+
+pub const FORMAT: u32 = 1;
+/// A manifest larger than this is refused before it is parsed (a million files fit).
+pub const MAX_MANIFEST: u64 = 256 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub tool: String,
+    pub id: String,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub finished: String,
+    pub source: SourceInfo,
+    /// The producer's exit status (0 for a file, stdin or a directory that streamed cleanly).
+    pub producer_exit_status: i32,
+    /// `none` or `zstd:LEVEL`.
+    pub compression: String,
+    pub object: ObjectEntry,
+    pub stream: StreamEntry,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `exec`, `dir`, `file` or `stdin`.
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    /// Key within the backup's directory.
+    pub key: String,
+    pub size: u64,
+    /// BLAKE3 of the object's bytes as stored (after compression), hex.
+    pub blake3: String,
+    pub parts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEntry {
+    /// Bytes of the xbstream (before compression).
+    pub bytes: u64,
+    pub chunks: u64,
+    /// Files completed.
+    pub files: u64,
+    /// File data bytes carried (holes excluded).
+    pub data_bytes: u64,
+    pub dialect: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub chunks: u64,
+    /// CRC-32 of the file's data bytes in stream order (holes excluded).
+    pub crc32: u32,
+    /// `complete`, or `removed` for a file a later `D`/`R` chunk removed.
+    pub state: FileState,
+}
+
+/// The per-file list of a stream, from a ledger that kept CRCs.
+pub fn files_of(ledger: &Ledger) -> Vec<FileEntry> {
+    ledger
+        .records()
+        .iter()
+        .map(|r| FileEntry {
+            path: chunk_display_path(&r.path),
+            size: r.size,
+            chunks: r.chunks,
+            crc32: r.crc32,
+            state: r.state,
+        })
+        .collect()
+}
+
+pub fn stream_entry(t: &StreamTotals) -> StreamEntry {
+    StreamEntry {
+        bytes: t.bytes,
+        chunks: t.chunks,
+        files: t.files,
+        data_bytes: t.data_bytes,
+        dialect: t.dialect.clone(),
+    }
+}
+
+impl Manifest {
+    /// Parse and check a manifest read from `<id>/manifest.json`.
+    pub fn parse(id: &str, data: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest =
+            serde_json::from_slice(data).map_err(|e| format!("not a valid manifest: {e}"))?;
+        if m.format != FORMAT {
+            return Err(format!(
+                "format {} is not one this version reads ({FORMAT})",
+                m.format
+            ));
+        }
+        if m.id != id {
+            return Err(format!("it names backup {}, not {id}", m.id));
+        }
+        let expect_key = if m.compression == "none" {
+            super::STREAM
+        } else if m.compression.starts_with("zstd") {
+            super::STREAM_ZSTD
+        } else {
+            return Err(format!("unknown compression '{}'", m.compression));
+        };
+        if m.object.key != expect_key {
+            return Err(format!(
+                "object key '{}' does not match compression '{}'",
+                m.object.key, m.compression
+            ));
+        }
+        if m.object.blake3.len() != 64 || !m.object.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("object digest is not 64 hex digits".into());
+        }
+        if m.producer_exit_status != 0 {
+            return Err(format!(
+                "it records a producer exit status of {}",
+                m.producer_exit_status
+            ));
+        }
+        Ok(m)
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        self.compression != "none"
+    }
+}
+
+/// Compare what a read of the stream found with what the manifest lists. Returns the first
+/// difference, named by path.
+pub fn compare(m: &Manifest, totals: &StreamTotals, found: &[FileEntry]) -> Result<(), String> {
+    if totals.bytes != m.stream.bytes {
+        return Err(format!(
+            "the stream has {} bytes, the manifest says {}",
+            totals.bytes, m.stream.bytes
+        ));
+    }
+    if totals.chunks != m.stream.chunks {
+        return Err(format!(
+            "the stream has {} chunks, the manifest says {}",
+            totals.chunks, m.stream.chunks
+        ));
+    }
+    if found.len() != m.files.len() {
+        return Err(format!(
+            "the stream has {} file records, the manifest lists {}",
+            found.len(),
+            m.files.len()
+        ));
+    }
+    for (f, e) in found.iter().zip(&m.files) {
+        if f != e {
+            return Err(format!(
+                "file '{}': found size {} chunks {} crc32 {:08x} ({:?}), the manifest says '{}' size {} chunks {} crc32 {:08x} ({:?})",
+                f.path, f.size, f.chunks, f.crc32, f.state, e.path, e.size, e.chunks, e.crc32, e.state
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            tool: "xbagent 0.1.0".into(),
+            id: "20261127T051149.123Z".into(),
+            started: "2026-11-27T05:11:49.123Z".into(),
+            finished: "2026-11-27T05:12:49.000Z".into(),
+            source: SourceInfo {
+                kind: "stdin".into(),
+                detail: "stdin".into(),
+            },
+            producer_exit_status: 0,
+            compression: "zstd:3".into(),
+            object: ObjectEntry {
+                key: super::super::STREAM_ZSTD.into(),
+                size: 10,
+                blake3: "ab".repeat(32),
+                parts: 1,
+            },
+            stream: StreamEntry {
+                bytes: 100,
+                chunks: 2,
+                files: 1,
+                data_bytes: 5,
+                dialect: "percona".into(),
+            },
+            files: vec![FileEntry {
+                path: "a".into(),
+                size: 5,
+                chunks: 2,
+                crc32: 7,
+                state: FileState::Complete,
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_checks() {
+        let m = sample();
+        let j = serde_json::to_vec(&m).unwrap();
+        assert_eq!(Manifest::parse(&m.id, &j).unwrap(), m);
+        assert!(Manifest::parse("20261127T051149.124Z", &j)
+            .unwrap_err()
+            .contains("names backup"));
+        let mut bad = m.clone();
+        bad.object.key = "../x".into();
+        assert!(Manifest::parse(&m.id, &serde_json::to_vec(&bad).unwrap()).is_err());
+        let mut bad = m.clone();
+        bad.producer_exit_status = 1;
+        assert!(Manifest::parse(&m.id, &serde_json::to_vec(&bad).unwrap()).is_err());
+        assert!(Manifest::parse(&m.id, b"{").is_err());
+    }
+
+    #[test]
+    fn compare_names_the_file() {
+        let m = sample();
+        let t = StreamTotals {
+            bytes: 100,
+            chunks: 2,
+            ..Default::default()
+        };
+        assert!(compare(&m, &t, &m.files).is_ok());
+        let mut f = m.files.clone();
+        f[0].crc32 = 8;
+        let e = compare(&m, &t, &f).unwrap_err();
+        assert!(e.contains("file 'a'"), "{e}");
+        let t2 = StreamTotals {
+            bytes: 99,
+            ..t.clone()
+        };
+        assert!(compare(&m, &t2, &m.files).unwrap_err().contains("99 bytes"));
+    }
+}

@@ -1,0 +1,528 @@
+//! `xbagent restore` and `xbagent verify REPO`: a backup read back with parallel ranged GETs
+//! into one ordered stream (bounded read-ahead), digested, decompressed, decoded by the one
+//! decoder, and either written by the extractor or only checked; then compared with the
+//! manifest.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::manifest::{self, Manifest};
+use super::{BackupError, BackupRef, Repository, StoreError, MANIFEST};
+use crate::extract::{DirWriter, TargetDir, WriterOptions};
+use crate::format::{DecodeOptions, Ledger, LedgerEvent};
+use crate::progress::Progress;
+use crate::sink::{self, ChunkSink, StreamTotals};
+
+/// Marker in DIR while a restore runs; removed only when the restore is complete and checked.
+pub const IN_PROGRESS: &str = ".xbagent-restore-in-progress";
+/// Bytes per ranged GET.
+pub const RANGE: u64 = 8 << 20;
+/// Memory kept for everything but read-ahead: the decoder's chunk, the writers' queue, the
+/// decompressor's window, the HTTP client.
+pub const RESERVE: u64 = 64 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// Ranged GETs in flight.
+    pub concurrency: usize,
+    pub memory_limit: u64,
+    pub decode: DecodeOptions,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            concurrency: 4,
+            memory_limit: 256 << 20,
+            decode: DecodeOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub dir: PathBuf,
+    pub force: bool,
+    /// Writer threads of the extractor.
+    pub writers: usize,
+    pub read: ReadOptions,
+}
+
+/// What a restore or verify found.
+#[derive(Debug)]
+pub struct Checked {
+    pub id: String,
+    pub manifest: Manifest,
+    pub totals: StreamTotals,
+}
+
+/// Find the backup `r` names (or the latest complete one) and read its manifest.
+pub fn resolve(repo: &dyn Repository, r: &BackupRef) -> Result<(String, Manifest), BackupError> {
+    let id = match r {
+        BackupRef::Id(id) => id.clone(),
+        BackupRef::Latest => super::retention::scan(repo)?
+            .into_iter()
+            .filter(|b| b.complete)
+            .map(|b| b.id)
+            .next_back()
+            .ok_or_else(|| BackupError::NoSuchBackup {
+                what: "(no complete backup at all)".into(),
+                repo: repo.describe(),
+            })?,
+    };
+    let data = match repo.get(&format!("{id}/{MANIFEST}"), manifest::MAX_MANIFEST) {
+        Ok(d) => d,
+        Err(StoreError::NotFound { .. }) => {
+            return Err(if repo.list(&format!("{id}/"))?.is_empty() {
+                BackupError::NoSuchBackup {
+                    what: id,
+                    repo: repo.describe(),
+                }
+            } else {
+                BackupError::Incomplete {
+                    id,
+                    repo: repo.describe(),
+                }
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let m = Manifest::parse(&id, &data).map_err(|reason| BackupError::BadManifest {
+        id: id.clone(),
+        reason,
+    })?;
+    Ok((id, m))
+}
+
+struct FetchState {
+    ready: BTreeMap<u64, Bytes>,
+    /// Next range a fetcher takes.
+    next_fetch: u64,
+    /// Next range the reader needs.
+    next_read: u64,
+    error: Option<StoreError>,
+    stop: bool,
+}
+
+struct FetchShared {
+    state: Mutex<FetchState>,
+    cv: Condvar,
+}
+
+/// The object as one ordered stream, fetched by parallel ranged GETs at most `window` ranges
+/// ahead of the reader. Digests what it delivers.
+struct FetchReader {
+    shared: Arc<FetchShared>,
+    ranges: u64,
+    current: Bytes,
+    delivered: u64,
+    digest: blake3::Hasher,
+    threads: Vec<thread::JoinHandle<()>>,
+    progress: Arc<Progress>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl FetchReader {
+    fn start(
+        repo: Arc<dyn Repository>,
+        key: String,
+        size: u64,
+        opts: &ReadOptions,
+        progress: Arc<Progress>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Self {
+        let ranges = size.div_ceil(RANGE);
+        let budget = opts.memory_limit.saturating_sub(RESERVE).max(2 * RANGE);
+        let window = (budget / RANGE).clamp(2, 2 * opts.concurrency as u64 + 2);
+        let shared = Arc::new(FetchShared {
+            state: Mutex::new(FetchState {
+                ready: BTreeMap::new(),
+                next_fetch: 0,
+                next_read: 0,
+                error: None,
+                stop: false,
+            }),
+            cv: Condvar::new(),
+        });
+        let threads = (0..opts.concurrency.max(1))
+            .map(|_| {
+                let (repo, key, shared) = (repo.clone(), key.clone(), shared.clone());
+                thread::spawn(move || fetcher(&*repo, &key, size, ranges, window, &shared))
+            })
+            .collect();
+        FetchReader {
+            shared,
+            ranges,
+            current: Bytes::new(),
+            delivered: 0,
+            digest: blake3::Hasher::new(),
+            threads,
+            progress,
+            shutdown,
+        }
+    }
+
+    fn take_error(&self) -> Option<StoreError> {
+        self.shared
+            .state
+            .lock()
+            .ok()
+            .and_then(|mut s| s.error.take())
+    }
+
+    fn stop(&mut self) {
+        if let Ok(mut s) = self.shared.state.lock() {
+            s.stop = true;
+        }
+        self.shared.cv.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FetchReader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn fetcher(
+    repo: &dyn Repository,
+    key: &str,
+    size: u64,
+    ranges: u64,
+    window: u64,
+    shared: &FetchShared,
+) {
+    loop {
+        let idx = {
+            let Ok(mut s) = shared.state.lock() else {
+                return;
+            };
+            loop {
+                if s.stop || s.error.is_some() || s.next_fetch >= ranges {
+                    return;
+                }
+                if s.next_fetch < s.next_read + window {
+                    break;
+                }
+                s = match shared.cv.wait_timeout(s, Duration::from_millis(200)) {
+                    Ok((g, _)) => g,
+                    Err(_) => return,
+                };
+            }
+            s.next_fetch += 1;
+            s.next_fetch - 1
+        };
+        let start = idx * RANGE;
+        let len = RANGE.min(size - start);
+        let r = repo.get_range(key, start, len);
+        let Ok(mut s) = shared.state.lock() else {
+            return;
+        };
+        match r {
+            Ok(b) => {
+                s.ready.insert(idx, b);
+            }
+            Err(e) => {
+                if s.error.is_none() {
+                    s.error = Some(e);
+                }
+            }
+        }
+        shared.cv.notify_all();
+    }
+}
+
+impl Read for FetchReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.current.is_empty() {
+            let Ok(mut s) = self.shared.state.lock() else {
+                return Err(io::Error::other("fetcher failed"));
+            };
+            if s.next_read >= self.ranges {
+                return Ok(0);
+            }
+            loop {
+                if let Some(e) = &s.error {
+                    return Err(io::Error::other(e.to_string()));
+                }
+                if self.shutdown.load(Ordering::SeqCst) {
+                    return Err(io::Error::other("interrupted"));
+                }
+                let want = s.next_read;
+                if let Some(b) = s.ready.remove(&want) {
+                    s.next_read += 1;
+                    self.current = b;
+                    break;
+                }
+                s = match self.shared.cv.wait_timeout(s, Duration::from_millis(200)) {
+                    Ok((g, _)) => g,
+                    Err(_) => return Err(io::Error::other("fetcher failed")),
+                };
+            }
+            drop(s);
+            self.shared.cv.notify_all();
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        self.digest.update(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        self.delivered += n as u64;
+        self.progress.set_position(self.delivered);
+        Ok(n)
+    }
+}
+
+/// A sink that keeps nothing: `verify` only needs the ledger's verdicts.
+struct Discard;
+
+impl ChunkSink for Discard {
+    fn chunk(&mut self, _: crate::format::Chunk, _: &LedgerEvent) -> crate::error::Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self, _: &Ledger) -> crate::error::Result<()> {
+        Ok(())
+    }
+}
+
+/// Read the backup's object through `sink`, then check length, digest and the file list
+/// against the manifest.
+#[allow(clippy::too_many_arguments)]
+fn read_through(
+    repo: Arc<dyn Repository>,
+    id: &str,
+    m: &Manifest,
+    opts: &ReadOptions,
+    sink: &mut dyn ChunkSink,
+    progress: Arc<Progress>,
+    shutdown: Arc<AtomicBool>,
+    on_error: &dyn Fn(crate::error::Error) -> BackupError,
+) -> Result<StreamTotals, BackupError> {
+    let key = format!("{id}/{}", m.object.key);
+    match repo.size(&key)? {
+        Some(s) if s == m.object.size => {}
+        Some(s) => {
+            return Err(BackupError::Mismatch {
+                id: id.into(),
+                reason: format!(
+                    "{} has {s} bytes, the manifest says {}",
+                    m.object.key, m.object.size
+                ),
+            })
+        }
+        None => {
+            return Err(BackupError::Mismatch {
+                id: id.into(),
+                reason: format!("{} is missing", m.object.key),
+            })
+        }
+    }
+    let what = format!("{}/{key}", repo.describe());
+    let mut fetch = FetchReader::start(repo, key, m.object.size, opts, progress, shutdown.clone());
+    let run = if m.is_compressed() {
+        let mut dec = zstd::stream::read::Decoder::new(&mut fetch)
+            .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
+        // Our compressor's windows are at most 8 MiB; refuse frames asking for more than 32.
+        dec.window_log_max(25)
+            .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
+        sink::run_with(
+            &mut dec,
+            &what,
+            opts.decode,
+            sink,
+            &Progress::hidden(),
+            Ledger::with_crcs(),
+        )
+    } else {
+        sink::run_with(
+            &mut fetch,
+            &what,
+            opts.decode,
+            sink,
+            &Progress::hidden(),
+            Ledger::with_crcs(),
+        )
+    };
+    let (ledger, totals) = match run {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(se) = fetch.take_error() {
+                return Err(se.into());
+            }
+            if shutdown.load(Ordering::SeqCst) {
+                return Err(BackupError::Interrupted("SIGINT/SIGTERM received".into()));
+            }
+            return Err(on_error(e));
+        }
+    };
+    // Anything after the stream's end is still part of the object and of its digest.
+    let trailing = io::copy(&mut fetch, &mut io::sink());
+    if let Some(se) = fetch.take_error() {
+        return Err(se.into());
+    }
+    let trailing = trailing.map_err(|e| StoreError::Setup(format!("reading {what}: {e}")))?;
+    if trailing > 0 {
+        return Err(BackupError::Mismatch {
+            id: id.into(),
+            reason: format!("{trailing} bytes follow the end of the stream"),
+        });
+    }
+    let digest = fetch.digest.finalize().to_hex().to_string();
+    if fetch.delivered != m.object.size || digest != m.object.blake3 {
+        return Err(BackupError::Mismatch {
+            id: id.into(),
+            reason: format!(
+                "object digest {digest} ({} bytes) differs from the manifest's {} ({} bytes)",
+                fetch.delivered, m.object.blake3, m.object.size
+            ),
+        });
+    }
+    manifest::compare(m, &totals, &manifest::files_of(&ledger)).map_err(|reason| {
+        BackupError::Mismatch {
+            id: id.into(),
+            reason,
+        }
+    })?;
+    Ok(totals)
+}
+
+/// Stream a backup and check every CRC, completeness, the digest and the manifest; write nothing.
+pub fn verify(
+    repo: Arc<dyn Repository>,
+    r: &BackupRef,
+    opts: &ReadOptions,
+    progress: Arc<Progress>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<Checked, BackupError> {
+    let (id, manifest) = resolve(&*repo, r)?;
+    tracing::info!("verifying backup {id} of {}", repo.describe());
+    let totals = read_through(
+        repo,
+        &id,
+        &manifest,
+        opts,
+        &mut Discard,
+        progress,
+        shutdown,
+        &|e| BackupError::BadStream {
+            id: id.clone(),
+            source: Box::new(e),
+        },
+    )?;
+    Ok(Checked {
+        id,
+        manifest,
+        totals,
+    })
+}
+
+/// Restore a backup into `opts.dir`.
+pub fn restore(
+    repo: Arc<dyn Repository>,
+    r: &BackupRef,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<Checked, BackupError> {
+    let (id, manifest) = resolve(&*repo, r)?;
+    let dir = &opts.dir;
+    let local = |e: io::Error| -> BackupError {
+        BackupError::Restore {
+            id: id.clone(),
+            dir: dir.clone(),
+            source: Box::new(crate::error::Error::TargetDir {
+                dir: dir.clone(),
+                source: e,
+            }),
+        }
+    };
+    fs::create_dir_all(dir).map_err(local)?;
+    let busy = fs::read_dir(dir)
+        .map_err(local)?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name() != IN_PROGRESS);
+    if busy && !opts.force {
+        return Err(BackupError::Refused(format!(
+            "{} is not empty: restore into an empty directory, or add --force to overwrite files in it",
+            dir.display()
+        )));
+    }
+    write_synced(
+        dir,
+        IN_PROGRESS,
+        format!("restoring backup {id}\n").as_bytes(),
+    )
+    .map_err(local)?;
+    tracing::info!(
+        "restoring backup {id} ({} bytes stored, {} files) from {} into {}",
+        manifest.object.size,
+        manifest.stream.files,
+        repo.describe(),
+        dir.display()
+    );
+    let wrap = |e: crate::error::Error| -> BackupError {
+        match e {
+            crate::error::Error::Format(_) | crate::error::Error::Ledger(_) => {
+                BackupError::BadStream {
+                    id: id.clone(),
+                    source: Box::new(e),
+                }
+            }
+            other => BackupError::Restore {
+                id: id.clone(),
+                dir: dir.clone(),
+                source: Box::new(other),
+            },
+        }
+    };
+    let target = TargetDir::open(dir).map_err(wrap)?;
+    let wopts = WriterOptions {
+        threads: opts.writers.max(1),
+        force: opts.force,
+        reserved: [IN_PROGRESS.to_string(), format!("{IN_PROGRESS}.tmp")]
+            .into_iter()
+            .map(Bytes::from)
+            .collect(),
+        ..WriterOptions::default()
+    };
+    let mut writer = DirWriter::new(&target, &wopts).map_err(wrap)?;
+    let totals = read_through(
+        repo,
+        &id,
+        &manifest,
+        &opts.read,
+        &mut writer,
+        progress,
+        shutdown,
+        &wrap,
+    )?;
+    drop(writer);
+    fs::remove_file(dir.join(IN_PROGRESS)).map_err(local)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(local)?;
+    Ok(Checked {
+        id,
+        manifest,
+        totals,
+    })
+}
+
+fn write_synced(dir: &std::path::Path, name: &str, data: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
+}

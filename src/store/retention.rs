@@ -1,0 +1,250 @@
+//! What a repository holds (`backups list`) and what to delete (`backups prune`). The plan is
+//! pure and tested without I/O; [`apply`] carries it out.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::address::{id_time, is_valid_id};
+use super::manifest::{Manifest, MAX_MANIFEST};
+use super::{BackupError, Repository, StoreError, MANIFEST};
+
+/// One backup as the repository shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    pub id: String,
+    /// Has its manifest.
+    pub complete: bool,
+    /// Bytes of every object under the backup's directory.
+    pub stored_bytes: u64,
+    pub objects: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestSummary>,
+    /// Why a manifest that exists could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestSummary {
+    pub finished: String,
+    pub source: String,
+    pub compression: String,
+    pub object_size: u64,
+    pub stream_bytes: u64,
+    pub files: u64,
+}
+
+impl From<&Manifest> for ManifestSummary {
+    fn from(m: &Manifest) -> Self {
+        ManifestSummary {
+            finished: m.finished.clone(),
+            source: m.source.detail.clone(),
+            compression: m.compression.clone(),
+            object_size: m.object.size,
+            stream_bytes: m.stream.bytes,
+            files: m.stream.files,
+        }
+    }
+}
+
+/// Every backup in the repository, oldest first (ids sort by time). Keys that are not under a
+/// valid id are ignored.
+pub fn scan(repo: &dyn Repository) -> Result<Vec<BackupSummary>, StoreError> {
+    let mut by_id: BTreeMap<String, BackupSummary> = BTreeMap::new();
+    for o in repo.list("")? {
+        let Some((id, rest)) = o.key.split_once('/') else {
+            continue;
+        };
+        if !is_valid_id(id) {
+            continue;
+        }
+        let b = by_id
+            .entry(id.to_string())
+            .or_insert_with(|| BackupSummary {
+                id: id.to_string(),
+                complete: false,
+                stored_bytes: 0,
+                objects: 0,
+                manifest: None,
+                problem: None,
+            });
+        b.objects += 1;
+        b.stored_bytes += o.size;
+        if rest == MANIFEST {
+            b.complete = true;
+        }
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// [`scan`], with each complete backup's manifest read and summarised (for `list`).
+pub fn list(repo: &dyn Repository) -> Result<Vec<BackupSummary>, StoreError> {
+    let mut all = scan(repo)?;
+    for b in all.iter_mut().filter(|b| b.complete) {
+        let data = repo.get(&format!("{}/{MANIFEST}", b.id), MAX_MANIFEST)?;
+        match Manifest::parse(&b.id, &data) {
+            Ok(m) => b.manifest = Some((&m).into()),
+            Err(e) => b.problem = Some(e),
+        }
+    }
+    Ok(all)
+}
+
+/// Retention rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Complete backups kept, newest first.
+    pub keep_last: usize,
+    /// Complete backups younger than this are kept too.
+    pub keep_within: Option<Duration>,
+    /// Incomplete backups younger than this are left alone: they may be uploads in progress.
+    pub grace: Duration,
+}
+
+/// A backup to delete, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Doomed {
+    pub id: String,
+    pub complete: bool,
+    pub reason: String,
+}
+
+/// Decide what to delete. The newest complete backup is never deleted, whatever the policy.
+pub fn plan(backups: &[BackupSummary], policy: &Policy, now: SystemTime) -> Vec<Doomed> {
+    let age = |id: &str| -> Duration {
+        id_time(id)
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or(Duration::ZERO)
+    };
+    let mut out = Vec::new();
+    let complete: Vec<&BackupSummary> = backups.iter().filter(|b| b.complete).rev().collect();
+    for (rank, b) in complete.iter().enumerate() {
+        if rank == 0 || rank < policy.keep_last {
+            continue;
+        }
+        if let Some(w) = policy.keep_within {
+            if age(&b.id) < w {
+                continue;
+            }
+        }
+        out.push(Doomed {
+            id: b.id.clone(),
+            complete: true,
+            reason: format!(
+                "beyond the newest {}{}",
+                policy.keep_last.max(1),
+                policy
+                    .keep_within
+                    .map(|w| format!(" and older than {}", humantime::format_duration(w)))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    for b in backups.iter().filter(|b| !b.complete) {
+        if age(&b.id) >= policy.grace {
+            out.push(Doomed {
+                id: b.id.clone(),
+                complete: false,
+                reason: format!(
+                    "incomplete (no manifest) and older than {}",
+                    humantime::format_duration(policy.grace)
+                ),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Delete what `plan` chose. The manifest goes first, so a deletion cut short leaves an
+/// incomplete backup (which a later prune removes), never a complete-looking broken one.
+pub fn apply(repo: &dyn Repository, doomed: &[Doomed]) -> Result<(), BackupError> {
+    for d in doomed {
+        let dir = format!("{}/", d.id);
+        let _ = repo.delete(&format!("{dir}{MANIFEST}"));
+        repo.delete(&format!("{dir}{MANIFEST}"))?;
+        for o in repo.list(&dir)? {
+            repo.delete(&o.key)?;
+        }
+        match repo.abort_unfinished(&dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{}: aborted {n} unfinished multipart upload(s)", d.id),
+            Err(e) => tracing::warn!(
+                "{}: could not list unfinished multipart uploads ({e}); the store's own lifecycle rules must clean them",
+                d.id
+            ),
+        }
+        tracing::info!("deleted backup {} ({})", d.id, d.reason);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::address::id_for;
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    fn at(now: SystemTime, days_ago: u64, complete: bool) -> BackupSummary {
+        BackupSummary {
+            id: id_for(now - DAY * days_ago as u32),
+            complete,
+            stored_bytes: 1,
+            objects: 2,
+            manifest: None,
+            problem: None,
+        }
+    }
+
+    fn policy(keep_last: usize, within: Option<u64>) -> Policy {
+        Policy {
+            keep_last,
+            keep_within: within.map(|d| DAY * d as u32),
+            grace: DAY,
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_n() {
+        let now = SystemTime::now();
+        let all: Vec<_> = (0..5).rev().map(|d| at(now, d, true)).collect();
+        let doomed = plan(&all, &policy(2, None), now);
+        assert_eq!(doomed.len(), 3);
+        assert_eq!(
+            doomed.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            vec![all[0].id.clone(), all[1].id.clone(), all[2].id.clone()]
+        );
+    }
+
+    #[test]
+    fn never_deletes_the_newest_complete_one() {
+        let now = SystemTime::now();
+        let all = vec![at(now, 30, true), at(now, 20, true), at(now, 1, false)];
+        let doomed = plan(&all, &policy(0, None), now);
+        assert!(doomed.iter().all(|d| d.id != all[1].id), "{doomed:?}");
+        assert!(doomed.iter().any(|d| d.id == all[0].id));
+        // the incomplete one is past the grace period
+        assert!(doomed.iter().any(|d| d.id == all[2].id && !d.complete));
+    }
+
+    #[test]
+    fn keep_within_keeps_recent_ones() {
+        let now = SystemTime::now();
+        let all: Vec<_> = [10, 6, 3, 2, 1].iter().map(|&d| at(now, d, true)).collect();
+        let doomed = plan(&all, &policy(1, Some(4)), now);
+        let ids: Vec<_> = doomed.iter().map(|d| d.id.clone()).collect();
+        assert_eq!(ids, vec![all[0].id.clone(), all[1].id.clone()]);
+    }
+
+    #[test]
+    fn incomplete_within_grace_is_left_alone() {
+        let now = SystemTime::now();
+        let mut young = at(now, 0, false);
+        young.id = id_for(now - Duration::from_secs(3600));
+        let all = vec![at(now, 2, true), young];
+        assert!(plan(&all, &policy(1, None), now).is_empty());
+    }
+}

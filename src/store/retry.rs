@@ -1,0 +1,157 @@
+//! Retries with exponential backoff and full jitter, bounded by a total time.
+
+use std::time::{Duration, Instant};
+
+/// How one request is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// First backoff ceiling.
+    pub base: Duration,
+    /// Largest backoff ceiling.
+    pub cap: Duration,
+    /// Give up once this much time has passed since the first attempt.
+    pub total: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(20),
+            total: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Backoff before retry `attempt` (1 = first retry): uniform in `[0, min(cap, base·2^(attempt-1))]`
+/// ("full jitter"), from a random `u64`.
+pub fn backoff(policy: &RetryPolicy, attempt: u32, random: u64) -> Duration {
+    let ceiling = policy
+        .base
+        .saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        )
+        .min(policy.cap);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { random % (ms + 1) })
+}
+
+/// What one attempt's failure means.
+pub enum Failure<E> {
+    /// Worth another try (5xx, SlowDown, timeout, connection reset).
+    Transient(E),
+    /// Will not get better (403, 404, a bad request).
+    Permanent(E),
+}
+
+/// Run `op` until it succeeds, fails permanently, or the policy's total time is spent. Each
+/// retry is logged with `what`, the attempt and the cause.
+pub fn run<T, E: std::fmt::Display>(
+    policy: &RetryPolicy,
+    what: &dyn Fn() -> String,
+    mut op: impl FnMut() -> Result<T, Failure<E>>,
+) -> Result<T, E> {
+    let start = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(Failure::Permanent(e)) => return Err(e),
+            Err(Failure::Transient(e)) => {
+                attempt += 1;
+                let wait = backoff(policy, attempt, random_u64());
+                if start.elapsed() + wait >= policy.total {
+                    tracing::warn!(
+                        "giving up on {} after {} attempts over {:.1?}: {e}",
+                        what(),
+                        attempt,
+                        start.elapsed()
+                    );
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "retrying {} (attempt {}) after {:?}: {e}",
+                    what(),
+                    attempt + 1,
+                    wait
+                );
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+            total: Duration::from_secs(60),
+        };
+        assert_eq!(
+            backoff(&p, 1, u64::MAX),
+            Duration::from_millis(u64::MAX % 101)
+        );
+        assert!(backoff(&p, 1, 12345) <= Duration::from_millis(100));
+        assert!(backoff(&p, 3, 12345) <= Duration::from_millis(400));
+        assert!(backoff(&p, 40, 12345) <= Duration::from_secs(2));
+        assert_eq!(backoff(&p, 5, 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn transient_failures_are_retried_then_succeed() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(2),
+            total: Duration::from_secs(5),
+        };
+        let mut n = 0;
+        let r: Result<u32, String> = run(&p, &|| "test".into(), || {
+            n += 1;
+            if n < 4 {
+                Err(Failure::Transient(format!("503 #{n}")))
+            } else {
+                Ok(n)
+            }
+        });
+        assert_eq!(r, Ok(4));
+    }
+
+    #[test]
+    fn permanent_failure_is_not_retried() {
+        let p = RetryPolicy::default();
+        let mut n = 0;
+        let r: Result<(), String> = run(&p, &|| "test".into(), || {
+            n += 1;
+            Err(Failure::Permanent("403".into()))
+        });
+        assert_eq!(r, Err("403".into()));
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn gives_up_within_total_time() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(5),
+            cap: Duration::from_millis(10),
+            total: Duration::from_millis(100),
+        };
+        let t = Instant::now();
+        let r: Result<(), String> = run(&p, &|| "test".into(), || {
+            Err(Failure::Transient("reset".into()))
+        });
+        assert!(r.is_err());
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+}
