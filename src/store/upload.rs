@@ -80,7 +80,7 @@ impl UploadOptions {
                 parts::MAX_PART
             ));
         }
-        let min = self.reserve() + 2 * parts::MIN_FIRST_PART;
+        let min = self.reserve() + parts::MIN_FIRST_PART;
         if self.memory_limit < min {
             return Err(format!(
                 "--memory-limit must be at least {} MiB with these settings",
@@ -594,6 +594,12 @@ fn stream_parts(
         let (totals, ledger) = checker
             .finish_with_ledger()
             .map_err(|e| BackupError::BadSource(e.to_string()))?;
+        if totals.bytes == 0 {
+            return Err(BackupError::BadSource(format!(
+                "{} produced no bytes: nothing to back up",
+                opts.source.describe()
+            )));
+        }
         let (parts_n, size, digest) = sink.finish().map_err(|e| io_fail(e, &shared))?;
         Ok((parts_n, size, digest, totals, ledger, status))
     })();
