@@ -114,13 +114,10 @@ impl Repository for LocalRepo {
         Ok(buf.into())
     }
 
-    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+    fn read_range(&self, key: &str, start: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let f = File::open(&path).map_err(local("open", &path))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, start)
-            .map_err(local("read", &path))?;
-        Ok(buf.into())
+        f.read_exact_at(buf, start).map_err(local("read", &path))
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {

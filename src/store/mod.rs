@@ -73,8 +73,15 @@ pub trait Repository: Send + Sync {
     fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
     /// Read a small object whole; larger than `max` bytes is an error.
     fn get(&self, key: &str, max: u64) -> Result<Bytes, StoreError>;
-    /// Read `len` bytes at `start` (the range must lie within the object).
-    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError>;
+    /// Fill `buf` with the object's bytes at `start` (the range must lie within the object).
+    /// The caller owns the buffer, so readers can reuse a fixed set of them.
+    fn read_range(&self, key: &str, start: u64, buf: &mut [u8]) -> Result<(), StoreError>;
+    /// Read `len` bytes at `start` into a new buffer.
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        let mut v = vec![0u8; len as usize];
+        self.read_range(key, start, &mut v)?;
+        Ok(v.into())
+    }
     /// Size of an object, `None` if there is none.
     fn size(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Every object whose key starts with `prefix`, in key order.

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
 
 use super::manifest::{self, Manifest};
 use super::{BackupError, BackupRef, Repository, StoreError, MANIFEST};
@@ -103,7 +104,8 @@ pub fn resolve(repo: &dyn Repository, r: &BackupRef) -> Result<(String, Manifest
 }
 
 struct FetchState {
-    ready: BTreeMap<u64, Bytes>,
+    /// Fetched ranges not yet read: buffer and length.
+    ready: BTreeMap<u64, (Vec<u8>, usize)>,
     /// Next range a fetcher takes.
     next_fetch: u64,
     /// Next range the reader needs.
@@ -115,6 +117,9 @@ struct FetchState {
 struct FetchShared {
     state: Mutex<FetchState>,
     cv: Condvar,
+    /// Range buffers, allocated once: read-ahead can never hold more than these.
+    pool_tx: Sender<Vec<u8>>,
+    pool_rx: Receiver<Vec<u8>>,
 }
 
 /// The object as one ordered stream, fetched by parallel ranged GETs at most `window` ranges
@@ -122,7 +127,8 @@ struct FetchShared {
 struct FetchReader {
     shared: Arc<FetchShared>,
     ranges: u64,
-    current: Bytes,
+    /// The range being read: buffer, length, position.
+    current: Option<(Vec<u8>, usize, usize)>,
     delivered: u64,
     digest: blake3::Hasher,
     threads: Vec<thread::JoinHandle<()>>,
@@ -142,7 +148,13 @@ impl FetchReader {
         let ranges = size.div_ceil(RANGE);
         let budget = opts.memory_limit.saturating_sub(RESERVE).max(2 * RANGE);
         let window = (budget / RANGE).clamp(2, 2 * opts.concurrency as u64 + 2);
+        let (pool_tx, pool_rx) = crossbeam_channel::bounded(window as usize);
+        for _ in 0..window.min(ranges.max(1)) {
+            let _ = pool_tx.send(vec![0u8; RANGE.min(size.max(1)) as usize]);
+        }
         let shared = Arc::new(FetchShared {
+            pool_tx,
+            pool_rx,
             state: Mutex::new(FetchState {
                 ready: BTreeMap::new(),
                 next_fetch: 0,
@@ -161,7 +173,7 @@ impl FetchReader {
         FetchReader {
             shared,
             ranges,
-            current: Bytes::new(),
+            current: None,
             delivered: 0,
             digest: blake3::Hasher::new(),
             threads,
@@ -204,6 +216,21 @@ fn fetcher(
     shared: &FetchShared,
 ) {
     loop {
+        // A buffer first, then a range: every range handed out has a buffer to land in.
+        let mut buf = loop {
+            match shared.pool_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(b) => break b,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let Ok(s) = shared.state.lock() else {
+                        return;
+                    };
+                    if s.stop || s.error.is_some() || s.next_fetch >= ranges {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        };
         let idx = {
             let Ok(mut s) = shared.state.lock() else {
                 return;
@@ -224,14 +251,14 @@ fn fetcher(
             s.next_fetch - 1
         };
         let start = idx * RANGE;
-        let len = RANGE.min(size - start);
-        let r = repo.get_range(key, start, len);
+        let len = RANGE.min(size - start) as usize;
+        let r = repo.read_range(key, start, &mut buf[..len]);
         let Ok(mut s) = shared.state.lock() else {
             return;
         };
         match r {
-            Ok(b) => {
-                s.ready.insert(idx, b);
+            Ok(()) => {
+                s.ready.insert(idx, (buf, len));
             }
             Err(e) => {
                 if s.error.is_none() {
@@ -245,7 +272,7 @@ fn fetcher(
 
 impl Read for FetchReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.current.is_empty() {
+        if self.current.is_none() {
             let Ok(mut s) = self.shared.state.lock() else {
                 return Err(io::Error::other("fetcher failed"));
             };
@@ -260,9 +287,9 @@ impl Read for FetchReader {
                     return Err(io::Error::other("interrupted"));
                 }
                 let want = s.next_read;
-                if let Some(b) = s.ready.remove(&want) {
+                if let Some((b, len)) = s.ready.remove(&want) {
                     s.next_read += 1;
-                    self.current = b;
+                    self.current = Some((b, len, 0));
                     break;
                 }
                 s = match self.shared.cv.wait_timeout(s, Duration::from_millis(200)) {
@@ -273,12 +300,21 @@ impl Read for FetchReader {
             drop(s);
             self.shared.cv.notify_all();
         }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current[..n]);
-        self.digest.update(&self.current[..n]);
-        let _ = self.current.split_to(n);
+        let Some((buf, len, pos)) = &mut self.current else {
+            return Ok(0);
+        };
+        let n = out.len().min(*len - *pos);
+        let data = &buf[*pos..*pos + n];
+        out[..n].copy_from_slice(data);
+        self.digest.update(data);
+        *pos += n;
         self.delivered += n as u64;
         self.progress.set_position(self.delivered);
+        if *pos == *len {
+            if let Some((buf, _, _)) = self.current.take() {
+                let _ = self.shared.pool_tx.send(buf);
+            }
+        }
         Ok(n)
     }
 }
@@ -472,12 +508,12 @@ pub fn restore(
     );
     let wrap = |e: crate::error::Error| -> BackupError {
         match e {
-            crate::error::Error::Format(_) | crate::error::Error::Ledger(_) => {
-                BackupError::BadStream {
-                    id: id.clone(),
-                    source: Box::new(e),
-                }
-            }
+            crate::error::Error::Format(_)
+            | crate::error::Error::Ledger(_)
+            | crate::error::Error::Read { .. } => BackupError::BadStream {
+                id: id.clone(),
+                source: Box::new(e),
+            },
             other => BackupError::Restore {
                 id: id.clone(),
                 dir: dir.clone(),

@@ -55,7 +55,7 @@ where
             let code = se.err().code().unwrap_or("");
             if status == 404 || code == "NoSuchKey" || code == "NotFound" {
                 Class::NotFound
-            } else if status >= 500
+            } else if (status >= 500 && status != 501) // 501 NotImplemented never heals
                 || status == 429
                 || matches!(
                     code,
@@ -225,9 +225,10 @@ impl Repository for S3Repo {
         self.get_range(key, 0, size)
     }
 
-    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+    fn read_range(&self, key: &str, start: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        let len = buf.len() as u64;
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok(());
         }
         let k = self.full(key);
         let range = format!("bytes={}-{}", start, start + len - 1);
@@ -247,18 +248,25 @@ impl Repository for S3Repo {
                         let msg = DisplayErrorContext(&e).to_string();
                         (classify(&e), msg)
                     })?;
-                out.body
-                    .collect()
-                    .await
-                    .map(|b| b.into_bytes())
-                    .map_err(|e| (Class::Transient, format!("reading the body: {e}")))
+                let mut body = out.body;
+                let mut filled = 0usize;
+                while let Some(piece) = body.next().await {
+                    let piece =
+                        piece.map_err(|e| (Class::Transient, format!("reading the body: {e}")))?;
+                    let Some(dst) = buf.get_mut(filled..filled + piece.len()) else {
+                        return Err((Class::Transient, "the body is longer than the range".into()));
+                    };
+                    dst.copy_from_slice(&piece);
+                    filled += piece.len();
+                }
+                Ok(filled as u64)
             });
             match r {
-                Ok(b) if b.len() as u64 == len => Ok(b),
-                Ok(b) => Err(Failure::Transient(self.remote(
+                Ok(n) if n == len => Ok(()),
+                Ok(n) => Err(Failure::Transient(self.remote(
                     "GetObject",
                     key,
-                    format!("{range}: got {} bytes, expected {len}", b.len()),
+                    format!("{range}: got {n} bytes, expected {len}"),
                 ))),
                 Err((Class::Transient, m)) => {
                     Err(Failure::Transient(self.remote("GetObject", key, m)))
