@@ -16,6 +16,7 @@ pub struct Progress {
     start: Instant,
     last_log: Mutex<Instant>,
     quiet: bool,
+    total: Option<u64>,
 }
 
 impl Progress {
@@ -47,6 +48,7 @@ impl Progress {
             start: now,
             last_log: Mutex::new(now),
             quiet: !show,
+            total,
         }
     }
 
@@ -67,12 +69,26 @@ impl Progress {
             if last.elapsed() >= LOG_EVERY {
                 *last = Instant::now();
                 let secs = self.start.elapsed().as_secs_f64().max(0.001);
-                tracing::info!(
-                    "{}: {} ({}/s)",
-                    self.label,
-                    HumanBytes(bytes),
-                    HumanBytes((bytes as f64 / secs) as u64)
-                );
+                let rate = bytes as f64 / secs;
+                match self.total {
+                    Some(t) if t > 0 && rate > 0.0 => tracing::info!(
+                        "{}: {} of {} ({:.0}%), {}/s, eta {}",
+                        self.label,
+                        HumanBytes(bytes),
+                        HumanBytes(t),
+                        bytes as f64 * 100.0 / t as f64,
+                        HumanBytes(rate as u64),
+                        humantime::format_duration(Duration::from_secs(
+                            (t.saturating_sub(bytes) as f64 / rate) as u64
+                        ))
+                    ),
+                    _ => tracing::info!(
+                        "{}: {} ({}/s)",
+                        self.label,
+                        HumanBytes(bytes),
+                        HumanBytes(rate as u64)
+                    ),
+                }
             }
         }
     }
