@@ -161,7 +161,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
         Command::Upload(a) => run_upload(a, show, cli.verbose),
         Command::Restore(a) => run_restore(a, show, cli.verbose),
         Command::Backups(BackupsCommand::List(a)) => {
-            let repo = open_repo(&a.repo, &a.s3, 1)?;
+            let repo = open_repo(&a.repo, &a.s3, 1, false, None)?;
             let all = retention::list(&*repo).map_err(xbagent::store::BackupError::from)?;
             let mut out = std::io::stdout().lock();
             let res = if a.json {
@@ -183,15 +183,20 @@ fn run(cli: Cli) -> Result<i32, Error> {
             let input = a.input.as_deref().unwrap_or_default();
             let (addr, which) =
                 RepoAddress::parse_with_backup(input).map_err(xbagent::store::BackupError::from)?;
-            let repo = xbagent::store::open(&addr, &s3_settings(&a.s3, a.read.concurrency))
-                .map_err(xbagent::store::BackupError::from)?;
+            let shutdown = shutdown_flag()?;
+            let repo = xbagent::store::open(
+                &addr,
+                &s3_settings(&a.s3, a.read.concurrency, Some(shutdown.clone())),
+                false,
+            )
+            .map_err(xbagent::store::BackupError::from)?;
             let progress = Arc::new(Progress::new("verify", None, show, cli.verbose));
             let res = xbagent::store::restore::verify(
                 repo,
                 &which.unwrap_or(BackupRef::Latest),
                 &read_opts(&a.read, &a.decode),
                 progress.clone(),
-                shutdown_flag()?,
+                shutdown,
             );
             progress.finish();
             let c = res?;
@@ -219,19 +224,28 @@ fn run(cli: Cli) -> Result<i32, Error> {
     }
 }
 
-fn s3_settings(a: &S3Args, concurrency: usize) -> S3Settings {
+fn s3_settings(a: &S3Args, concurrency: usize, cancel: Option<Arc<AtomicBool>>) -> S3Settings {
     S3Settings {
         endpoint: a.endpoint.clone(),
         region: a.region.clone(),
         retry_for: Some(a.retry_for),
         concurrency,
+        cancel,
     }
 }
 
-fn open_repo(addr: &str, s3: &S3Args, concurrency: usize) -> Result<Arc<dyn Repository>, Error> {
+fn open_repo(
+    addr: &str,
+    s3: &S3Args,
+    concurrency: usize,
+    create: bool,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Result<Arc<dyn Repository>, Error> {
     let addr = RepoAddress::parse(addr).map_err(xbagent::store::BackupError::from)?;
-    Ok(xbagent::store::open(&addr, &s3_settings(s3, concurrency))
-        .map_err(xbagent::store::BackupError::from)?)
+    Ok(
+        xbagent::store::open(&addr, &s3_settings(s3, concurrency, cancel), create)
+            .map_err(xbagent::store::BackupError::from)?,
+    )
 }
 
 fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> ReadOptions {
@@ -265,7 +279,7 @@ fn run_upload(a: UploadArgs, show: bool, verbose: bool) -> Result<i32, Error> {
     opts.validate()
         .map_err(|e| Error::Backup(xbagent::store::BackupError::Refused(e)))?;
     let shutdown = shutdown_flag()?;
-    let repo = open_repo(&a.to, &a.s3, a.concurrency)?;
+    let repo = open_repo(&a.to, &a.s3, a.concurrency, true, Some(shutdown.clone()))?;
     let progress = Progress::new("upload", total, show, verbose);
     let res = xbagent::store::upload::upload(&*repo, &opts, &progress, &shutdown);
     progress.finish();
@@ -288,8 +302,12 @@ fn run_restore(a: RestoreArgs, show: bool, verbose: bool) -> Result<i32, Error> 
     let (addr, which) =
         RepoAddress::parse_with_backup(&a.from).map_err(xbagent::store::BackupError::from)?;
     let shutdown = shutdown_flag()?;
-    let repo = xbagent::store::open(&addr, &s3_settings(&a.s3, a.read.concurrency))
-        .map_err(xbagent::store::BackupError::from)?;
+    let repo = xbagent::store::open(
+        &addr,
+        &s3_settings(&a.s3, a.read.concurrency, Some(shutdown.clone())),
+        false,
+    )
+    .map_err(xbagent::store::BackupError::from)?;
     let which = which.unwrap_or(BackupRef::Latest);
     // The object's size, for the progress display's ETA.
     let total = xbagent::store::restore::resolve(&*repo, &which)
@@ -316,7 +334,7 @@ fn run_restore(a: RestoreArgs, show: bool, verbose: bool) -> Result<i32, Error> 
 }
 
 fn run_prune(a: PruneArgs) -> Result<i32, Error> {
-    let repo = open_repo(&a.repo, &a.s3, 1)?;
+    let repo = open_repo(&a.repo, &a.s3, 1, false, Some(shutdown_flag()?))?;
     let all = retention::scan(&*repo).map_err(xbagent::store::BackupError::from)?;
     let policy = retention::Policy {
         keep_last: a.keep_last,

@@ -41,6 +41,26 @@ impl LocalRepo {
         })
     }
 
+    /// Open a repository directory that must already exist.
+    pub fn open_existing(root: &Path) -> Result<Self, StoreError> {
+        match fs::metadata(root) {
+            Ok(m) if m.is_dir() => Ok(LocalRepo {
+                root: root.to_path_buf(),
+            }),
+            Ok(_) => Err(StoreError::Local {
+                op: "use as a repository",
+                path: root.to_path_buf(),
+                source: io::Error::other("not a directory"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Local {
+                op: "open the repository",
+                path: root.to_path_buf(),
+                source: io::Error::other("no such directory (no backups were ever uploaded there)"),
+            }),
+            Err(e) => Err(local("open the repository directory", root)(e)),
+        }
+    }
+
     /// The file of a key. Keys are made by this program from checked ids; refuse anything
     /// that could leave the root all the same.
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -80,6 +100,11 @@ impl Repository for LocalRepo {
             .tempfile_in(dir)
             .map_err(local("create a temporary file in", dir))?;
         io::Write::write_all(&mut tmp, &data).map_err(local("write", tmp.path()))?;
+        // Readable like the stream object (a temporary file starts as 0600).
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(local("chmod", tmp.path()))?;
         tmp.as_file()
             .sync_all()
             .map_err(local("fsync", tmp.path()))?;

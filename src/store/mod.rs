@@ -114,12 +114,20 @@ pub struct S3Settings {
     pub retry_for: Option<Duration>,
     /// Connections the client may use at once.
     pub concurrency: usize,
+    /// Set by SIGINT/SIGTERM: requests stop retrying.
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// Open the repository an address names.
-pub fn open(addr: &RepoAddress, s3: &S3Settings) -> Result<Arc<dyn Repository>, StoreError> {
+/// Open the repository an address names. Only `upload` creates a missing local repository
+/// (`create`); reading commands report it missing instead of making an empty one.
+pub fn open(
+    addr: &RepoAddress,
+    s3: &S3Settings,
+    create: bool,
+) -> Result<Arc<dyn Repository>, StoreError> {
     Ok(match addr {
-        RepoAddress::Local(dir) => Arc::new(local::LocalRepo::open(dir)?),
+        RepoAddress::Local(dir) if create => Arc::new(local::LocalRepo::open(dir)?),
+        RepoAddress::Local(dir) => Arc::new(local::LocalRepo::open_existing(dir)?),
         RepoAddress::S3 { bucket, prefix } => Arc::new(s3::S3Repo::open(bucket, prefix, s3)?),
     })
 }

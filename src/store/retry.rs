@@ -1,10 +1,14 @@
 //! Retries with exponential backoff and full jitter, bounded by a total time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How one request is retried.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
+    /// Set by SIGINT/SIGTERM: stop retrying at once.
+    pub cancel: Option<Arc<AtomicBool>>,
     /// First backoff ceiling.
     pub base: Duration,
     /// Largest backoff ceiling.
@@ -16,6 +20,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
+            cancel: None,
             base: Duration::from_millis(100),
             cap: Duration::from_secs(20),
             total: Duration::from_secs(300),
@@ -70,13 +75,29 @@ pub fn run<T, E: std::fmt::Display>(
                     );
                     return Err(e);
                 }
+                let cancelled = || {
+                    policy
+                        .cancel
+                        .as_ref()
+                        .is_some_and(|c| c.load(Ordering::SeqCst))
+                };
+                if cancelled() {
+                    return Err(e);
+                }
                 tracing::warn!(
                     "retrying {} (attempt {}) after {:?}: {e}",
                     what(),
                     attempt + 1,
                     wait
                 );
-                std::thread::sleep(wait);
+                // Sleep in slices so that a signal ends the wait.
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    if cancelled() {
+                        return Err(e);
+                    }
+                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+                }
             }
         }
     }
@@ -98,6 +119,7 @@ mod tests {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(2),
             total: Duration::from_secs(60),
+            cancel: None,
         };
         assert_eq!(
             backoff(&p, 1, u64::MAX),
@@ -115,6 +137,7 @@ mod tests {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(2),
             total: Duration::from_secs(5),
+            cancel: None,
         };
         let mut n = 0;
         let r: Result<u32, String> = run(&p, &|| "test".into(), || {
@@ -141,11 +164,34 @@ mod tests {
     }
 
     #[test]
+    fn a_signal_stops_the_retries() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let p = RetryPolicy {
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(10),
+            total: Duration::from_secs(600),
+            cancel: Some(cancel.clone()),
+        };
+        let c2 = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            c2.store(true, Ordering::SeqCst);
+        });
+        let t = Instant::now();
+        let r: Result<(), String> = run(&p, &|| "test".into(), || {
+            Err(Failure::Transient("503".into()))
+        });
+        assert!(r.is_err());
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[test]
     fn gives_up_within_total_time() {
         let p = RetryPolicy {
             base: Duration::from_millis(5),
             cap: Duration::from_millis(10),
             total: Duration::from_millis(100),
+            cancel: None,
         };
         let t = Instant::now();
         let r: Result<(), String> = run(&p, &|| "test".into(), || {

@@ -41,6 +41,23 @@ enum Class {
     NotFound,
 }
 
+/// One line for an operator: the HTTP status and S3's error code and message when the store
+/// answered, the whole cause chain otherwise.
+fn describe_error<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match e {
+        SdkError::ServiceError(se) => format!(
+            "HTTP {} {}: {}",
+            se.raw().status().as_u16(),
+            se.err().code().unwrap_or("(no error code)"),
+            se.err().message().unwrap_or("(no message)")
+        ),
+        other => DisplayErrorContext(other).to_string(),
+    }
+}
+
 fn classify<E, R>(e: &SdkError<E, R>) -> Class
 where
     E: ProvideErrorMetadata,
@@ -123,7 +140,10 @@ impl S3Repo {
         if let Some(ep) = sdk.endpoint_url() {
             tracing::debug!("S3 endpoint {ep}, path-style addressing");
         }
-        let mut policy = RetryPolicy::default();
+        let mut policy = RetryPolicy {
+            cancel: s.cancel.clone(),
+            ..RetryPolicy::default()
+        };
         if let Some(t) = s.retry_for {
             policy.total = t;
         }
@@ -170,7 +190,7 @@ impl S3Repo {
         retry::run(&self.policy, &what, || match self.rt.block_on(f()) {
             Ok(v) => Ok(v),
             Err(e) => {
-                let msg = DisplayErrorContext(&e).to_string();
+                let msg = describe_error(&e);
                 Err(match classify(&e) {
                     Class::Transient => Failure::Transient(self.remote(op, key, msg)),
                     Class::Permanent => Failure::Permanent(self.remote(op, key, msg)),
@@ -245,7 +265,7 @@ impl Repository for S3Repo {
                     .send()
                     .await
                     .map_err(|e| {
-                        let msg = DisplayErrorContext(&e).to_string();
+                        let msg = describe_error(&e);
                         (classify(&e), msg)
                     })?;
                 let mut body = out.body;

@@ -58,6 +58,7 @@ impl S3Env {
             region: Some(self.region.clone()),
             retry_for: Some(std::time::Duration::from_secs(60)),
             concurrency: 4,
+            cancel: None,
         }
     }
 
