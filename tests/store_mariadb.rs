@@ -1,0 +1,852 @@
+//! End-to-end backups of a real MariaDB server through the backup repository, as an operator
+//! runs them (deploy/kubernetes/backup-cronjob.yaml, format-spec/repository.md):
+//!
+//! 1. a throw-away server (`scripts/mariadb-fixture start`) loaded with InnoDB (plain and
+//!    page-compressed), MyISAM and Aria tables (`load`), and a backup user with the privileges
+//!    deploy/README.md lists, whose password reaches mariabackup only through the environment;
+//! 2. `xbagent upload --to REPO --exec 'mariabackup --backup --stream=xbstream --parallel=4
+//!    ... --password="$MARIADB_BACKUP_PASSWORD" ...'`;
+//! 3. `xbagent backups list` (table and `--json`) shows one complete backup, and the password
+//!    is in neither the listing nor the manifest;
+//! 4. `xbagent verify REPO@latest`;
+//! 5. `xbagent restore --from REPO@latest -C DIR`, which must leave no in-progress marker, and
+//!    must be byte-identical to what the reference tools make of the stored object
+//!    (`zstd -d | mbstream -x`, format-spec/repository.md section 14), whose BLAKE3 must be the
+//!    manifest's;
+//! 6. `mariabackup --prepare`, a server started on DIR, and CHECKSUM TABLE of every user table
+//!    equal to the source's.
+//!
+//! One test per backend: S3 (`s3://BUCKET/PREFIX`, `--compress zstd`, against the test server
+//! that `scripts/test` starts, see tests/support/s3env.rs) and a local directory (a plain
+//! path, no compression).
+//!
+//! A missing MariaDB tool is a failure naming the tool, never a skip. A missing S3 server is a
+//! failure under XBAGENT_REQUIRE_TOOLS=1 and a loud skip otherwise. Set XBAGENT_TEST_KEEP=1 to
+//! keep the temp dir (command logs, datadirs, restores) for a post-mortem.
+
+#[path = "support/s3env.rs"]
+mod s3env;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xbagent::store::s3::S3Repo;
+use xbagent::store::Repository;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mariadb-fixture");
+const XBAGENT: &str = env!("CARGO_BIN_EXE_xbagent");
+
+/// How long one command (a backup, a restore, a prepare) may take before the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+const REQUIRED_TOOLS: &[&str] = &[
+    "bash",
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb",
+    "mariadb-admin",
+    "mariabackup",
+    "mbstream",
+    "setsid",
+];
+
+/// Fail (never skip) when a tool the tests drive is missing.
+fn require_tools() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
+        .collect();
+    let missing: Vec<&str> = REQUIRED_TOOLS
+        .iter()
+        .copied()
+        .filter(|t| !dirs.iter().any(|d| d.join(t).is_file()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "required tool(s) not found in PATH: {}. Install mariadb-server and mariadb-backup \
+         (Debian/Ubuntu: apt-get install mariadb-server mariadb-backup); these tests never skip",
+        missing.join(", ")
+    );
+    assert!(
+        Path::new(FIXTURE).is_file(),
+        "fixture script {FIXTURE} is missing"
+    );
+}
+
+/// A short temp dir under /tmp: unix socket paths are limited to ~107 bytes.
+fn short_tempdir(tag: &str) -> tempfile::TempDir {
+    let keep = std::env::var_os("XBAGENT_TEST_KEEP").is_some_and(|v| v != "0");
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("xbs-{tag}-"))
+        .disable_cleanup(keep)
+        .tempdir_in("/tmp")
+        .expect("cannot create a temp dir in /tmp");
+    if keep {
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free TCP port")
+        .port()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// What a finished command left behind.
+struct Ran {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    secs: f64,
+}
+
+impl Ran {
+    fn describe(&self) -> String {
+        format!(
+            "`{}` exited with {} after {:.1}s\n--- stdout ---\n{}\n--- stderr (last 8 KiB) ---\n{}",
+            self.what,
+            self.status,
+            self.secs,
+            self.stdout,
+            tail(&self.stderr, 8192)
+        )
+    }
+
+    fn ok(self) -> Ran {
+        assert!(self.status.success(), "{}", self.describe());
+        self
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut i = s.len() - n;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+/// Run `cmd` with its output in `logs/NAME.{out,err}`, killing it after [`COMMAND_TIMEOUT`].
+fn run(mut cmd: Command, logs: &Path, name: &str) -> Ran {
+    fs::create_dir_all(logs).unwrap();
+    let out_path = logs.join(format!("{name}.out"));
+    let err_path = logs.join(format!("{name}.err"));
+    let what = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > COMMAND_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`{what}` did not finish within {}s (output in {} and {})",
+                COMMAND_TIMEOUT.as_secs(),
+                out_path.display(),
+                err_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ran = Ran {
+        what,
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&fs::read(&err_path).unwrap_or_default()).into_owned(),
+        secs: start.elapsed().as_secs_f64(),
+    };
+    eprintln!("{name}: {:.1}s, {}", ran.secs, ran.status);
+    ran
+}
+
+/// Run the fixture script; panic with its output on failure; return its stdout.
+fn fixture(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(FIXTURE)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{FIXTURE} {}` failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("fixture output is not UTF-8")
+}
+
+/// A running fixture server; shut down on drop, also when the test panics.
+struct Server {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let port = free_port();
+        fixture(&["start", p(dir), &port.to_string()]);
+        Server {
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+    fn start_on(datadir: &Path) -> Server {
+        let port = free_port();
+        fixture(&["start-on", p(datadir), &port.to_string()]);
+        Server {
+            dir: datadir.to_path_buf(),
+            port,
+        }
+    }
+    fn checksums(&self) -> BTreeMap<String, String> {
+        fixture(&["checksums", p(&self.dir)])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let (t, c) = l
+                    .rsplit_once(' ')
+                    .unwrap_or_else(|| panic!("bad checksum line {l:?}"));
+                (t.to_string(), c.to_string())
+            })
+            .collect()
+    }
+    fn sql(&self, sql: &str) -> String {
+        fixture(&["sql", p(&self.dir), sql])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(FIXTURE)
+            .args(["stop", p(&self.dir)])
+            .output();
+    }
+}
+
+const BACKUP_USER: &str = "xbbackup";
+
+/// The source: a loaded server with a backup user that logs in over TCP with a password.
+/// Returns the server, its checksums, and the password.
+fn source_server(dir: &Path) -> (Server, BTreeMap<String, String>, String) {
+    let src = Server::start(dir);
+    fixture(&["load", p(dir), "2"]);
+    // The privileges deploy/README.md gives the backup user.
+    let password = format!("pw-{}-{}", std::process::id(), src.port);
+    src.sql(&format!(
+        "CREATE USER '{BACKUP_USER}'@'%' IDENTIFIED BY '{password}'; \
+         GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR ON *.* TO '{BACKUP_USER}'@'%'"
+    ));
+    // Incompressible rows (~24 MiB), so that even compressed the stream object spans
+    // several multipart parts.
+    src.sql(
+        "CREATE TABLE fx.t_random (id INT PRIMARY KEY, b VARBINARY(1024)) ENGINE=InnoDB; \
+         INSERT INTO fx.t_random SELECT seq, RANDOM_BYTES(1024) FROM fx.seq_1_to_24000",
+    );
+    let sums = src.checksums();
+    for t in [
+        "fx.t_random",
+        "fx.t_innodb",
+        "fx.t_pagecomp",
+        "fx.t_myisam",
+        "fx.t_aria",
+        "ddl.big_myisam",
+    ] {
+        assert!(
+            sums.contains_key(t),
+            "the fixture did not create {t}: {sums:?}"
+        );
+    }
+    (src, sums, password)
+}
+
+/// The backup command as a CronJob gives it to `upload --exec`: host, port and password come
+/// from the environment (expanded by `sh -c`), so that they are not recorded in the bucket.
+fn mariabackup_exec(src: &Server, target_dir: &Path) -> String {
+    format!(
+        "mariabackup --no-defaults --backup --stream=xbstream --parallel=4 \
+         --host=\"$DB_HOST\" --port=\"$DB_PORT\" --user={BACKUP_USER} \
+         --password=\"$MARIADB_BACKUP_PASSWORD\" --datadir={} --target-dir={}",
+        p(&src.dir.join("data")),
+        p(target_dir)
+    )
+}
+
+fn with_backup_env(cmd: &mut Command, src: &Server, password: &str) {
+    cmd.env("DB_HOST", "127.0.0.1")
+        .env("DB_PORT", src.port.to_string())
+        .env("MARIADB_BACKUP_PASSWORD", password);
+}
+
+/// `backup <ID> complete in ...` → ID.
+fn uploaded_id(ran: &Ran) -> String {
+    let line = ran
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("backup ") && l.contains(" complete in "))
+        .unwrap_or_else(|| {
+            panic!(
+                "upload printed no `backup ID complete` line\n{}",
+                ran.describe()
+            )
+        });
+    let id = line.split_whitespace().nth(1).unwrap().to_string();
+    assert!(
+        id.len() == 20 && id.ends_with('Z') && id.as_bytes()[8] == b'T',
+        "unexpected backup id {id:?} in {line:?}"
+    );
+    id
+}
+
+/// `backups list` (table and --json) shows exactly one backup, `id`, complete, described by
+/// its manifest; the password appears nowhere.
+fn check_listing(
+    table: &Ran,
+    json: &Ran,
+    id: &str,
+    compression: &str,
+    manifest: &Value,
+    password: &str,
+) {
+    let rows: Vec<&str> = table.stdout.lines().skip(1).collect();
+    let row = rows
+        .iter()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("backups list does not show {id}\n{}", table.describe()));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols.get(1), Some(&"complete"), "list row: {row:?}");
+    assert!(
+        table
+            .stdout
+            .contains("1 backup(s): 1 complete, 0 incomplete"),
+        "backups list:\n{}",
+        table.stdout
+    );
+    assert!(
+        !table.stdout.contains(password),
+        "the password is in backups list:\n{}",
+        table.stdout
+    );
+
+    let all: Value = serde_json::from_str(&json.stdout)
+        .unwrap_or_else(|e| panic!("backups list --json: {e}\n{}", json.describe()));
+    let all = all.as_array().expect("backups list --json is an array");
+    assert_eq!(all.len(), 1, "backups list --json: {all:?}");
+    let b = &all[0];
+    assert_eq!(b["id"], id, "{b}");
+    assert_eq!(b["complete"], true, "{b}");
+    assert!(b.get("problem").is_none(), "{b}");
+    let m = &b["manifest"];
+    assert_eq!(m["compression"], compression, "{b}");
+    assert_eq!(m["files"], manifest["stream"]["files"], "{b}");
+    assert_eq!(m["stream_bytes"], manifest["stream"]["bytes"], "{b}");
+    assert_eq!(m["object_size"], manifest["object"]["size"], "{b}");
+    assert_eq!(
+        b["objects"], 2,
+        "a complete backup is its stream and manifest: {b}"
+    );
+    assert!(!json.stdout.contains(password), "{}", json.stdout);
+}
+
+/// The manifest without its file list, for messages.
+fn brief(m: &Value) -> String {
+    let mut m = m.clone();
+    if let Some(files) = m.get_mut("files") {
+        let n = files.as_array().map_or(0, Vec::len);
+        *files = Value::String(format!("[{n} entries]"));
+    }
+    m.to_string()
+}
+
+/// The manifest of a backup taken with [`mariabackup_exec`].
+fn check_manifest(m: &Value, id: &str, compression: &str, object_key: &str, password: &str) {
+    let b = brief(m);
+    assert_eq!(m["format"], 1, "{b}");
+    assert_eq!(m["id"], id, "{b}");
+    assert_eq!(m["compression"], compression, "{b}");
+    assert_eq!(m["object"]["key"], object_key, "{b}");
+    assert_eq!(m["producer_exit_status"], 0, "{b}");
+    assert_eq!(m["source"]["kind"], "exec", "{b}");
+    // "auto" when the stream holds payload and end chunks only (no D, R or S chunk).
+    assert!(
+        m["stream"]["dialect"] == "mariadb" || m["stream"]["dialect"] == "auto",
+        "{b}"
+    );
+    let detail = m["source"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("\"$MARIADB_BACKUP_PASSWORD\"") && !detail.contains(password),
+        "the manifest must record the command as given, without the password: {detail:?}"
+    );
+    assert!(
+        !m.to_string().contains(password),
+        "the password is in the manifest"
+    );
+    let files = m["files"].as_array().expect("manifest files[]");
+    let paths: BTreeSet<&str> = files.iter().filter_map(|f| f["path"].as_str()).collect();
+    // mariabackup 10.11 sends an InnoDB table that was bulk-loaded (no redo) as TABLE.new,
+    // which --prepare renames to TABLE.ibd.
+    for want in [
+        "ibdata1",
+        "fx/t_innodb.ibd|fx/t_innodb.new",
+        "fx/t_pagecomp.ibd|fx/t_pagecomp.new",
+        "fx/t_myisam.MYD",
+        "fx/t_aria.MAD",
+        "ddl/big_myisam.MYD",
+        "xtrabackup_checkpoints",
+    ] {
+        assert!(
+            want.split('|').any(|w| paths.contains(w)),
+            "the manifest lists no {want}: {paths:?}"
+        );
+    }
+    assert_eq!(
+        m["stream"]["files"].as_u64(),
+        Some(files.iter().filter(|f| f["state"] == "complete").count() as u64),
+        "stream.files is the number of complete files: {b}"
+    );
+}
+
+/// Every regular file below `root` (relative path → contents) and every directory.
+fn tree(root: &Path) -> (BTreeSet<String>, BTreeMap<String, Vec<u8>>) {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        dirs: &mut BTreeSet<String>,
+        files: &mut BTreeMap<String, Vec<u8>>,
+    ) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let ft = entry.file_type().unwrap();
+            if ft.is_dir() {
+                dirs.insert(rel);
+                walk(root, &path, dirs, files);
+            } else {
+                assert!(
+                    ft.is_file(),
+                    "unexpected non-regular file {rel} in {}",
+                    root.display()
+                );
+                files.insert(rel, fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut dirs = BTreeSet::new();
+    let mut files = BTreeMap::new();
+    walk(root, root, &mut dirs, &mut files);
+    (dirs, files)
+}
+
+/// The restore must be byte-identical to the reference extraction of the stored stream.
+fn assert_same_tree(restored: &Path, reference: &Path) {
+    let (our_dirs, our_files) = tree(restored);
+    let (ref_dirs, ref_files) = tree(reference);
+    assert_eq!(
+        our_dirs, ref_dirs,
+        "directories differ between xbagent restore and mbstream -x of the stored stream"
+    );
+    let ours: BTreeSet<_> = our_files.keys().collect();
+    let theirs: BTreeSet<_> = ref_files.keys().collect();
+    assert_eq!(
+        ours, theirs,
+        "files differ between xbagent restore and mbstream -x of the stored stream"
+    );
+    for (name, data) in &our_files {
+        let r = &ref_files[name];
+        assert!(
+            data == r,
+            "file {name} differs: restore wrote {} bytes, mbstream {} bytes{}",
+            data.len(),
+            r.len(),
+            data.iter()
+                .zip(r.iter())
+                .position(|(a, b)| a != b)
+                .map(|i| format!(", first difference at byte {i}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Extract `stream` (plain xbstream bytes) with the reference `mbstream -x` into `dest`.
+fn mbstream_extract(stream: &Path, dest: &Path) {
+    fs::create_dir_all(dest).unwrap();
+    let out = Command::new("mbstream")
+        .args(["-x", "-C", p(dest)])
+        .stdin(fs::File::open(stream).unwrap())
+        .output()
+        .expect("cannot run mbstream");
+    assert!(
+        out.status.success(),
+        "mbstream -x -C {} < {} failed with {}: {}",
+        dest.display(),
+        stream.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `restore` left a good directory: exit 0 checked by the caller, no in-progress marker.
+fn check_restored(dir: &Path, ran: &Ran, id: &str) {
+    assert!(
+        ran.stdout.contains(&format!("restored backup {id} into")),
+        "restore restored another backup than {id}:\n{}",
+        ran.describe()
+    );
+    assert!(
+        !dir.join(".xbagent-restore-in-progress").exists(),
+        "restore exited 0 but left its in-progress marker"
+    );
+    assert!(
+        dir.join("xtrabackup_checkpoints").is_file() && dir.join("ibdata1").is_file(),
+        "the restored directory is not a mariabackup backup"
+    );
+}
+
+/// Prepare the restored backup, start a server on it and compare every table with the source.
+fn prepare_start_compare(restored: &Path, source_sums: &BTreeMap<String, String>) {
+    let t = Instant::now();
+    fixture(&["prepare", p(restored)]);
+    eprintln!("prepare: {:.1}s", t.elapsed().as_secs_f64());
+    let server = Server::start_on(restored);
+    let sums = server.checksums();
+    let nulls: Vec<_> = sums.iter().filter(|(_, c)| *c == "NULL").collect();
+    assert!(
+        nulls.is_empty(),
+        "unreadable tables after restore: {nulls:?}"
+    );
+    assert_eq!(
+        &sums, source_sums,
+        "CHECKSUM TABLE of the server on the restored backup differs from the source"
+    );
+    eprintln!("{} tables match the source", sums.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
+    require_tools();
+    let Some(env) = s3env::s3_env() else {
+        return;
+    };
+    let started = Instant::now();
+    let tmp = short_tempdir("s3");
+    let logs = tmp.path().join("logs");
+    let mb_target = tmp.path().join("mbtarget");
+    fs::create_dir_all(&mb_target).unwrap();
+    let restore_dir = tmp.path().join("restore");
+    let reference = tmp.path().join("ref");
+
+    let (src, source_sums, password) = source_server(&tmp.path().join("src"));
+    eprintln!(
+        "source ready: {} tables ({:.1}s)",
+        source_sums.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let bucket = env.new_bucket("mariadb");
+    let prefix = "prod/mariadb";
+    let repo = format!("s3://{bucket}/{prefix}");
+    let latest = format!("{repo}@latest");
+
+    // As the CronJob runs it: --endpoint given, --compress zstd, password from the env.
+    let mut up = env.xbagent(&[
+        "upload",
+        "--to",
+        &repo,
+        "--endpoint",
+        &env.endpoint,
+        "--compress",
+        "zstd",
+        "--memory-limit",
+        "256MiB",
+        "--exec",
+        &mariabackup_exec(&src, &mb_target),
+    ]);
+    with_backup_env(&mut up, &src, &password);
+    let up = run(up, &logs, "upload").ok();
+    let id = uploaded_id(&up);
+    assert!(
+        !up.stdout.contains(&password) && !up.stderr.contains(&password),
+        "upload printed the password"
+    );
+
+    // What the bucket holds: the stream object and the manifest, nothing else.
+    let s3 = S3Repo::open(&bucket, prefix, &env.settings(&env.endpoint))
+        .unwrap_or_else(|e| panic!("cannot open {repo}: {e}"));
+    let keys: Vec<String> = s3
+        .list("")
+        .unwrap_or_else(|e| panic!("cannot list {repo}: {e}"))
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            format!("{id}/manifest.json"),
+            format!("{id}/stream.xbstream.zst")
+        ],
+        "objects under {repo} after a successful upload"
+    );
+    let manifest: Value = serde_json::from_slice(
+        &s3.get(&format!("{id}/manifest.json"), 64 << 20)
+            .expect("cannot read the manifest"),
+    )
+    .expect("the manifest is not JSON");
+    check_manifest(&manifest, &id, "zstd:3", "stream.xbstream.zst", &password);
+    assert!(
+        manifest["object"]["parts"].as_u64() >= Some(3),
+        "expected the compressed object in several parts: {}",
+        brief(&manifest)
+    );
+
+    let table = run(env.xbagent(&["backups", "list", &repo]), &logs, "list").ok();
+    let json = run(
+        env.xbagent(&["backups", "list", "--json", &repo]),
+        &logs,
+        "list-json",
+    )
+    .ok();
+    check_listing(&table, &json, &id, "zstd:3", &manifest, &password);
+
+    // A rotated secret: mariabackup cannot log in and exits 1. The upload fails with exit 1
+    // and leaves nothing in the bucket (the backup above stays the only one).
+    let mut bad = env.xbagent(&[
+        "upload",
+        "--to",
+        &repo,
+        "--compress",
+        "zstd",
+        "--exec",
+        &mariabackup_exec(&src, &mb_target),
+    ]);
+    with_backup_env(&mut bad, &src, "not-the-password");
+    let bad = run(bad, &logs, "upload-bad-password");
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "an upload whose mariabackup fails must exit 1\n{}",
+        bad.describe()
+    );
+    assert!(
+        bad.stderr.contains("exited with status"),
+        "the error names the producer's exit status\n{}",
+        bad.describe()
+    );
+    let after: Vec<String> = s3
+        .list("")
+        .unwrap_or_else(|e| panic!("cannot list {repo}: {e}"))
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(after, keys, "a failed upload left objects behind");
+
+    let verify = run(env.xbagent(&["verify", &latest]), &logs, "verify").ok();
+    assert!(
+        verify
+            .stdout
+            .contains(&format!("ok: backup {id} matches its manifest")),
+        "{}",
+        verify.describe()
+    );
+
+    let restore = run(
+        env.xbagent(&["restore", "--from", &latest, "-C", p(&restore_dir)]),
+        &logs,
+        "restore",
+    )
+    .ok();
+    check_restored(&restore_dir, &restore, &id);
+
+    // The stored object read without xbagent (repository.md section 14): its BLAKE3 is the
+    // manifest's, it is plain zstd, and mbstream -x of it gives what restore wrote.
+    let size = manifest["object"]["size"].as_u64().expect("object.size");
+    let key = format!("{id}/stream.xbstream.zst");
+    let mut stored = Vec::with_capacity(size as usize);
+    while (stored.len() as u64) < size {
+        let len = (size - stored.len() as u64).min(16 << 20);
+        let piece = s3
+            .get_range(&key, stored.len() as u64, len)
+            .unwrap_or_else(|e| panic!("cannot read {key}: {e}"));
+        assert!(!piece.is_empty(), "empty range read of {key}");
+        stored.extend_from_slice(&piece);
+    }
+    assert_eq!(
+        blake3::hash(&stored).to_hex().as_str(),
+        manifest["object"]["blake3"].as_str().unwrap(),
+        "BLAKE3 of the stored object differs from the manifest's"
+    );
+    let plain = zstd::decode_all(&stored[..]).expect("the stored object is not a zstd stream");
+    assert_eq!(
+        Some(plain.len() as u64),
+        manifest["stream"]["bytes"].as_u64(),
+        "decompressed size differs from the manifest's stream.bytes"
+    );
+    drop(stored);
+    let plain_path = tmp.path().join("stream.xbstream");
+    fs::write(&plain_path, &plain).unwrap();
+    drop(plain);
+    mbstream_extract(&plain_path, &reference);
+    assert_same_tree(&restore_dir, &reference);
+    fs::remove_dir_all(&reference).unwrap();
+    fs::remove_file(&plain_path).unwrap();
+
+    prepare_start_compare(&restore_dir, &source_sums);
+    drop(src);
+    eprintln!(
+        "S3 ({}) test done in {:.1}s",
+        env.server,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn local_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
+    require_tools();
+    let started = Instant::now();
+    let tmp = short_tempdir("local");
+    let logs = tmp.path().join("logs");
+    let mb_target = tmp.path().join("mbtarget");
+    fs::create_dir_all(&mb_target).unwrap();
+    let restore_dir = tmp.path().join("restore");
+    let reference = tmp.path().join("ref");
+    // A plain path that does not exist yet: upload creates it.
+    let repo_dir = tmp.path().join("backups").join("mariadb");
+    let repo = p(&repo_dir).to_string();
+
+    let (src, source_sums, password) = source_server(&tmp.path().join("src"));
+    eprintln!(
+        "source ready: {} tables ({:.1}s)",
+        source_sums.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let xb = |args: &[&str]| {
+        let mut c = Command::new(XBAGENT);
+        c.args(args);
+        c
+    };
+
+    let mut up = xb(&[
+        "upload",
+        "--to",
+        &repo,
+        "--exec",
+        &mariabackup_exec(&src, &mb_target),
+    ]);
+    with_backup_env(&mut up, &src, &password);
+    let up = run(up, &logs, "upload").ok();
+    let id = uploaded_id(&up);
+
+    // The directory holds the finished stream and the manifest; no started.json, no .partial,
+    // no temporary file.
+    let backup_dir = repo_dir.join(&id);
+    let mut names: Vec<String> = fs::read_dir(&backup_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["manifest.json", "stream.xbstream"],
+        "files in {} after a successful upload",
+        backup_dir.display()
+    );
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(backup_dir.join("manifest.json")).unwrap())
+            .expect("the manifest is not JSON");
+    check_manifest(&manifest, &id, "none", "stream.xbstream", &password);
+    let stream_path = backup_dir.join("stream.xbstream");
+    let stored = fs::read(&stream_path).unwrap();
+    assert_eq!(
+        Some(stored.len() as u64),
+        manifest["object"]["size"].as_u64(),
+        "stream file size differs from the manifest's object.size"
+    );
+    assert_eq!(
+        manifest["object"]["size"], manifest["stream"]["bytes"],
+        "uncompressed: object.size == stream.bytes"
+    );
+    assert_eq!(
+        blake3::hash(&stored).to_hex().as_str(),
+        manifest["object"]["blake3"].as_str().unwrap(),
+        "BLAKE3 of the stream file differs from the manifest's"
+    );
+    drop(stored);
+
+    let table = run(xb(&["backups", "list", &repo]), &logs, "list").ok();
+    let json = run(
+        xb(&["backups", "list", "--json", &repo]),
+        &logs,
+        "list-json",
+    )
+    .ok();
+    check_listing(&table, &json, &id, "none", &manifest, &password);
+
+    // verify by a plain path, restore by a file:// URL and an explicit id.
+    let verify = run(xb(&["verify", &format!("{repo}@latest")]), &logs, "verify").ok();
+    assert!(
+        verify
+            .stdout
+            .contains(&format!("ok: backup {id} matches its manifest")),
+        "{}",
+        verify.describe()
+    );
+    let restore = run(
+        xb(&[
+            "restore",
+            "--from",
+            &format!("file://{repo}@{id}"),
+            "-C",
+            p(&restore_dir),
+        ]),
+        &logs,
+        "restore",
+    )
+    .ok();
+    check_restored(&restore_dir, &restore, &id);
+
+    mbstream_extract(&stream_path, &reference);
+    assert_same_tree(&restore_dir, &reference);
+    fs::remove_dir_all(&reference).unwrap();
+
+    prepare_start_compare(&restore_dir, &source_sums);
+    drop(src);
+    eprintln!("local test done in {:.1}s", started.elapsed().as_secs_f64());
+}
