@@ -543,6 +543,9 @@ pub fn restore(
         &wrap,
     )?;
     drop(writer);
+    // Every restored byte on disk before the marker goes: one syncfs flushes the filesystem.
+    let d = fs::File::open(dir).map_err(local)?;
+    rustix::fs::syncfs(&d).map_err(|e| local(e.into()))?;
     fs::remove_file(dir.join(IN_PROGRESS)).map_err(local)?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())

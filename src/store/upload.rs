@@ -29,6 +29,8 @@ use crate::source::{Piece, Running, Source};
 /// compressor's windows and jobs, the HTTP client.
 pub const RESERVE_PLAIN: u64 = 40 << 20;
 pub const RESERVE_ZSTD: u64 = 96 << 20;
+/// zstd job size: bounds each compression worker's buffers.
+const ZSTD_JOB: u64 = 2 << 20;
 
 /// Settings of an upload.
 #[derive(Debug, Clone)]
@@ -528,6 +530,10 @@ fn stream_parts(
                 z.multithread(threads as u32)
                     .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
                 z.include_checksum(true)
+                    .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
+                // 2 MiB jobs instead of zstd's default (4 windows, 8 MiB at level 3): each
+                // worker holds a few jobs' input and output, so this bounds its memory.
+                z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB as u32))
                     .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
                 Sink::Zstd(z)
             }
