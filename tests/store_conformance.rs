@@ -211,3 +211,64 @@ fn s3_wrong_credentials_fail_clearly() {
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("ListObjectsV2"), "{err}");
 }
+
+/// Credentials from a named profile (the standard chain's second link), with none in the
+/// environment: the operator's `~/.aws/credentials` works as it does for the aws CLI.
+#[test]
+fn s3_credentials_from_a_profile() {
+    let Some(env) = s3env::s3_env() else { return };
+    let bucket = env.new_bucket("conf-profile");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[xbtest]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            env.access_key, env.secret_key
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!("[profile xbtest]\nregion = {}\n", env.region),
+    )
+    .unwrap();
+    let run = |profile: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xbagent"))
+            .args([
+                "backups",
+                "list",
+                &format!("s3://{bucket}/p"),
+                "--endpoint",
+                &env.endpoint,
+            ])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_PROFILE", profile)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap()
+    };
+    let out = run("xbtest");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "profile credentials refused: {err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 backup(s)"));
+    // A profile that does not exist: no credentials, a clear failure at once (not retried).
+    let t = std::time::Instant::now();
+    let out = run("nosuchprofile");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("no credentials"), "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        t.elapsed()
+    );
+}

@@ -13,7 +13,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -54,19 +54,48 @@ where
             se.err().code().unwrap_or("(no error code)"),
             se.err().message().unwrap_or("(no message)")
         ),
-        other => DisplayErrorContext(other).to_string(),
+        other => {
+            // The cause chain, without the SDK's debug dump.
+            let mut msg = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !msg.contains(&text) {
+                    msg = format!("{msg}: {text}");
+                }
+                cause = c.source();
+            }
+            msg
+        }
     }
+}
+
+/// Whether the error chain says that no credentials could be loaded (the SDK reports that as a
+/// dispatch failure of kind "other", like a dropped connection, which must be retried).
+fn mentions_credentials(e: &dyn std::error::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        let text = format!("{c:?}");
+        if text.contains("CredentialsNotLoaded") || text.contains("ProviderError") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn classify<E, R>(e: &SdkError<E, R>) -> Class
 where
-    E: ProvideErrorMetadata,
-    R: HasStatus,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: HasStatus + std::fmt::Debug,
 {
     match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            Class::Transient
-        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Class::Transient,
+        // Connection trouble heals; a dispatch failure of another kind (no credentials found
+        // in the chain, a bad endpoint) does not, and must not be retried for --retry-for.
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => Class::Transient,
+        SdkError::DispatchFailure(_) if mentions_credentials(e) => Class::Permanent,
+        SdkError::DispatchFailure(_) => Class::Transient,
         SdkError::ServiceError(se) => {
             let status = se.raw().status();
             let code = se.err().code().unwrap_or("");
