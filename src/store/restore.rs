@@ -365,23 +365,20 @@ fn read_through(
     }
     let what = format!("{}/{key}", repo.describe());
     let mut fetch = FetchReader::start(repo, key, m.object.size, opts, progress, shutdown.clone());
-    let run = if m.is_compressed() {
-        let mut dec = zstd::stream::read::Decoder::new(&mut fetch)
-            .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
-        // Our compressor's windows are at most 8 MiB; refuse frames asking for more than 32.
-        dec.window_log_max(25)
-            .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
+    let run = {
+        // The decoder reads the object as stored, through zstd when it was compressed.
+        let input: Box<dyn Read + '_> = if m.is_compressed() {
+            let mut dec = zstd::stream::read::Decoder::new(&mut fetch)
+                .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
+            // Our compressor's windows are at most 8 MiB; refuse frames asking for more than 32.
+            dec.window_log_max(25)
+                .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
+            Box::new(dec)
+        } else {
+            Box::new(&mut fetch)
+        };
         sink::run_with(
-            &mut dec,
-            &what,
-            opts.decode,
-            sink,
-            &Progress::hidden(),
-            Ledger::with_crcs(),
-        )
-    } else {
-        sink::run_with(
-            &mut fetch,
+            input,
             &what,
             opts.decode,
             sink,
