@@ -142,15 +142,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
             let scan = scan_path(a.input.as_deref(), decode_opts(&a.decode), &progress)?;
             progress.finish();
             let listing = Listing::from_scan(&scan);
-            let mut out = std::io::stdout().lock();
-            let res = if a.json {
-                serde_json::to_writer_pretty(&mut out, &listing)
-                    .map_err(std::io::Error::other)
-                    .and_then(|()| writeln!(out))
-            } else {
-                print_table(&mut out, &listing)
-            };
-            res.map_err(Error::WriteStream)?;
+            print_json_or(a.json, &listing, print_table)?;
             match scan.defect {
                 Some(e) => Err(e),
                 None => Ok(exit::OK),
@@ -163,15 +155,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
         Command::Backups(BackupsCommand::List(a)) => {
             let repo = open_repo(&a.repo, &a.s3, 1, false, None)?;
             let all = retention::list(&*repo).map_err(xbagent::store::BackupError::from)?;
-            let mut out = std::io::stdout().lock();
-            let res = if a.json {
-                serde_json::to_writer_pretty(&mut out, &all)
-                    .map_err(std::io::Error::other)
-                    .and_then(|()| writeln!(out))
-            } else {
-                print_backups(&mut out, &all)
-            };
-            res.map_err(Error::WriteStream)?;
+            print_json_or(a.json, &all, |out, all: &Vec<_>| print_backups(out, all))?;
             Ok(exit::OK)
         }
         Command::Backups(BackupsCommand::Prune(a)) => run_prune(a),
@@ -398,6 +382,23 @@ fn print_backups(out: &mut impl Write, all: &[retention::BackupSummary]) -> std:
         all.len(),
         all.len() - complete
     )
+}
+
+/// Print `value` on stdout as pretty JSON, or as `table` prints it.
+fn print_json_or<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> std::io::Result<()>,
+) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    let res = if json {
+        serde_json::to_writer_pretty(&mut out, value)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out))
+    } else {
+        table(&mut out, value)
+    };
+    res.map_err(Error::WriteStream)
 }
 
 fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, Error> {

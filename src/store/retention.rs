@@ -163,7 +163,6 @@ pub fn plan(backups: &[BackupSummary], policy: &Policy, now: SystemTime) -> Vec<
 pub fn apply(repo: &dyn Repository, doomed: &[Doomed]) -> Result<(), BackupError> {
     for d in doomed {
         let dir = format!("{}/", d.id);
-        let _ = repo.delete(&format!("{dir}{MANIFEST}"));
         repo.delete(&format!("{dir}{MANIFEST}"))?;
         for o in repo.list(&dir)? {
             repo.delete(&o.key)?;
