@@ -359,3 +359,133 @@ fn create_fails_promptly_when_the_stream_cannot_be_written() {
         assert!(err.contains("cannot write the stream"), "{err}");
     }
 }
+
+/// Extract `stream` with ours and with mbstream; both trees' files in `names` must be equal.
+/// Returns (ours, theirs) directories.
+fn extract_both(
+    t: &Path,
+    stream: &Path,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ours = t.join("ours");
+    ok(&xbagent(
+        &[
+            "extract",
+            "-C",
+            ours.to_str().unwrap(),
+            stream.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let theirs = t.join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    let mb = Command::new("mbstream")
+        .arg("-x")
+        .current_dir(&theirs)
+        .stdin(fs::File::open(stream).unwrap())
+        .output()
+        .expect("mbstream (Debian package mariadb-backup) must be installed");
+    assert!(
+        mb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mb.stderr)
+    );
+    for name in names {
+        let (a, b) = (
+            fs::read(ours.join(name)).unwrap(),
+            fs::read(theirs.join(name)).unwrap(),
+        );
+        assert!(
+            a == b,
+            "{name} differs from mbstream's result ({} / {} bytes)",
+            a.len(),
+            b.len()
+        );
+    }
+    (ours, theirs)
+}
+
+/// A page of a fake tablespace: `data` bytes of pattern, then zeros (a compressed page).
+fn page(data: usize, seed: u8) -> Vec<u8> {
+    let mut p = pattern(data, seed);
+    p.iter_mut().for_each(|b| *b |= 1); // no zero byte inside the data
+    p.resize(16384, 0);
+    p
+}
+
+#[test]
+fn page_compressed_tablespaces_keep_their_holes_like_mbstream() {
+    let t = tempfile::tempdir().unwrap();
+    let mut pages: Vec<Vec<u8>> = (0..16).map(|i| page(300 + i * 700, i as u8)).collect();
+    pages[5] = page(16384, 5); // a page that did not compress
+    pages[7] = vec![0; 16384]; // an all-zero page
+    let mut comp = pages.concat();
+    let mut plain = comp.clone();
+    // FSP_SPACE_FLAGS in page 0: full_crc32, 16 KiB pages, zlib (what MariaDB 10.11 writes)...
+    comp[54..58].copy_from_slice(&0x35u32.to_be_bytes());
+    // ...and the same without page compression.
+    plain[54..58].copy_from_slice(&0x15u32.to_be_bytes());
+    let mut s = Vec::new();
+    encode_payload(&mut s, b"db/c.ibd", 0, &comp[..5 * 16384]);
+    encode_payload(&mut s, b"db/c.ibd", 5 * 16384, &comp[5 * 16384..]);
+    encode_eof(&mut s, b"db/c.ibd");
+    encode_payload(&mut s, b"db/p.ibd", 0, &plain);
+    encode_eof(&mut s, b"db/p.ibd");
+    // A page written in full, then rewritten as a compressed page after a seek back: the
+    // first version's bytes past the new data must read as zeros.
+    encode_payload(&mut s, b"db/r.ibd", 0, &comp[..16384]);
+    encode_payload(&mut s, b"db/r.ibd", 16384, &page(16384, 9));
+    s.extend(chunk("db/r.ibd", 0, ChunkBody::Seek { offset: 16384 }));
+    encode_payload(&mut s, b"db/r.ibd", 16384, &page(100, 10));
+    encode_eof(&mut s, b"db/r.ibd");
+    let stream = t.path().join("s.xb");
+    fs::write(&stream, &s).unwrap();
+
+    let (ours, theirs) = extract_both(t.path(), &stream, &["db/c.ibd", "db/p.ibd", "db/r.ibd"]);
+    assert_eq!(fs::read(ours.join("db/c.ibd")).unwrap(), comp);
+    let r = fs::read(ours.join("db/r.ibd")).unwrap();
+    assert_eq!(r.len(), 32768);
+    assert!(
+        r[16384 + 100..].iter().all(|&b| b == 0),
+        "rewritten page not zeroed"
+    );
+    let alloc = |d: &Path, n: &str| fs::metadata(d.join(n)).unwrap().blocks() * 512;
+    let (ours_c, theirs_c) = (alloc(&ours, "db/c.ibd"), alloc(&theirs, "db/c.ibd"));
+    // 16 pages: 1 data block each (4 KiB, up to 3 for the largest), 4 for the full page, 0
+    // for the zero page; far below 256 KiB.
+    assert!(
+        ours_c <= 128 << 10,
+        "page-compressed file not sparse: {ours_c} bytes allocated"
+    );
+    assert!(
+        ours_c <= theirs_c,
+        "ours allocates {ours_c} bytes, mbstream {theirs_c}"
+    );
+    assert!(
+        alloc(&ours, "db/p.ibd") >= plain.len() as u64 - 16384,
+        "a tablespace without page compression must be written in full (only the zero page may be skipped by the file system)"
+    );
+}
+
+#[test]
+fn large_writes_at_unaligned_offsets_land_exactly() {
+    // Chunks of more than 1 MiB go through O_DIRECT in their aligned middle; heads and tails
+    // at odd offsets go through the page cache. Both must end up where the stream says.
+    let t = tempfile::tempdir().unwrap();
+    let data = pattern(5 * (1 << 20) + 4321, 3);
+    let cuts = [0, (1 << 20) + 123, 3 * (1 << 20) + 128 + 5, data.len()];
+    let mut s = Vec::new();
+    for w in cuts.windows(2) {
+        encode_payload(&mut s, b"big", w[0] as u64, &data[w[0]..w[1]]);
+    }
+    encode_eof(&mut s, b"big");
+    // Interleaved with a second file written in one aligned 2 MiB chunk.
+    let other = pattern(2 << 20, 4);
+    encode_payload(&mut s, b"other", 0, &other);
+    encode_eof(&mut s, b"other");
+    let stream = t.path().join("s.xb");
+    fs::write(&stream, &s).unwrap();
+    let (ours, _) = extract_both(t.path(), &stream, &["big", "other"]);
+    assert!(fs::read(ours.join("big")).unwrap() == data);
+    assert!(fs::read(ours.join("other")).unwrap() == other);
+}

@@ -266,6 +266,36 @@ fn assert_same_tree(ours: &Path, reference: &Path) {
     }
 }
 
+/// Where the reference left holes (page-compressed tablespaces: each page's trailing zeros),
+/// ours must too: the restored files take no more room on disk than mbstream's. The fixture
+/// has a PAGE_COMPRESSED table, so at least one such file must be there.
+fn assert_sparse_like_reference(ours: &Path, reference: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (_, ref_files) = tree(reference);
+    let mut sparse = Vec::new();
+    for name in ref_files.keys() {
+        let r = std::fs::metadata(reference.join(name)).expect("stat reference file");
+        let o = std::fs::metadata(ours.join(name)).expect("stat our file");
+        let (r_alloc, o_alloc) = (r.blocks() * 512, o.blocks() * 512);
+        if r.len() >= 1 << 20 && r_alloc < r.len() * 9 / 10 {
+            sparse.push(format!(
+                "{name}: {} bytes, mbstream allocated {r_alloc}, xbagent {o_alloc}",
+                r.len()
+            ));
+            assert!(
+                o_alloc <= r_alloc + r_alloc / 10 + (1 << 20),
+                "{name} takes more room on disk than mbstream's: {o_alloc} against {r_alloc} bytes allocated ({} bytes long)",
+                r.len()
+            );
+        }
+    }
+    eprintln!("sparse files (page-compressed): {sparse:?}");
+    assert!(
+        sparse.iter().any(|s| s.contains(".ibd")),
+        "no page-compressed tablespace came out sparse in mbstream's extraction: the test proves nothing"
+    );
+}
+
 /// Table data files without their table's `.frm`, in every database directory of a datadir.
 ///
 /// mariabackup 10.11 copies every `.frm` under BACKUP STAGE BLOCK_DDL, after the DDL it has
@@ -437,6 +467,7 @@ fn plain_backup_extracts_prepares_and_matches_source_checksums() {
     xbagent_extract(&stream, &restore);
     mbstream_extract(&stream, &reference);
     assert_same_tree(&restore, &reference);
+    assert_sparse_like_reference(&restore, &reference);
 
     fixture(&["prepare", p(&restore)]);
     let orphans = orphan_table_files(&restore);

@@ -64,14 +64,16 @@ pub struct CreateTotals {
 
 /// A run of data or holes read from one file, ready to be framed.
 enum Piece {
-    /// A block of file data; its CRC is computed by the writer thread, so reading the next
-    /// block overlaps with checksumming and writing this one.
+    /// A block of file data with its CRC, computed by the reader: the writer thread only
+    /// writes (copying into the output is the longest step), and with `--parallel N` the
+    /// checksums are spread over N threads.
     Data {
         path: Arc<[u8]>,
         offset: u64,
         /// A pooled buffer of `chunk_size` bytes; the first `len` are data.
         buf: Vec<u8>,
         len: usize,
+        crc: u32,
     },
     Sparse {
         path: Arc<[u8]>,
@@ -151,6 +153,7 @@ fn write_pieces<W: Write>(
                 offset,
                 buf,
                 len,
+                crc,
             } => {
                 let data = &buf[..*len];
                 encode_header_into(
@@ -159,7 +162,7 @@ fn write_pieces<W: Write>(
                         flags: 0,
                         offset: *offset,
                         len: data.len() as u64,
-                        crc: crc32fast::hash(data),
+                        crc: *crc,
                     },
                     &mut hdr,
                 );
@@ -307,11 +310,14 @@ fn read_one(
             let _ = pool.give.send(buf);
             break;
         }
+        drop_cached(&file, offset, n);
+        let crc = crc32fast::hash(&buf[..n]);
         let piece = Piece::Data {
             path: path.clone(),
             offset,
             buf,
             len: n,
+            crc,
         };
         offset += n as u64;
         if pieces.send(piece).is_err() {
@@ -323,6 +329,18 @@ fn read_one(
     }
     let _ = pieces.send(Piece::Eof { path });
     Ok(())
+}
+
+/// Each source byte is read once: drop its pages from the cache once read (as the reference
+/// does), so that streaming a data directory does not push the database's working set out of
+/// memory, and the pages are free for the stream's own writes.
+fn drop_cached(file: &File, offset: u64, len: usize) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len as u64),
+        rustix::fs::Advice::DontNeed,
+    );
 }
 
 /// If the block at `offset` holds a hole, read its data runs into `buf` and describe it as a

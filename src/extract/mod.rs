@@ -9,6 +9,8 @@
 //! - any error stops the run and is returned with the path and stream offset.
 
 pub mod dir;
+mod direct;
+mod innodb;
 mod writer;
 
 use std::io::Read;

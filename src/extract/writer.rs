@@ -18,6 +18,8 @@ use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::dir::{OpenMode, Resolver, TargetDir};
+use super::direct::DirectWrites;
+use super::innodb;
 use crate::error::{Error, Result};
 use crate::format::{Chunk, ChunkBody, Ledger, LedgerEvent};
 use crate::sink::ChunkSink;
@@ -38,6 +40,11 @@ pub struct WriterOptions {
     /// Paths never written (checked, counted, then dropped): the clone's own markers, so a
     /// stream that carries a copy of them cannot fake a complete clone.
     pub reserved: Vec<Bytes>,
+    /// Write large aligned runs with `O_DIRECT` (see [`super::direct`]).
+    pub direct: bool,
+    /// Leave the trailing zeros of each page of page-compressed `.ibd` files as holes, as the
+    /// reference does (see [`super::innodb`]).
+    pub punch_holes: bool,
 }
 
 impl Default for WriterOptions {
@@ -49,6 +56,8 @@ impl Default for WriterOptions {
             queue_bytes: 8 << 20,
             sync: false,
             reserved: Vec::new(),
+            direct: true,
+            punch_holes: true,
         }
     }
 }
@@ -143,6 +152,8 @@ impl DirWriter {
             max_fds: per_thread,
             force: opts.force,
             sync: opts.sync,
+            direct: DirectWrites::new(opts.direct),
+            punch_holes: opts.punch_holes,
         };
         let inline = (threads == 1).then(make_worker);
         for i in 0..if inline.is_some() { 0 } else { threads } {
@@ -347,8 +358,70 @@ fn start_writeback(f: &File, offset: u64, len: u64) {
     );
 }
 
+/// Write `data` at `offset` of a page-compressed file with pages of `page` bytes, leaving
+/// each page's trailing zeros as a hole. Ranges left out that were written before (a
+/// rewrite) are punched out, so they read as zeros. Returns the end of the last byte written.
+fn write_with_holes(
+    direct: &mut DirectWrites,
+    f: &File,
+    direct_mode: &mut bool,
+    data: &[u8],
+    offset: u64,
+    page: usize,
+    written_end: u64,
+) -> std::io::Result<u64> {
+    // Holes smaller than a file-system block free nothing.
+    const MIN_HOLE: usize = 4096;
+    let mut last = 0u64;
+    let mut prev = 0usize;
+    let runs = innodb::data_runs(data, offset, page, MIN_HOLE);
+    let end = data.len();
+    for (a, b) in runs.iter().copied().chain(std::iter::once((end, end))) {
+        if a > prev && offset + (prev as u64) < written_end {
+            zero_range(f, offset + prev as u64, (a - prev) as u64)?;
+        }
+        if b > a {
+            direct.write_at(f, direct_mode, &data[a..b], offset + a as u64)?;
+            last = offset + b as u64;
+        }
+        prev = b;
+    }
+    Ok(last)
+}
+
+/// Make `len` bytes at `offset` read as zeros: punch a hole, or write zeros where the file
+/// system cannot punch.
+fn zero_range(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    match rustix::fs::fallocate(
+        f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            let zeros = vec![0u8; len.min(1 << 20) as usize];
+            let mut at = 0u64;
+            while at < len {
+                let n = (len - at).min(zeros.len() as u64) as usize;
+                f.write_all_at(&zeros[..n], offset + at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 struct OpenFile {
     file: Option<File>,
+    /// The descriptor is in `O_DIRECT` mode.
+    direct: bool,
+    /// Page size, if this is a page-compressed tablespace whose pages' trailing zeros are
+    /// left as holes; decided at its first payload.
+    pages: Option<usize>,
+    checked_pages: bool,
     /// End of the furthest byte written.
     written_end: u64,
     /// End of the file as the stream describes it (a trailing hole included).
@@ -362,6 +435,8 @@ struct Worker {
     max_fds: usize,
     force: bool,
     sync: bool,
+    direct: DirectWrites,
+    punch_holes: bool,
 }
 
 impl Worker {
@@ -413,6 +488,9 @@ impl Worker {
                 chunk.path.clone(),
                 OpenFile {
                     file: Some(file),
+                    direct: false,
+                    pages: None,
+                    checked_pages: !self.punch_holes,
                     written_end: 0,
                     logical_end: 0,
                 },
@@ -433,6 +511,7 @@ impl Worker {
             self.open_fds += 1;
             if let Some(f) = self.files.get_mut(&chunk.path) {
                 f.file = Some(file);
+                f.direct = false;
             }
         }
         let Some(entry) = self.files.get_mut(&chunk.path) else {
@@ -448,15 +527,38 @@ impl Worker {
         };
         match &chunk.body {
             ChunkBody::Payload { offset, data } => {
+                if !entry.checked_pages {
+                    entry.checked_pages = true;
+                    entry.pages = innodb::page_compressed(&chunk.path, data);
+                }
+                let end = offset + data.len() as u64;
                 if let Some(f) = &entry.file {
-                    f.write_all_at(data, *offset)
-                        .map_err(|e| werr("write", e))?;
+                    match entry.pages {
+                        None => self
+                            .direct
+                            .write_at(f, &mut entry.direct, data, *offset)
+                            .map_err(|e| werr("write", e))?,
+                        Some(page) => {
+                            let written_end = write_with_holes(
+                                &mut self.direct,
+                                f,
+                                &mut entry.direct,
+                                data,
+                                *offset,
+                                page,
+                                entry.written_end,
+                            )
+                            .map_err(|e| werr("write", e))?;
+                            entry.written_end = entry.written_end.max(written_end);
+                        }
+                    }
                     if self.sync {
                         start_writeback(f, *offset, data.len() as u64);
                     }
                 }
-                let end = offset + data.len() as u64;
-                entry.written_end = entry.written_end.max(end);
+                if entry.pages.is_none() {
+                    entry.written_end = entry.written_end.max(end);
+                }
                 entry.logical_end = entry.logical_end.max(end);
             }
             ChunkBody::Sparse { offset, map, data } => {
@@ -467,7 +569,8 @@ impl Worker {
                     let len = e.len as usize;
                     if len > 0 {
                         if let Some(f) = &entry.file {
-                            f.write_all_at(&data[at_data..at_data + len], pos)
+                            self.direct
+                                .write_at(f, &mut entry.direct, &data[at_data..at_data + len], pos)
                                 .map_err(|e| werr("write", e))?;
                         }
                         entry.written_end = entry.written_end.max(pos + len as u64);
