@@ -336,6 +336,10 @@ pub struct ExtractArgs {
     /// fsync every file and directory before finishing.
     #[arg(long)]
     pub fsync: bool,
+    /// Write everything through the page cache (by default, writes of 1 MiB or more bypass
+    /// it with O_DIRECT).
+    #[arg(long)]
+    pub buffered: bool,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Stream file; `-` or nothing for standard input.

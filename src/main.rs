@@ -99,6 +99,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     force: a.force,
                     max_open_files: a.max_open_files.max(1),
                     sync: a.fsync,
+                    direct: !a.buffered,
                     ..WriterOptions::default()
                 },
             };

@@ -277,7 +277,7 @@ fn assert_sparse_like_reference(ours: &Path, reference: &Path) {
         let r = std::fs::metadata(reference.join(name)).expect("stat reference file");
         let o = std::fs::metadata(ours.join(name)).expect("stat our file");
         let (r_alloc, o_alloc) = (r.blocks() * 512, o.blocks() * 512);
-        if r.len() >= 1 << 20 && r_alloc < r.len() * 9 / 10 {
+        if r.len() >= 64 << 10 && r_alloc < r.len() * 9 / 10 {
             sparse.push(format!(
                 "{name}: {} bytes, mbstream allocated {r_alloc}, xbagent {o_alloc}",
                 r.len()
@@ -455,6 +455,12 @@ fn plain_backup_extracts_prepares_and_matches_source_checksums() {
         source_sums.len() >= 6,
         "the fixture loaded too few tables: {source_sums:?}"
     );
+
+    // A restart checkpoints the redo log: tables created by the load are then streamed under
+    // their own names (`.ibd`) rather than as files created during the backup (`.new`), so
+    // the page-compressed one is recognised and extracted sparse, as mbstream does.
+    drop(src);
+    let src = Server::start(&src_dir, free_port());
 
     fixture_to_file(&["backup", p(&src_dir)], &stream);
     let st = stream_stats(&stream);
