@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::format::{Dialect, DEFAULT_MAX_CHUNK_SIZE, REFERENCE_CHUNK_SIZE};
+use crate::format::{Dialect, CREATE_CHUNK_SIZE, DEFAULT_MAX_CHUNK_SIZE};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -354,8 +354,8 @@ pub struct CreateArgs {
     /// Files read at once; their chunks interleave in the stream.
     #[arg(short = 'p', long, default_value_t = 1)]
     pub parallel: usize,
-    /// Largest payload per chunk.
-    #[arg(long, value_parser = parse_size, default_value_t = REFERENCE_CHUNK_SIZE as u64)]
+    /// Largest payload per chunk (10MiB cuts files exactly as `mbstream -c` does).
+    #[arg(long, value_parser = parse_size, default_value_t = CREATE_CHUNK_SIZE as u64)]
     pub chunk_size: u64,
     /// Write holes of sparse files as Percona sparse chunks (mbstream cannot read them).
     #[arg(long)]

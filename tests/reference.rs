@@ -848,12 +848,26 @@ fn create_chunk_layout_matches_reference_limits() {
     let theirs = tmp.path().join("theirs.xbs");
     xb_create(tree.root(), &tree.entries(), &ours);
     mb_create(tree.root(), &tree.files(), &theirs);
+    // The default (2 MiB) stays within the limits; with --chunk-size 10MiB each file is cut
+    // exactly as the reference cuts it.
+    check_layout(&fs::read(&ours).unwrap(), &tree, "xbagent create");
+    let mut cmd = Command::new(xbagent());
+    cmd.args(["create", "--chunk-size", "10MiB", "-C"])
+        .arg(tree.root())
+        .args(tree.entries());
+    spawn(
+        cmd,
+        "xbagent create --chunk-size 10MiB",
+        Stdio::null(),
+        file_out(&ours),
+    )
+    .wait_ok();
 
     let our_layout = check_layout(&fs::read(&ours).unwrap(), &tree, "xbagent create");
     // The same checks hold for the reference's own output (a check of the checks).
     let their_layout = check_layout(&fs::read(&theirs).unwrap(), &tree, "mbstream -c");
 
-    // With the default chunk size each file is cut like the reference cuts it.
+    // With 10 MiB chunks each file is cut like the reference cuts it.
     for (path, theirs) in &their_layout {
         let ours = &our_layout[path];
         let n_ours = ours.iter().filter(|e| e.0 == 'P').count();

@@ -4,7 +4,7 @@
 //! A directory's regular files come before its subdirectories, sorted by name: the reference
 //! `mbstream -x` creates only one missing directory level per file, so a parent's files must
 //! arrive first for deep trees to extract with it. Each file is read in blocks of at most
-//! `chunk_size` (10 MiB by default, as the reference writes), a 0-byte file becomes a lone
+//! `chunk_size` (2 MiB by default; the reference writes 10 MiB), a 0-byte file becomes a lone
 //! `E` chunk, and with `--parallel N` N files are read at once, their chunks interleaved as
 //! `xtrabackup --parallel` interleaves them. With `sparse`, holes become Percona sparse
 //! chunks (which mbstream cannot read).
@@ -21,9 +21,7 @@ use std::sync::Arc;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::error::{Error, Result};
-use crate::format::{
-    encode_header_into, sparse_crc, ChunkHeader, SparseEntry, REFERENCE_CHUNK_SIZE,
-};
+use crate::format::{encode_header_into, sparse_crc, ChunkHeader, SparseEntry, CREATE_CHUNK_SIZE};
 use crate::progress::Progress;
 pub use walk::{walk, SourceFile};
 
@@ -47,7 +45,7 @@ impl CreateOptions {
             dir: dir.into(),
             paths,
             parallel: 1,
-            chunk_size: REFERENCE_CHUNK_SIZE,
+            chunk_size: CREATE_CHUNK_SIZE,
             sparse: false,
         }
     }

