@@ -159,6 +159,10 @@ pub struct RestoreArgs {
     /// Writer threads; each file's chunks stay in order.
     #[arg(short = 'p', long, default_value_t = 1)]
     pub parallel: usize,
+    /// Write everything through the page cache (by default, writes of 1 MiB or more bypass
+    /// it with O_DIRECT).
+    #[arg(long)]
+    pub buffered: bool,
     #[command(flatten)]
     pub read: ReadArgs,
     #[command(flatten)]
@@ -286,6 +290,10 @@ pub struct ReceiveArgs {
     /// Writer threads.
     #[arg(short = 'p', long, default_value_t = 1)]
     pub parallel: usize,
+    /// Write everything through the page cache (by default, writes of 1 MiB or more bypass
+    /// it with O_DIRECT).
+    #[arg(long)]
+    pub buffered: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

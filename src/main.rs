@@ -303,6 +303,7 @@ fn run_restore(a: RestoreArgs, show: bool, verbose: bool) -> Result<i32, Error> 
         dir: a.dir.clone(),
         force: a.force,
         writers: a.parallel.max(1),
+        buffered: a.buffered,
         read: read_opts(&a.read, &a.decode),
     };
     let res = xbagent::store::restore::restore(repo, &which, &opts, progress.clone(), shutdown);
@@ -501,6 +502,7 @@ fn run_receive(a: ReceiveArgs, show: bool, verbose: bool) -> Result<i32, Error> 
         keep_partial: a.keep_partial,
         raw: a.raw,
         parallel: a.parallel,
+        buffered: a.buffered,
     };
     let progress = Progress::new("receive", None, show, verbose);
     let res = receive(&opts, &progress);

@@ -43,6 +43,8 @@ pub struct ReceiveOptions {
     /// Plain xbstream from an ncat-style donor: no handshake, no trailer, no marker.
     pub raw: bool,
     pub parallel: usize,
+    /// No O_DIRECT writes (see [`crate::extract::WriterOptions::direct`]).
+    pub buffered: bool,
 }
 
 /// How a `receive` run ended well.
@@ -232,6 +234,7 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
         writer: WriterOptions {
             threads: opts.parallel.max(1),
             sync: true,
+            direct: !opts.buffered,
             reserved: [COMPLETE_MARKER, PARTIAL_MARKER]
                 .iter()
                 .flat_map(|m| [m.to_string(), format!("{m}.tmp")])

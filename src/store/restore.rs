@@ -54,6 +54,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Writer threads of the extractor.
     pub writers: usize,
+    /// No O_DIRECT writes (see [`crate::extract::WriterOptions::direct`]).
+    pub buffered: bool,
     pub read: ReadOptions,
 }
 
@@ -522,6 +524,7 @@ pub fn restore(
     let wopts = WriterOptions {
         threads: opts.writers.max(1),
         force: opts.force,
+        direct: !opts.buffered,
         reserved: [IN_PROGRESS.to_string(), format!("{IN_PROGRESS}.tmp")]
             .into_iter()
             .map(Bytes::from)
