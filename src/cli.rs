@@ -332,9 +332,10 @@ pub struct ExtractArgs {
     /// Directory to extract into (created if missing).
     #[arg(short = 'C', long = "directory", default_value = ".")]
     pub dir: PathBuf,
-    /// Writer threads; each file's chunks stay in order.
-    #[arg(short = 'p', long, default_value_t = 1)]
-    pub parallel: usize,
+    /// Writer threads; each file's chunks stay in order [default: the CPUs available,
+    /// from 2 to 4].
+    #[arg(short = 'p', long)]
+    pub parallel: Option<usize>,
     /// Overwrite files that already exist.
     #[arg(long)]
     pub force: bool,
@@ -416,11 +417,22 @@ pub struct DropIn {
     /// Print file names.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Threads.
-    #[arg(short = 'p', long, default_value_t = 1)]
-    pub parallel: usize,
+    /// Threads: writers for -x [default: the CPUs available, from 2 to 4], readers for -c
+    /// [default: 1].
+    #[arg(short = 'p', long)]
+    pub parallel: Option<usize>,
     /// Decompress .qp/.lz4/.zst files (not supported yet: refused).
     #[arg(long)]
     pub decompress: bool,
     pub files: Vec<PathBuf>,
+}
+
+/// Writer threads of `extract` when `-p` is not given. Two already pay on one core: the
+/// stream is read and checked while the previous chunk is written (and direct writes wait for
+/// the disk); more help streams of many files, up to about four.
+pub fn default_writers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 4)
 }

@@ -12,8 +12,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use xbagent::cli::{
-    BackupsCommand, Cli, Command, DecodeArgs, DropIn, PruneArgs, ReadArgs, ReceiveArgs,
-    RestoreArgs, S3Args, ServeArgs, UploadArgs,
+    default_writers, BackupsCommand, Cli, Command, DecodeArgs, DropIn, PruneArgs, ReadArgs,
+    ReceiveArgs, RestoreArgs, S3Args, ServeArgs, UploadArgs,
 };
 use xbagent::clone::receive::{receive, ReceiveOptions, Received};
 use xbagent::clone::serve::{serve, ServeOptions, Source};
@@ -95,7 +95,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 dir: a.dir,
                 decode: decode_opts(&a.decode),
                 writer: WriterOptions {
-                    threads: a.parallel.max(1),
+                    threads: a.parallel.unwrap_or_else(default_writers).max(1),
                     force: a.force,
                     max_open_files: a.max_open_files.max(1),
                     sync: a.fsync,
@@ -561,7 +561,7 @@ fn drop_in(a: DropIn) -> Result<i32, Error> {
             dir,
             decode: DecodeOptions::default(),
             writer: WriterOptions {
-                threads: a.parallel.max(1),
+                threads: a.parallel.unwrap_or_else(default_writers).max(1),
                 ..WriterOptions::default()
             },
         };
@@ -576,7 +576,7 @@ fn drop_in(a: DropIn) -> Result<i32, Error> {
         let opts = CreateOptions {
             dir,
             paths: a.files,
-            parallel: a.parallel.max(1),
+            parallel: a.parallel.unwrap_or(1).max(1),
             ..CreateOptions::new(".", Vec::new())
         };
         let progress = Progress::new("create", None, false, a.verbose);

@@ -552,6 +552,12 @@ fn traversal_in_every_chunk_kind_is_refused() {
     traversal_cases(&[]);
 }
 
+/// One writer: chunks are written on the decoding thread (the path restore and receive use).
+#[test]
+fn traversal_in_every_chunk_kind_is_refused_with_one_writer() {
+    traversal_cases(&["--parallel", "1"]);
+}
+
 #[test]
 fn traversal_in_every_chunk_kind_is_refused_with_force_and_threads() {
     traversal_cases(&["--force", "--parallel", "4"]);
@@ -1774,7 +1780,7 @@ fn ignorable_unknown_with_unsafe_path_or_bad_crc_is_refused() {
 
 #[test]
 fn benign_ignorable_chunk_is_skipped() {
-    for extra in [&[][..], &["--parallel", "3"][..]] {
+    for extra in [&[][..], &["--parallel", "1"][..], &["--parallel", "3"][..]] {
         let sb = Sandbox::new();
         let mut v = good_start();
         hostile_chunk(&mut v, Kind::Ignorable, b"ghost");
