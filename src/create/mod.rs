@@ -292,7 +292,10 @@ fn read_one(
         if buf.len() < chunk_size {
             buf.resize(chunk_size, 0);
         }
-        let (n, crc) = read_block(&file, offset, &mut buf[..chunk_size]).map_err(err)?;
+        // Split only where the file (as the walk saw it) has that much left: a thread per
+        // block would cost more than it saves on small files.
+        let split = f.size.saturating_sub(offset) >= SPLIT_READ as u64;
+        let (n, crc) = read_block(&file, offset, &mut buf[..chunk_size], split).map_err(err)?;
         if n == 0 {
             let _ = pool.give.send(buf);
             break;
@@ -321,10 +324,15 @@ const SPLIT_READ: usize = 1 << 20;
 
 /// Read the block of `file` at `offset` into `buf` (until it is full or the file ends); returns
 /// how many bytes were read and their CRC-32. Copying out of the page cache is the slowest
-/// step of `create` (slower than the copy into the output), so a large block is read by two
-/// threads, one half each, their CRCs combined.
-fn read_block(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<(usize, u32)> {
-    if buf.len() < SPLIT_READ {
+/// step of `create` (slower than the copy into the output), so with `split` a large block is
+/// read by two threads, one half each, their CRCs combined.
+fn read_block(
+    file: &File,
+    offset: u64,
+    buf: &mut [u8],
+    split: bool,
+) -> std::io::Result<(usize, u32)> {
+    if !split || buf.len() < SPLIT_READ {
         return read_part(file, offset, buf);
     }
     let half = buf.len() / 2;
@@ -466,7 +474,7 @@ mod tests {
             let mut buf = vec![0u8; block];
             let mut off = 0usize;
             loop {
-                let (n, crc) = read_block(&f, off as u64, &mut buf).expect("read");
+                let (n, crc) = read_block(&f, off as u64, &mut buf, true).expect("read");
                 let want = &data[off..(off + block).min(size)];
                 assert_eq!(n, want.len(), "size {size} offset {off}");
                 assert_eq!(&buf[..n], want, "size {size} offset {off}");
