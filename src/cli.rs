@@ -156,9 +156,10 @@ pub struct RestoreArgs {
     /// Restore into a non-empty directory, overwriting files of the same names.
     #[arg(long)]
     pub force: bool,
-    /// Writer threads; each file's chunks stay in order.
-    #[arg(short = 'p', long, default_value_t = 1)]
-    pub parallel: usize,
+    /// Writer threads; each file's chunks stay in order [default: the CPUs available, from 2
+    /// to 4].
+    #[arg(short = 'p', long)]
+    pub parallel: Option<usize>,
     /// Write everything through the page cache (by default, writes of 1 MiB or more bypass
     /// it with O_DIRECT).
     #[arg(long)]
@@ -287,9 +288,9 @@ pub struct ReceiveArgs {
     /// Name expected in the donor's certificate (default: the host part of --from).
     #[arg(long, requires = "tls_ca")]
     pub tls_server_name: Option<String>,
-    /// Writer threads.
-    #[arg(short = 'p', long, default_value_t = 1)]
-    pub parallel: usize,
+    /// Writer threads [default: the CPUs available, from 2 to 4].
+    #[arg(short = 'p', long)]
+    pub parallel: Option<usize>,
     /// Write everything through the page cache (by default, writes of 1 MiB or more bypass
     /// it with O_DIRECT).
     #[arg(long)]
@@ -427,7 +428,7 @@ pub struct DropIn {
     pub files: Vec<PathBuf>,
 }
 
-/// Writer threads of `extract` when `-p` is not given. Two already pay on one core: the
+/// Writer threads of `extract`, `receive` and `restore` when `-p` is not given. Two already pay on one core: the
 /// stream is read and checked while the previous chunk is written (and direct writes wait for
 /// the disk); more help streams of many files, up to about four.
 pub fn default_writers() -> usize {

@@ -302,7 +302,7 @@ fn run_restore(a: RestoreArgs, show: bool, verbose: bool) -> Result<i32, Error> 
     let opts = RestoreOptions {
         dir: a.dir.clone(),
         force: a.force,
-        writers: a.parallel.max(1),
+        writers: a.parallel.unwrap_or_else(default_writers).max(1),
         buffered: a.buffered,
         read: read_opts(&a.read, &a.decode),
     };
@@ -501,7 +501,7 @@ fn run_receive(a: ReceiveArgs, show: bool, verbose: bool) -> Result<i32, Error> 
         stall_timeout: a.stall_timeout,
         keep_partial: a.keep_partial,
         raw: a.raw,
-        parallel: a.parallel,
+        parallel: a.parallel.unwrap_or_else(default_writers).max(1),
         buffered: a.buffered,
     };
     let progress = Progress::new("receive", None, show, verbose);

@@ -6,8 +6,9 @@
 //!    `--keep-partial`. DIR holding anything else: refused (it is not ours to delete).
 //! 3. Connect, retrying with backoff (DNS failures too) until `--retry-for` runs out.
 //! 4. Authenticate both ways; wait while the donor is busy.
-//! 5. Extract with the one extractor, fsyncing every file and directory; a silence longer
-//!    than `--stall-timeout` (no data, no heartbeat) fails the clone.
+//! 5. Extract with the one extractor; a silence longer than `--stall-timeout` (no data, no
+//!    heartbeat) fails the clone. Then one `syncfs` puts every file and directory on disk
+//!    (one call instead of an fsync per file: 10,000 small files took 7 s with fsyncs).
 //! 6. Check the trailer: producer exit status 0, digest, byte, file and chunk counts.
 //! 7. Only then write the completion marker (and fsync it).
 
@@ -191,6 +192,12 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
     if !prepare_dir(opts)? {
         return Ok(Received::AlreadyComplete);
     }
+    let tdir = |e: io::Error| Error::TargetDir {
+        dir: opts.dir.clone(),
+        source: e,
+    };
+    // Opened before anything is written: syncfs on it reports write-back errors from then on.
+    let dir_fd = fs::File::open(&opts.dir).map_err(tdir)?;
     let peer = opts.from.clone();
     let ioerr = |e: io::Error| CloneError::Io {
         peer: peer.clone(),
@@ -233,7 +240,6 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
         decode: DecodeOptions::default(),
         writer: WriterOptions {
             threads: opts.parallel.max(1),
-            sync: true,
             direct: !opts.buffered,
             reserved: [COMPLETE_MARKER, PARTIAL_MARKER]
                 .iter()
@@ -260,6 +266,7 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
         }
         Err(e) => return Err(e),
     };
+    rustix::fs::syncfs(&dir_fd).map_err(|e| tdir(e.into()))?;
     if opts.raw {
         return Ok(Received::RawUnproven {
             files: totals.files,
@@ -477,11 +484,18 @@ impl Read for FrameReader {
                 return Ok(0);
             }
             if self.left > 0 {
-                // Inside a DATA frame: read straight into the extractor's buffer.
+                // Inside a DATA frame: read straight into the extractor's buffer, as much as
+                // fits (the frame's bytes are already on their way). A TLS read returns one
+                // record (16 KiB); filling the buffer instead spares the extractor and the
+                // digest thousands of small steps.
                 let want = out.len().min(self.left);
-                let n = self.conn.read(&mut out[..want]).map_err(|e| self.net(e))?;
-                if n == 0 {
-                    return Err(self.net(io::ErrorKind::UnexpectedEof.into()));
+                let mut n = 0;
+                while n < want {
+                    let k = self.conn.read(&mut out[n..want]).map_err(|e| self.net(e))?;
+                    if k == 0 {
+                        return Err(self.net(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    n += k;
                 }
                 self.digest.update(&out[..n]);
                 self.bytes += n as u64;

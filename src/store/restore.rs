@@ -482,6 +482,9 @@ pub fn restore(
         }
     };
     fs::create_dir_all(dir).map_err(local)?;
+    // Opened before anything is written: syncfs on it reports write-back errors from then on
+    // (a descriptor opened at the end would miss those that happened earlier).
+    let dir_fd = fs::File::open(dir).map_err(local)?;
     let busy = fs::read_dir(dir)
         .map_err(local)?
         .filter_map(|e| e.ok())
@@ -544,8 +547,7 @@ pub fn restore(
     )?;
     drop(writer);
     // Every restored byte on disk before the marker goes: one syncfs flushes the filesystem.
-    let d = fs::File::open(dir).map_err(local)?;
-    rustix::fs::syncfs(&d).map_err(|e| local(e.into()))?;
+    rustix::fs::syncfs(&dir_fd).map_err(|e| local(e.into()))?;
     fs::remove_file(dir.join(IN_PROGRESS)).map_err(local)?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
