@@ -254,6 +254,7 @@ enum Block {
 
 impl<W: Write + Send> Shared<'_, W> {
     fn work(&self) {
+        let _guard = WakeOnPanic(self);
         // Zeroed once, at the first block; read into in place afterwards.
         let mut buf = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
@@ -293,7 +294,7 @@ impl<W: Write + Send> Shared<'_, W> {
     fn wait_turn(&self, ticket: u64) -> Option<MutexGuard<'_, Output<W>>> {
         let mut out = self.out.lock().ok()?;
         loop {
-            if out.failed.is_some() {
+            if out.failed.is_some() || self.stop.load(Ordering::SeqCst) {
                 return None;
             }
             if out.turn == ticket {
@@ -385,6 +386,21 @@ impl<W: Write + Send> Shared<'_, W> {
                 return Ok(());
             }
             block = self.read(job, offset, buf).map_err(|e| job.source_err(e))?;
+        }
+    }
+}
+
+/// A worker that panicked would never take its turn, and the others would wait for it forever:
+/// stop them (the panic itself reaches the caller when the thread scope ends).
+struct WakeOnPanic<'a, 'b, W: Write>(&'a Shared<'b, W>);
+
+impl<W: Write> Drop for WakeOnPanic<'_, '_, W> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop.store(true, Ordering::SeqCst);
+            // Under the lock, so that no worker is between its check and its wait.
+            let _out = self.0.out.lock();
+            self.0.turn.notify_all();
         }
     }
 }
@@ -629,6 +645,58 @@ mod tests {
             let interleaved = runs.len() > files.len();
             assert_eq!(interleaved, parallel > 1, "parallel {parallel}: {runs:?}");
         }
+    }
+
+    /// A sink that panics on its third write, once the other workers are waiting.
+    struct PanicsOnThirdWrite(usize);
+
+    impl Write for PanicsOnThirdWrite {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += 1;
+            if self.0 == 3 {
+                // Let the other workers finish their reads and wait for their turns.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                panic!("test sink: third write");
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The workers waiting for the lock see it poisoned and leave; those already waiting on
+    /// the condition variable (an interleaving this test does not force) are woken by
+    /// `WakeOnPanic`.
+    #[test]
+    fn a_panic_while_writing_reaches_the_caller_and_leaves_no_worker_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let list: Vec<SourceFile> = (0..6)
+            .map(|i| {
+                let fs_path = dir.path().join(format!("f{i}"));
+                std::fs::write(&fs_path, data(3 << 20, i as u8)).expect("write");
+                SourceFile {
+                    fs_path,
+                    stream_path: format!("f{i}").into_bytes(),
+                    size: 3 << 20,
+                }
+            })
+            .collect();
+        let mut opts = CreateOptions::new(dir.path(), vec![]);
+        opts.parallel = 3;
+        // Payloads larger than the output buffer go straight to the sink.
+        opts.chunk_size = 2 << 20;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(|| {
+                stream_files(list, &opts, PanicsOnThirdWrite(0), &Progress::hidden())
+            });
+            let _ = tx.send(r.is_err());
+        });
+        let panicked = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("create hung after a worker panicked");
+        assert!(panicked, "the worker's panic did not reach the caller");
     }
 
     #[test]
