@@ -428,9 +428,9 @@ pub struct DropIn {
     pub files: Vec<PathBuf>,
 }
 
-/// Writer threads of `extract`, `receive` and `restore` when `-p` is not given. Two already pay on one core: the
-/// stream is read and checked while the previous chunk is written (and direct writes wait for
-/// the disk); more help streams of many files, up to about four.
+/// Writer threads of `extract`, `receive` and `restore` when `-p` is not given. Two already pay
+/// on one core: the stream is read and checked while the previous chunk is written (and direct
+/// writes wait for the disk); more help streams of many files, up to about four.
 pub fn default_writers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -320,12 +320,7 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
         &opts.dir,
     )?;
     let _ = fs::remove_file(opts.dir.join(PARTIAL_MARKER));
-    fs::File::open(&opts.dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::TargetDir {
-            dir: opts.dir.clone(),
-            source: e,
-        })?;
+    dir_fd.sync_all().map_err(tdir)?;
     Ok(Received::Complete(trailer))
 }
 

@@ -549,9 +549,7 @@ pub fn restore(
     // Every restored byte on disk before the marker goes: one syncfs flushes the filesystem.
     rustix::fs::syncfs(&dir_fd).map_err(|e| local(e.into()))?;
     fs::remove_file(dir.join(IN_PROGRESS)).map_err(local)?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(local)?;
+    dir_fd.sync_all().map_err(local)?;
     Ok(Checked {
         id,
         manifest,
