@@ -139,10 +139,7 @@ struct FileJob {
 
 impl FileJob {
     fn source_err(&self, e: std::io::Error) -> Error {
-        Error::Source {
-            path: self.fs_path.clone(),
-            reason: e.to_string(),
-        }
+        walk::source_err(&self.fs_path, e)
     }
 }
 
@@ -191,13 +188,9 @@ impl Scheduler {
                 }
                 Err(e) => {
                     self.next_ticket += 1;
-                    let err = Error::Source {
-                        path: f.fs_path,
-                        reason: e.to_string(),
-                    };
                     return Some(Claim {
                         ticket,
-                        what: ClaimKind::Failed(err),
+                        what: ClaimKind::Failed(walk::source_err(&f.fs_path, e)),
                     });
                 }
             }

@@ -46,7 +46,7 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-fn source_err(path: &Path, e: impl ToString) -> Error {
+pub(super) fn source_err(path: &Path, e: impl ToString) -> Error {
     Error::Source {
         path: path.to_path_buf(),
         reason: e.to_string(),
