@@ -521,5 +521,5 @@ fn upstream_down_gives_502() {
     assert_eq!(r.status, 502);
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(proxy.requests(), 1);
-    assert!(proxy.log()[0].ends_with("upstream unreachable, answered 502"));
+    assert!(proxy.log()[0].starts_with("PUT /store/x -> upstream unreachable, answered 502 ("));
 }

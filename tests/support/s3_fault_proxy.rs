@@ -40,7 +40,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -52,6 +52,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+/// A poisoned lock only means a test thread panicked; the data is still fine to read.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Bound on reaching the upstream and on waiting for its response head.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(120);
@@ -145,13 +150,13 @@ impl Shared {
     /// Adds a log line; returns its position (for [`Shared::amend`]). Every line is added
     /// before the client can see the outcome, so a test that got its answer finds the line.
     fn note(&self, line: String) -> usize {
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = lock(&self.log);
         log.push(line);
         log.len() - 1
     }
 
     fn amend(&self, at: usize, more: &str) {
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = lock(&self.log);
         if let Some(line) = log.get_mut(at) {
             line.push_str(more);
         }
@@ -234,11 +239,7 @@ impl FaultProxy {
     /// `PUT /b/k?partNumber=1&uploadId=x -> fault 503`, `GET /b/k -> forwarded 200`,
     /// `GET /b/k -> fault drop-mid-response 200 (cut after 1048576 of 2097152 body bytes)`.
     pub fn log(&self) -> Vec<String> {
-        self.shared
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.shared.log).clone()
     }
 
     /// The log, one request a line, for assertion messages.
@@ -314,11 +315,7 @@ async fn serve_client(stream: TcpStream, shared: Arc<Shared>) {
         .preserve_header_case(true)
         .serve_connection(io, service)
         .await;
-    let sending = state
-        .sending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let sending = lock(&state.sending).take();
     if let (Err(e), Some(at)) = (served, sending) {
         shared.amend(
             at,
@@ -335,7 +332,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, io::Error> {
     // The previous response on this connection was sent whole, or this request would not be.
-    *state.sending.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *lock(&state.sending) = None;
     let head = RequestHead::of(&req);
     let index = shared.requests.fetch_add(1, Ordering::SeqCst);
     let label = format!("{} {}", head.method, head.target);
@@ -352,29 +349,26 @@ async fn handle(
         }
         Some(Fault::DropMidResponse) => {
             let what = format!("{label} -> fault drop-mid-response");
-            let resp = match forward(shared, req).await {
-                Ok(resp) => resp,
-                Err(e) => {
+            match forward(shared, req).await {
+                Ok(Ok(resp)) => cut(shared, &head, resp, &what, state),
+                Ok(Err(e)) | Err(e) => {
                     shared.fault(format!("{what}, error: {e}"));
-                    return Err(e);
+                    Err(e)
                 }
-            };
-            let Some(resp) = resp else {
-                shared.fault(format!("{what}: upstream unreachable, closed"));
-                return Err(io::Error::other("fault: upstream unreachable"));
-            };
-            cut(shared, &head, resp, &what, state)
+            }
         }
         None => match forward(shared, req).await {
-            Ok(Some(resp)) => {
+            Ok(Ok(resp)) => {
                 let at = shared.note(format!("{label} -> forwarded {}", resp.status().as_u16()));
-                *state.sending.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+                *lock(&state.sending) = Some(at);
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
-            Ok(None) => {
-                shared.note(format!("{label} -> upstream unreachable, answered 502"));
+            Ok(Err(e)) => {
+                shared.note(format!(
+                    "{label} -> upstream unreachable, answered 502 ({e})"
+                ));
                 let body = format!(
-                    "FaultProxy: cannot connect to upstream {}\n",
+                    "FaultProxy: cannot connect to upstream {}: {e}\n",
                     shared.upstream
                 );
                 let mut resp = Response::new(full(body));
@@ -414,17 +408,20 @@ fn strip_hop_headers(h: &mut hyper::HeaderMap) {
 }
 
 /// Sends the request upstream on a fresh connection and returns the response head, its body
-/// still streaming. `Ok(None)`: the upstream cannot be reached (the request body was drained).
+/// still streaming. `Ok(Err(_))`: the upstream cannot be reached (the request body was drained).
 async fn forward(
     shared: &Shared,
     mut req: Request<Incoming>,
-) -> Result<Option<Response<Incoming>>, io::Error> {
+) -> io::Result<io::Result<Response<Incoming>>> {
     let connect = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(&shared.upstream));
-    let stream = match connect.await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(_)) | Err(_) => {
+    let stream = match connect
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    {
+        Ok(stream) => stream,
+        Err(e) => {
             drain(req.into_body()).await.map_err(io::Error::other)?;
-            return Ok(None);
+            return Ok(Err(e));
         }
     };
     let _ = stream.set_nodelay(true);
@@ -443,7 +440,7 @@ async fn forward(
         .map_err(|_| io::Error::other("no response head from the upstream in time"))?
         .map_err(io::Error::other)?;
     strip_hop_headers(resp.headers_mut());
-    Ok(Some(resp))
+    Ok(Ok(resp))
 }
 
 /// The response of a [`Fault::DropMidResponse`]: its head and half its body, then the
