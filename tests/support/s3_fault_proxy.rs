@@ -1,5 +1,5 @@
-//! A fault-injecting HTTP/1.1 proxy for the S3 integration tests (std only: threads and
-//! blocking sockets).
+//! A fault-injecting HTTP/1.1 proxy for the S3 integration tests, built on hyper; it runs its
+//! own tokio runtime, so blocking tests use it as they would a server.
 //!
 //! The test points the S3 client at [`FaultProxy::endpoint`]; the proxy forwards every request
 //! to the real server (s3s-fs, Garage) unless the plan says otherwise for that request:
@@ -13,18 +13,15 @@
 //!
 //! How it forwards:
 //! * client connections are kept alive (hyper, which the AWS SDK uses, pools them); each request
-//!   goes upstream on a fresh connection with `Connection: close`, and the response comes back
-//!   on the client's connection, which stays open when the response is self-delimiting
-//!   (Content-Length or chunked) and the client did not ask to close;
-//! * request and response heads are forwarded verbatim (only `Connection`, `Keep-Alive` and
-//!   `Proxy-Connection` are replaced). The Host header in particular is not rewritten: the
-//!   client signs (SigV4) for the proxy's host:port and the server checks the signature against
-//!   the Host header it receives, which is that same value;
-//! * bodies are streamed through a 64 KiB buffer, never held whole: by Content-Length, or
-//!   `Transfer-Encoding: chunked` forwarded verbatim (chunk framing included), or (responses
-//!   only) until the upstream closes, in which case the client connection is closed as well;
-//! * `Expect: 100-continue`: the proxy answers `100 Continue` itself, forwards the header, and
-//!   drops the interim 1xx responses the upstream sends.
+//!   goes upstream on a fresh connection with `Connection: close`;
+//! * request and response heads are forwarded as received, header case included (only
+//!   `Connection`, `Keep-Alive` and `Proxy-Connection` are dropped). The Host header in
+//!   particular is never rewritten: the client signs (SigV4) for the proxy's host:port and the
+//!   server checks the signature against the Host header it receives, which is that same value;
+//! * bodies are streamed frame by frame, never held whole. hyper re-frames them: a response
+//!   the upstream delimits by closing reaches the client chunked;
+//! * `Expect: 100-continue`: hyper answers `100 Continue` when the body is first read
+//!   (forwarded or drained), and drops the interim 1xx responses of the upstream.
 //!
 //! Faults:
 //! * [`Fault::Status`]: the request (body included) is read, not forwarded, and answered with
@@ -33,23 +30,40 @@
 //! * [`Fault::Drop`]: the request (body included) is read, not forwarded, and the connection is
 //!   closed without an answer;
 //! * [`Fault::DropMidResponse`]: the request is forwarded (so the server did act on it), the
-//!   response head and half of its body are sent back, and the connection is closed.
+//!   response head and half of its body are sent back, and the connection is closed. A
+//!   response without a body is not sent at all.
+//!
+//! It must never hold a body in memory nor touch the Host header: both would hide bugs of the
+//! client (memory use, signatures) that the real server would reveal.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Longest request or response head accepted (request line / status line plus headers).
-const MAX_HEAD: usize = 64 * 1024;
-/// Copy buffer size for bodies.
-const BUF: usize = 64 * 1024;
-/// Bound on waiting for the upstream (connect, and each read/write on its socket).
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A poisoned lock only means a test thread panicked; the data is still fine to read.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bound on reaching the upstream and on waiting for its response head.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Concrete error types (not boxed trait objects) keep the connection future `Send` as far as
+/// the compiler can tell: the service fails with an `io::Error`, a body with a `hyper::Error`.
+type RespBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// What to do with one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,11 +82,29 @@ pub struct RequestHead {
     pub method: String,
     /// The request target: path and query, e.g. `/bucket/key?partNumber=2&uploadId=...`.
     pub target: String,
-    /// Headers in order, names and values as sent (values trimmed).
+    /// Headers in order, names lowercase, values as sent (trimmed).
     pub headers: Vec<(String, String)>,
 }
 
 impl RequestHead {
+    fn of(req: &Request<Incoming>) -> RequestHead {
+        let uri = req.uri();
+        RequestHead {
+            method: req.method().to_string(),
+            target: uri
+                .path_and_query()
+                .map_or_else(|| uri.to_string(), |pq| pq.to_string()),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    let v = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+                    (n.to_string(), v)
+                })
+                .collect(),
+        }
+    }
+
     /// The first header of that name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -100,52 +132,39 @@ impl RequestHead {
             (k == name).then_some(v)
         })
     }
-
-    fn content_length(&self) -> io::Result<Option<u64>> {
-        content_length(&self.headers)
-    }
-
-    fn is_chunked(&self) -> bool {
-        is_chunked(&self.headers)
-    }
-
-    fn wants_close(&self) -> bool {
-        has_token(&self.headers, "connection", "close")
-    }
-
-    fn expects_continue(&self) -> bool {
-        self.header("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    }
 }
 
 type Plan = dyn Fn(u64, &RequestHead) -> Option<Fault> + Send + Sync;
 
 struct Shared {
+    /// `host:port`.
     upstream: String,
     plan: Box<Plan>,
     requests: AtomicU64,
     faults: AtomicU64,
+    connections: AtomicU64,
     log: Mutex<Vec<String>>,
-    stopping: AtomicBool,
-    /// Open client connections, to shut them down when the proxy is dropped.
-    conns: Mutex<HashMap<u64, TcpStream>>,
-    next_conn: AtomicU64,
 }
 
 impl Shared {
     /// Adds a log line; returns its position (for [`Shared::amend`]). Every line is added
     /// before the client can see the outcome, so a test that got its answer finds the line.
     fn note(&self, line: String) -> usize {
-        let mut log = self.log.lock().unwrap();
+        let mut log = lock(&self.log);
         log.push(line);
         log.len() - 1
     }
 
     fn amend(&self, at: usize, more: &str) {
-        if let Some(line) = self.log.lock().unwrap().get_mut(at) {
+        let mut log = lock(&self.log);
+        if let Some(line) = log.get_mut(at) {
             line.push_str(more);
         }
+    }
+
+    fn fault(&self, line: String) {
+        self.faults.fetch_add(1, Ordering::SeqCst);
+        self.note(line);
     }
 }
 
@@ -154,8 +173,7 @@ pub struct FaultProxy {
     /// `http://127.0.0.1:PORT`, to give the S3 client as its endpoint.
     pub endpoint: String,
     shared: Arc<Shared>,
-    addr: std::net::SocketAddr,
-    accept: Option<thread::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl FaultProxy {
@@ -166,37 +184,40 @@ impl FaultProxy {
         upstream: &str,
         plan: impl Fn(u64, &RequestHead) -> Option<Fault> + Send + Sync + 'static,
     ) -> FaultProxy {
-        let upstream = parse_upstream(upstream);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("FaultProxy: bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("FaultProxy: local_addr");
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: parse_upstream(upstream),
             plan: Box::new(plan),
             requests: AtomicU64::new(0),
             faults: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
-            stopping: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(0),
         });
-        let accept = {
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name("fault-proxy-accept".into())
-                .spawn(move || accept_loop(listener, shared))
-                .expect("FaultProxy: spawn accept thread")
-        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fault-proxy")
+            .enable_all()
+            .build()
+            .expect("FaultProxy: tokio runtime");
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("FaultProxy: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("FaultProxy: local_addr");
+        runtime.spawn(accept_loop(listener, Arc::clone(&shared)));
         FaultProxy {
             endpoint: format!("http://{addr}"),
             shared,
-            addr,
-            accept: Some(accept),
+            runtime: Some(runtime),
         }
     }
 
-    /// A proxy that forwards everything (faults can still be counted as zero).
+    /// A proxy that forwards everything.
     pub fn passthrough(upstream: &str) -> FaultProxy {
         FaultProxy::start(upstream, |_, _| None)
+    }
+
+    /// `http://127.0.0.1:PORT`, as [`FaultProxy::endpoint`] the field.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// Requests received so far (faulted or not).
@@ -206,7 +227,7 @@ impl FaultProxy {
 
     /// Client connections accepted so far (with keep-alive, fewer than requests).
     pub fn connections(&self) -> u64 {
-        self.shared.next_conn.load(Ordering::SeqCst)
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Faults injected so far.
@@ -214,11 +235,11 @@ impl FaultProxy {
         self.shared.faults.load(Ordering::SeqCst)
     }
 
-    /// One line per finished request: `METHOD target -> what happened`, e.g.
+    /// One line per request: `METHOD target -> what happened`, e.g.
     /// `PUT /b/k?partNumber=1&uploadId=x -> fault 503`, `GET /b/k -> forwarded 200`,
     /// `GET /b/k -> fault drop-mid-response 200 (cut after 1048576 of 2097152 body bytes)`.
     pub fn log(&self) -> Vec<String> {
-        self.shared.log.lock().unwrap().clone()
+        lock(&self.shared.log).clone()
     }
 
     /// The log, one request a line, for assertion messages.
@@ -229,14 +250,14 @@ impl FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-        for (_, s) in self.shared.conns.lock().unwrap().drain() {
-            let _ = s.shutdown(Shutdown::Both);
+        // Dropping the runtime drops every task, hence every socket. Waiting for that is not
+        // allowed from async code (a `#[tokio::test]`); there the sockets close a moment later.
+        if let Some(rt) = self.runtime.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(Duration::from_secs(5));
+            }
         }
     }
 }
@@ -260,556 +281,344 @@ fn parse_upstream(upstream: &str) -> String {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for conn in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = conn else { continue };
-        let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-        if let Ok(c) = stream.try_clone() {
-            shared.conns.lock().unwrap().insert(id, c);
-        }
-        let shared2 = Arc::clone(&shared);
-        let spawned = thread::Builder::new()
-            .name(format!("fault-proxy-conn-{id}"))
-            .spawn(move || {
-                let _ = serve_client(stream, &shared2);
-                shared2.conns.lock().unwrap().remove(&id);
-            });
-        if spawned.is_err() {
-            shared.conns.lock().unwrap().remove(&id);
-        }
-    }
-}
-
-/// What to do with the client connection after a request.
-enum Next {
-    KeepAlive,
-    Close,
-}
-
-fn serve_client(stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let mut out = stream.try_clone()?;
-    let mut inp = BufReader::with_capacity(BUF, stream);
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Some(raw) = read_head(&mut inp)? else {
-            return Ok(());
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
         };
-        let head = parse_request_head(&raw)?;
-        let index = shared.requests.fetch_add(1, Ordering::SeqCst);
-        let fault = (shared.plan)(index, &head);
-        let label = format!("{} {}", head.method, head.target);
-        if head.expects_continue() {
-            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-            out.flush()?;
-        }
-        let next = match fault {
-            Some(Fault::Status(code)) => {
-                shared.faults.fetch_add(1, Ordering::SeqCst);
-                copy_request_body(&head, &mut inp, &mut io::sink())?;
-                let close = head.wants_close();
-                shared.note(format!("{label} -> fault {code}"));
-                write_error_response(&mut out, &head, code, index, close)?;
-                if close {
-                    Next::Close
-                } else {
-                    Next::KeepAlive
-                }
-            }
-            Some(Fault::Drop) => {
-                shared.faults.fetch_add(1, Ordering::SeqCst);
-                copy_request_body(&head, &mut inp, &mut io::sink())?;
-                shared.note(format!("{label} -> fault drop"));
-                Next::Close
-            }
-            Some(Fault::DropMidResponse) => {
-                shared.faults.fetch_add(1, Ordering::SeqCst);
-                if let Err(e) = forward(shared, &head, &raw, &mut inp, &mut out, true, &label) {
-                    shared.note(format!("{label} -> fault drop-mid-response, error: {e}"));
-                }
-                Next::Close
-            }
-            None => match forward(shared, &head, &raw, &mut inp, &mut out, false, &label) {
-                Ok(next) => next,
-                Err(e) => {
-                    shared.note(format!("{label} -> error: {e}"));
-                    Next::Close
-                }
-            },
-        };
-        out.flush()?;
-        if let Next::Close = next {
-            let _ = out.shutdown(Shutdown::Both);
-            return Ok(());
-        }
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(serve_client(stream, Arc::clone(&shared)));
     }
 }
 
-/// Forwards one request upstream and its response back (when `cut`, only half of the response
-/// body), logging the outcome under `label`. An error means nothing was logged and nothing
-/// (or not all) of the response was sent: the caller logs it and closes the connection.
-fn forward(
-    shared: &Shared,
-    head: &RequestHead,
-    raw: &[u8],
-    inp: &mut BufReader<TcpStream>,
-    out: &mut TcpStream,
-    cut: bool,
-    label: &str,
-) -> io::Result<Next> {
-    let up = match connect_upstream(&shared.upstream) {
-        Ok(s) => s,
-        Err(e) => {
-            // Keep the client connection in sync, then say what went wrong.
-            copy_request_body(head, inp, &mut io::sink())?;
-            let body = format!(
-                "FaultProxy: cannot connect to upstream {}: {e}\n",
-                shared.upstream
-            );
-            shared.note(format!(
-                "{label} -> upstream unreachable, answered 502 ({e})"
-            ));
-            write!(
-                out,
-                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )?;
-            return Ok(Next::Close);
-        }
-    };
-    let mut up_w = up.try_clone()?;
-    let mut up_r = BufReader::with_capacity(BUF, up);
+/// Per client connection: the cut flag its [`CutIo`] watches, and the log line of the last
+/// forwarded response, to amend if sending it fails.
+#[derive(Default)]
+struct ConnState {
+    cut: AtomicBool,
+    sending: Mutex<Option<usize>>,
+}
 
-    // Request head: verbatim, with our own Connection header.
-    let mut head_out = Vec::with_capacity(raw.len() + 32);
-    let text = std::str::from_utf8(raw).map_err(|_| bad("request head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    head_out.extend_from_slice(lines.next().unwrap_or("").as_bytes());
-    head_out.extend_from_slice(b"\r\n");
-    for line in lines.filter(|l| !l.is_empty()) {
-        let name = line.split(':').next().unwrap_or("").trim();
-        if is_hop_header(name) {
-            continue;
-        }
-        head_out.extend_from_slice(line.as_bytes());
-        head_out.extend_from_slice(b"\r\n");
-    }
-    head_out.extend_from_slice(b"Connection: close\r\n\r\n");
-
-    // Send head and body. If the upstream stops reading (it may answer early and close), keep
-    // draining the client's body so the client connection stays in sync, then read the answer.
-    let mut upstream_ok = up_w.write_all(&head_out).is_ok();
-    {
-        let mut sink = FallibleSink {
-            inner: &mut up_w,
-            ok: &mut upstream_ok,
-        };
-        copy_request_body(head, inp, &mut sink)?;
-    }
-    if upstream_ok {
-        let _ = up_w.flush();
-    }
-
-    // Response head, skipping interim 1xx responses.
-    let (status, resp_raw, resp_headers) = loop {
-        let raw = read_head(&mut up_r)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "upstream closed without a response",
-            )
-        })?;
-        let (status, headers) = parse_response_head(&raw)?;
-        if (100..200).contains(&status) && status != 101 {
-            continue;
-        }
-        break (status, raw, headers);
-    };
-    let no_body = head.method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304;
-    let framing = if no_body {
-        Framing::None
-    } else if is_chunked(&resp_headers) {
-        Framing::Chunked
-    } else if let Some(n) = content_length(&resp_headers)? {
-        Framing::Length(n)
-    } else {
-        Framing::UntilEof
-    };
-    let keep = matches!(
-        framing,
-        Framing::None | Framing::Chunked | Framing::Length(_)
-    );
-    let close_client = cut || !keep || head.wants_close();
-
-    // Response head back to the client: verbatim, with our own Connection header.
-    let text = std::str::from_utf8(&resp_raw).map_err(|_| bad("response head is not UTF-8"))?;
-    let mut back = Vec::with_capacity(resp_raw.len() + 32);
-    let mut lines = text.split("\r\n");
-    back.extend_from_slice(lines.next().unwrap_or("").as_bytes());
-    back.extend_from_slice(b"\r\n");
-    for line in lines.filter(|l| !l.is_empty()) {
-        let name = line.split(':').next().unwrap_or("").trim();
-        if is_hop_header(name) {
-            continue;
-        }
-        back.extend_from_slice(line.as_bytes());
-        back.extend_from_slice(b"\r\n");
-    }
-    back.extend_from_slice(if close_client {
-        b"Connection: close\r\n\r\n"
-    } else {
-        b"\r\n"
+async fn serve_client(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let state = Arc::new(ConnState::default());
+    let io = TokioIo::new(CutIo {
+        inner: stream,
+        state: Arc::clone(&state),
     });
-
-    if cut {
-        cut_response(
-            shared,
-            &mut up_r,
-            out,
-            &back,
-            &framing,
-            &format!("{label} -> fault drop-mid-response {status}"),
-        )?;
-        return Ok(Next::Close);
-    }
-    let at = shared.note(format!("{label} -> forwarded {status}"));
-    let sent = out.write_all(&back).and_then(|()| match framing {
-        Framing::None => Ok(()),
-        Framing::Length(n) => copy_exact(&mut up_r, out, n),
-        Framing::Chunked => copy_chunked(&mut up_r, out),
-        Framing::UntilEof => io::copy(&mut up_r, out).map(drop),
+    let (shared2, state2) = (Arc::clone(&shared), Arc::clone(&state));
+    let service = hyper::service::service_fn(move |req| {
+        let (shared, state) = (Arc::clone(&shared2), Arc::clone(&state2));
+        async move { handle(&shared, &state, req).await }
     });
-    if let Err(e) = sent {
+    let served = hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .serve_connection(io, service)
+        .await;
+    let sending = lock(&state.sending).take();
+    if let (Err(e), Some(at)) = (served, sending) {
         shared.amend(
             at,
             &format!(", then failed while sending the response: {e}"),
         );
-        return Ok(Next::Close);
     }
-    Ok(if close_client {
-        Next::Close
-    } else {
-        Next::KeepAlive
-    })
 }
 
-/// Sends the response head and half of the body, then stops (the caller closes).
-fn cut_response(
+/// One request: asks the plan, then answers, forwards or drops. An `Err` makes hyper close
+/// the client connection without answering.
+async fn handle(
     shared: &Shared,
-    up_r: &mut BufReader<TcpStream>,
-    out: &mut TcpStream,
-    back: &[u8],
-    framing: &Framing,
-    what: &str,
-) -> io::Result<()> {
-    match *framing {
-        Framing::Length(n) if n > 0 => {
-            shared.note(format!("{what} (cut after {} of {n} body bytes)", n / 2));
-            out.write_all(back)?;
-            copy_exact(up_r, out, n / 2)
+    state: &Arc<ConnState>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, io::Error> {
+    // The previous response on this connection was sent whole, or this request would not be.
+    *lock(&state.sending) = None;
+    let head = RequestHead::of(&req);
+    let index = shared.requests.fetch_add(1, Ordering::SeqCst);
+    let label = format!("{} {}", head.method, head.target);
+    match (shared.plan)(index, &head) {
+        Some(Fault::Status(code)) => {
+            drain(req.into_body()).await.map_err(io::Error::other)?;
+            shared.fault(format!("{label} -> fault {code}"));
+            Ok(s3_error(&head, code, index))
         }
-        Framing::Chunked | Framing::UntilEof => {
-            // Unknown length: half of whatever the upstream has sent first.
-            let buf = up_r.fill_buf()?;
-            let half = buf.len() / 2;
-            shared.note(format!("{what} (cut after {half} raw body bytes)"));
-            out.write_all(back)?;
-            out.write_all(&buf[..half])
+        Some(Fault::Drop) => {
+            drain(req.into_body()).await.map_err(io::Error::other)?;
+            shared.fault(format!("{label} -> fault drop"));
+            Err(io::Error::other("fault: drop"))
         }
-        _ => {
-            // No body to cut: cut the head itself.
-            let half = back.len() / 2;
-            shared.note(format!(
-                "{what} (no body: cut the head after {half} of {} bytes)",
-                back.len()
-            ));
-            out.write_all(&back[..half])
-        }
-    }
-}
-
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    UntilEof,
-}
-
-fn connect_upstream(hostport: &str) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for addr in hostport.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, UPSTREAM_TIMEOUT) {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                s.set_read_timeout(Some(UPSTREAM_TIMEOUT))?;
-                s.set_write_timeout(Some(UPSTREAM_TIMEOUT))?;
-                return Ok(s);
+        Some(Fault::DropMidResponse) => {
+            let what = format!("{label} -> fault drop-mid-response");
+            match forward(shared, req).await {
+                Ok(Ok(resp)) => cut(shared, &head, resp, &what, state),
+                Ok(Err(e)) | Err(e) => {
+                    shared.fault(format!("{what}, error: {e}"));
+                    Err(e)
+                }
             }
-            Err(e) => last = e,
         }
-    }
-    Err(last)
-}
-
-/// Headers that belong to one connection and are not forwarded.
-fn is_hop_header(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-}
-
-/// Reads one message head up to and including the blank line. `None` on a clean EOF before the
-/// first byte (the peer closed an idle connection).
-fn read_head(r: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
-    let mut raw = Vec::with_capacity(1024);
-    loop {
-        let before = raw.len();
-        let n = r
-            .take((MAX_HEAD + 1 - raw.len()) as u64)
-            .read_until(b'\n', &mut raw)?;
-        if n == 0 {
-            if raw.is_empty() {
-                return Ok(None);
+        None => match forward(shared, req).await {
+            Ok(Ok(resp)) => {
+                let at = shared.note(format!("{label} -> forwarded {}", resp.status().as_u16()));
+                *lock(&state.sending) = Some(at);
+                Ok(resp.map(|b| b.boxed_unsync()))
             }
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "EOF inside a message head",
-            ));
-        }
-        if raw.len() > MAX_HEAD {
-            return Err(bad("message head too long"));
-        }
-        let line = &raw[before..];
-        if line == b"\r\n" || line == b"\n" {
-            if before == 0 {
-                // Stray empty line between messages (allowed by RFC 9112): skip it.
-                raw.clear();
-                continue;
+            Ok(Err(e)) => {
+                shared.note(format!(
+                    "{label} -> upstream unreachable, answered 502 ({e})"
+                ));
+                let body = format!(
+                    "FaultProxy: cannot connect to upstream {}: {e}\n",
+                    shared.upstream
+                );
+                let mut resp = Response::new(full(body));
+                *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                let h = resp.headers_mut();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                h.insert(CONNECTION, HeaderValue::from_static("close"));
+                Ok(resp)
             }
-            return Ok(Some(raw));
-        }
+            Err(e) => {
+                shared.note(format!("{label} -> error: {e}"));
+                Err(e)
+            }
+        },
     }
 }
 
-fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> io::Result<Vec<(String, String)>> {
-    let mut headers = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (n, v) = line
-            .split_once(':')
-            .ok_or_else(|| bad(&format!("bad header line {line:?}")))?;
-        headers.push((n.trim().to_string(), v.trim().to_string()));
-    }
-    Ok(headers)
-}
-
-fn parse_request_head(raw: &[u8]) -> io::Result<RequestHead> {
-    let text = std::str::from_utf8(raw).map_err(|_| bad("request head is not UTF-8"))?;
-    let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
-    let first = lines.next().unwrap_or("");
-    let mut parts = first.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad(&format!("bad request line {first:?}")));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(bad(&format!("not HTTP/1.x: {first:?}")));
-    }
-    Ok(RequestHead {
-        method: method.to_string(),
-        target: target.to_string(),
-        headers: parse_headers(lines)?,
-    })
-}
-
-fn parse_response_head(raw: &[u8]) -> io::Result<(u16, Vec<(String, String)>)> {
-    let text = std::str::from_utf8(raw).map_err(|_| bad("response head is not UTF-8"))?;
-    let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
-    let first = lines.next().unwrap_or("");
-    let status = first
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad(&format!("bad status line {first:?}")))?;
-    Ok((status, parse_headers(lines)?))
-}
-
-fn content_length(headers: &[(String, String)]) -> io::Result<Option<u64>> {
-    match headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-    {
-        None => Ok(None),
-        Some((_, v)) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| bad(&format!("bad Content-Length {v:?}"))),
-    }
-}
-
-fn is_chunked(headers: &[(String, String)]) -> bool {
-    has_token(headers, "transfer-encoding", "chunked")
-}
-
-fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// Copies the request body (by Content-Length, or chunked framing verbatim) to `w`.
-fn copy_request_body(
-    head: &RequestHead,
-    r: &mut impl BufRead,
-    w: &mut impl Write,
-) -> io::Result<()> {
-    if head.is_chunked() {
-        copy_chunked(r, w)
-    } else {
-        copy_exact(r, w, head.content_length()?.unwrap_or(0))
-    }
-}
-
-/// Copies exactly `n` bytes; EOF before that is an error.
-fn copy_exact(r: &mut impl BufRead, w: &mut impl Write, mut n: u64) -> io::Result<()> {
-    while n > 0 {
-        let buf = r.fill_buf()?;
-        if buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("EOF with {n} body bytes to go"),
-            ));
-        }
-        let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-        w.write_all(&buf[..take])?;
-        r.consume(take);
-        n -= take as u64;
+/// Reads a request body to its end, keeping nothing (the connection stays in sync).
+async fn drain(mut body: Incoming) -> Result<(), hyper::Error> {
+    while let Some(frame) = body.frame().await {
+        frame?;
     }
     Ok(())
 }
 
-/// Copies a chunked body verbatim (size lines, data, trailers, final CRLF).
-fn copy_chunked(r: &mut impl BufRead, w: &mut impl Write) -> io::Result<()> {
-    loop {
-        let line = read_line(r)?;
-        w.write_all(&line)?;
-        let text = std::str::from_utf8(&line).map_err(|_| bad("chunk size line is not UTF-8"))?;
-        let size_hex = text.trim().split(';').next().unwrap_or("").trim();
-        let size = u64::from_str_radix(size_hex, 16)
-            .map_err(|_| bad(&format!("bad chunk size line {text:?}")))?;
-        if size == 0 {
-            // Trailers, then the empty line.
-            loop {
-                let t = read_line(r)?;
-                w.write_all(&t)?;
-                if t == b"\r\n" || t == b"\n" {
-                    return Ok(());
+fn full(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Headers that belong to one connection and are not forwarded.
+fn strip_hop_headers(h: &mut hyper::HeaderMap) {
+    for name in ["connection", "keep-alive", "proxy-connection"] {
+        h.remove(name);
+    }
+}
+
+/// Sends the request upstream on a fresh connection and returns the response head, its body
+/// still streaming. `Ok(Err(_))`: the upstream cannot be reached (the request body was drained).
+async fn forward(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+) -> io::Result<io::Result<Response<Incoming>>> {
+    let connect = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(&shared.upstream));
+    let stream = match connect
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    {
+        Ok(stream) => stream,
+        Err(e) => {
+            drain(req.into_body()).await.map_err(io::Error::other)?;
+            return Ok(Err(e));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    // Drives the upstream connection until the response body has been read (or dropped).
+    tokio::spawn(conn);
+    strip_hop_headers(req.headers_mut());
+    req.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    let mut resp = tokio::time::timeout(UPSTREAM_TIMEOUT, send.send_request(req))
+        .await
+        .map_err(|_| io::Error::other("no response head from the upstream in time"))?
+        .map_err(io::Error::other)?;
+    strip_hop_headers(resp.headers_mut());
+    Ok(Ok(resp))
+}
+
+/// The response of a [`Fault::DropMidResponse`]: its head and half its body, then the
+/// connection closes. Without a body, nothing is sent and the connection closes.
+fn cut(
+    shared: &Shared,
+    head: &RequestHead,
+    resp: Response<Incoming>,
+    what: &str,
+    state: &Arc<ConnState>,
+) -> Result<Response<RespBody>, io::Error> {
+    let status = resp.status().as_u16();
+    let length = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let no_body = head.method == "HEAD"
+        || status == 204
+        || status == 304
+        || length == Some(0)
+        || resp.body().is_end_stream();
+    let left = match length {
+        _ if no_body => {
+            shared.fault(format!("{what} {status} (no body: closed before the head)"));
+            return Err(io::Error::other("fault: drop-mid-response without a body"));
+        }
+        Some(n) => {
+            shared.fault(format!(
+                "{what} {status} (cut after {} of {n} body bytes)",
+                n / 2
+            ));
+            Some(n / 2)
+        }
+        None => {
+            shared.fault(format!(
+                "{what} {status} (length unknown: cut after half of the first body frame)"
+            ));
+            None
+        }
+    };
+    let state = Arc::clone(state);
+    Ok(resp.map(|inner| CutBody { inner, left, state }.boxed_unsync()))
+}
+
+/// A response body that passes `left` bytes (`None`: half of the first frame), then raises the
+/// connection's cut flag and never ends: [`CutIo`] closes the connection once hyper has
+/// flushed what was passed.
+struct CutBody {
+    inner: Incoming,
+    left: Option<u64>,
+    state: Arc<ConnState>,
+}
+
+impl Body for CutBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.left == Some(0) {
+                this.state.cut.store(true, Ordering::SeqCst);
+                return Poll::Pending;
+            }
+            let frame = match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    // Ended early (or no data frame at all): cut here.
+                    this.left = Some(0);
+                    continue;
                 }
+            };
+            let Ok(mut data) = frame.into_data() else {
+                continue; // trailers: never reached, the cut comes first
+            };
+            let left = *this.left.get_or_insert(data.len() as u64 / 2);
+            let take = usize::try_from(left).map_or(data.len(), |l| l.min(data.len()));
+            data.truncate(take);
+            this.left = Some(left - take as u64);
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
         }
-        copy_exact(r, w, size)?;
-        let crlf = read_line(r)?;
-        if crlf != b"\r\n" && crlf != b"\n" {
-            return Err(bad("chunk data not followed by CRLF"));
+    }
+}
+
+/// The client socket. When the connection's cut flag is up, the flush that follows hyper's
+/// last write fails, which makes hyper drop (close) the connection with everything before it
+/// sent.
+struct CutIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for CutIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CutIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.state.cut.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "fault: response cut",
+            )));
         }
-        w.write_all(&crlf)?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
-fn read_line(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let mut line = Vec::with_capacity(32);
-    let n = r.take(MAX_HEAD as u64).read_until(b'\n', &mut line)?;
-    if n == 0 || !line.ends_with(b"\n") {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "EOF inside chunked framing",
-        ));
-    }
-    Ok(line)
-}
-
-fn write_error_response(
-    out: &mut TcpStream,
-    head: &RequestHead,
-    code: u16,
-    index: u64,
-    close: bool,
-) -> io::Result<()> {
-    let (reason, s3code, message) = match code {
-        503 => (
-            "Service Unavailable",
-            "SlowDown",
-            "Please reduce your request rate.",
-        ),
+/// A [`Fault::Status`] answer: S3's error document for that status.
+fn s3_error(head: &RequestHead, code: u16, index: u64) -> Response<RespBody> {
+    let (s3code, message) = match code {
+        503 | 429 => ("SlowDown", "Please reduce your request rate."),
         500 => (
-            "Internal Server Error",
             "InternalError",
             "We encountered an internal error. Please try again.",
         ),
-        502 => ("Bad Gateway", "BadGateway", "Bad gateway."),
-        504 => ("Gateway Timeout", "GatewayTimeout", "Gateway timeout."),
-        400 => ("Bad Request", "BadRequest", "Bad request."),
-        403 => ("Forbidden", "AccessDenied", "Access Denied"),
-        404 => (
-            "Not Found",
-            "NoSuchKey",
-            "The specified key does not exist.",
-        ),
-        408 => ("Request Timeout", "RequestTimeout", "Request timeout."),
-        429 => (
-            "Too Many Requests",
-            "SlowDown",
-            "Please reduce your request rate.",
-        ),
-        _ => ("Error", "InternalError", "Injected error."),
+        502 => ("BadGateway", "Bad gateway."),
+        504 => ("GatewayTimeout", "Gateway timeout."),
+        400 => ("BadRequest", "Bad request."),
+        403 => ("AccessDenied", "Access Denied"),
+        404 => ("NoSuchKey", "The specified key does not exist."),
+        408 => ("RequestTimeout", "Request timeout."),
+        _ => ("InternalError", "Injected error."),
     };
     let request_id = format!("faultproxy-{index}");
+    let resource = head
+        .path()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{s3code}</Code><Message>{message} \
-         (injected by FaultProxy)</Message><Resource>{}</Resource><RequestId>{request_id}</RequestId></Error>",
-        xml_escape(head.path())
+         (injected by FaultProxy)</Message><Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
     );
-    let mut resp = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: {request_id}\r\n",
-        body.len()
-    );
-    if close {
-        resp.push_str("Connection: close\r\n");
+    // hyper sets Content-Length, and leaves the body out for a HEAD.
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-amz-request-id", v);
     }
-    resp.push_str("\r\n");
-    if !head.method.eq_ignore_ascii_case("HEAD") {
-        resp.push_str(&body);
-    }
-    out.write_all(resp.as_bytes())
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-fn bad(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
-}
-
-/// A writer that turns write errors into "stop writing" and remembers that it happened.
-struct FallibleSink<'a> {
-    inner: &'a mut TcpStream,
-    ok: &'a mut bool,
-}
-
-impl Write for FallibleSink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if *self.ok && self.inner.write_all(buf).is_err() {
-            *self.ok = false;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    resp
 }
