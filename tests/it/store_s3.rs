@@ -2,17 +2,14 @@
 //! memory measured, retries through a proxy that injects 5xx answers and dropped
 //! connections, and parts spooled to disk when the memory limit is small.
 
-#[path = "support/s3_fault_proxy.rs"]
-mod s3_fault_proxy;
-#[path = "support/s3env.rs"]
-mod s3env;
+use crate::support::s3env;
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Output;
 
-use s3_fault_proxy::{Fault, FaultProxy};
+use crate::support::s3_fault_proxy::{Fault, FaultProxy};
 
 const MIB: u64 = 1 << 20;
 

@@ -2,8 +2,7 @@
 //! real S3-compatible server `scripts/test` starts). Both must behave the same for everything
 //! upload, restore, list and prune rely on.
 
-#[path = "support/s3env.rs"]
-mod s3env;
+use crate::support::s3env;
 
 use std::sync::Arc;
 

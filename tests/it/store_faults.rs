@@ -16,8 +16,7 @@
 //! directory, the prune policy end to end, `@latest` skipping a newer incomplete backup, and an
 //! upload to an id that exists.
 
-#[path = "support/s3env.rs"]
-mod s3env;
+use crate::support::s3env;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -24,8 +24,7 @@
 //! failure under XBAGENT_REQUIRE_TOOLS=1 and a loud skip otherwise. Set XBAGENT_TEST_KEEP=1 to
 //! keep the temp dir (command logs, datadirs, restores) for a post-mortem.
 
-#[path = "support/s3env.rs"]
-mod s3env;
+use crate::support::s3env;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
