@@ -16,8 +16,6 @@
 //! directory, the prune policy end to end, `@latest` skipping a newer incomplete backup, and an
 //! upload to an id that exists.
 
-use crate::support::s3env;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -33,9 +31,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use s3env::{s3_env, S3Env};
-
-const BIN: &str = env!("CARGO_BIN_EXE_xbagent");
+use crate::support::cli::{run, Out};
+use crate::support::s3env::{s3_env, S3Env};
+use crate::support::trees::{assert_same_tree, tree, Entry};
+use crate::support::{s, XBAGENT as BIN};
 /// The smallest first part xbagent accepts; the "big" fixture holds one full part and more.
 const PART: &str = "6MiB";
 const PART_BYTES: u64 = 6 << 20;
@@ -45,99 +44,6 @@ const MARKER: &str = ".xbagent-restore-in-progress";
 enum Kind {
     Local,
     S3,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running the binary.
-
-struct Out {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn describe(&self) -> String {
-        format!(
-            "{}\n  status: {:?}\n  stdout:\n{}\n  stderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-
-    #[track_caller]
-    fn code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.status.code(),
-            Some(code),
-            "expected exit status {code}: {}",
-            self.describe()
-        );
-        self
-    }
-
-    /// stderr contains `needle` (case-insensitive).
-    #[track_caller]
-    fn says(&self, needle: &str) -> &Self {
-        assert!(
-            self.stderr
-                .to_ascii_lowercase()
-                .contains(&needle.to_ascii_lowercase()),
-            "expected {needle:?} on stderr: {}",
-            self.describe()
-        );
-        self
-    }
-
-    /// stderr contains one of `needles` (case-insensitive).
-    #[track_caller]
-    fn says_one_of(&self, needles: &[&str]) -> &Self {
-        let e = self.stderr.to_ascii_lowercase();
-        assert!(
-            needles.iter().any(|n| e.contains(&n.to_ascii_lowercase())),
-            "expected one of {needles:?} on stderr: {}",
-            self.describe()
-        );
-        self
-    }
-
-    #[track_caller]
-    fn prints(&self, needle: &str) -> &Self {
-        assert!(
-            self.stdout.contains(needle),
-            "expected {needle:?} on stdout: {}",
-            self.describe()
-        );
-        self
-    }
-
-    #[track_caller]
-    fn prints_not(&self, needle: &str) -> &Self {
-        assert!(
-            !self.stdout.contains(needle),
-            "did not expect {needle:?} on stdout: {}",
-            self.describe()
-        );
-        self
-    }
-}
-
-fn run(mut cmd: Command) -> Out {
-    let what = format!("{cmd:?}");
-    let o = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    Out {
-        what,
-        status: o.status,
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -247,25 +153,6 @@ impl Fixture {
     }
 }
 
-/// Every file under `dir` (relative path -> content).
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(base, &p, out);
-            } else {
-                let rel = p.strip_prefix(base).unwrap().to_str().unwrap().to_string();
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 /// Every file under `dir` (relative path -> size).
 fn sizes(dir: &Path) -> BTreeMap<String, u64> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) {
@@ -286,26 +173,6 @@ fn sizes(dir: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out);
     out
-}
-
-#[track_caller]
-fn assert_same_tree(got: &Path, want: &Path) {
-    let (g, w) = (tree(got), tree(want));
-    assert_eq!(
-        g.keys().collect::<Vec<_>>(),
-        w.keys().collect::<Vec<_>>(),
-        "files of {} vs {}",
-        got.display(),
-        want.display()
-    );
-    for (k, v) in &w {
-        assert!(
-            g[k] == *v,
-            "{k} differs between {} and {}",
-            got.display(),
-            want.display()
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1062,16 +929,6 @@ fn killed_upload(kind: Kind) {
     }
 }
 
-#[test]
-fn killed_upload_local() {
-    killed_upload(Kind::Local);
-}
-
-#[test]
-fn killed_upload_s3() {
-    killed_upload(Kind::S3);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 2. SIGTERM midway: exit 130, producer stopped, multipart aborted, nothing left.
 
@@ -1109,16 +966,6 @@ fn terminated_upload(kind: Kind) {
     }
 }
 
-#[test]
-fn terminated_upload_local() {
-    terminated_upload(Kind::Local);
-}
-
-#[test]
-fn terminated_upload_s3() {
-    terminated_upload(Kind::S3);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 3. A producer that exits non-zero after streaming everything (more than one part).
 
@@ -1149,16 +996,6 @@ fn failed_producer(kind: Kind) {
         let p = repo.pending(&format!("{id}/stream.xbstream"));
         assert!(p.is_empty(), "multipart upload not aborted: {p:?}");
     }
-}
-
-#[test]
-fn failed_producer_local() {
-    failed_producer(Kind::Local);
-}
-
-#[test]
-fn failed_producer_s3() {
-    failed_producer(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1214,16 +1051,6 @@ fn corrupt_source(kind: Kind) {
             assert!(p.is_empty(), "multipart upload not aborted: {p:?}");
         }
     }
-}
-
-#[test]
-fn corrupt_source_local() {
-    corrupt_source(Kind::Local);
-}
-
-#[test]
-fn corrupt_source_s3() {
-    corrupt_source(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1292,16 +1119,6 @@ fn altered_object(kind: Kind) {
     }
 }
 
-#[test]
-fn altered_object_local() {
-    altered_object(Kind::Local);
-}
-
-#[test]
-fn altered_object_s3() {
-    altered_object(Kind::S3);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 6. Restore into a non-empty directory: refused (exit 3) and untouched, unless --force.
 
@@ -1317,7 +1134,7 @@ fn restore_non_empty(kind: Kind) {
     repo.run(&["restore", "--from", &repo.at(id), "-C", s(&fresh)])
         .code(0)
         .prints(&format!("restored backup {id}"));
-    assert_same_tree(&fresh, &fx.src);
+    assert_same_tree(&fx.src, &fresh);
 
     let target = fx.path("busy");
     fs::create_dir_all(&target).unwrap();
@@ -1343,18 +1160,8 @@ fn restore_non_empty(kind: Kind) {
     .code(0)
     .prints(&format!("restored backup {id}"));
     let mut want = tree(&fx.src);
-    want.insert("keep.txt".into(), b"mine".to_vec());
+    want.insert("keep.txt".into(), Entry::file(b"mine"));
     assert_eq!(tree(&target), want);
-}
-
-#[test]
-fn restore_non_empty_local() {
-    restore_non_empty(Kind::Local);
-}
-
-#[test]
-fn restore_non_empty_s3() {
-    restore_non_empty(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1456,16 +1263,6 @@ fn prune_policy(kind: Kind) {
     }
 }
 
-#[test]
-fn prune_policy_local() {
-    prune_policy(Kind::Local);
-}
-
-#[test]
-fn prune_policy_s3() {
-    prune_policy(Kind::S3);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 8. @latest: the newest complete backup, never a newer incomplete one.
 
@@ -1515,29 +1312,19 @@ fn latest_skips_incomplete(kind: Kind) {
     repo.run(&["restore", "--from", &repo.at("latest"), "-C", s(&target)])
         .code(0)
         .prints(&format!("restored backup {new}"));
-    assert_same_tree(&target, &newer_src);
+    assert_same_tree(&newer_src, &target);
     // REPO alone means @latest.
     let target = fx.path("bare");
     repo.run(&["restore", "--from", &repo.url, "-C", s(&target)])
         .code(0)
         .prints(&format!("restored backup {new}"));
-    assert_same_tree(&target, &newer_src);
+    assert_same_tree(&newer_src, &target);
     repo.run(&["verify", &repo.at("latest")])
         .code(0)
         .prints(&format!("ok: backup {new}"));
     repo.run(&["verify", &repo.at(dead)])
         .code(1)
         .says("incomplete");
-}
-
-#[test]
-fn latest_skips_incomplete_local() {
-    latest_skips_incomplete(Kind::Local);
-}
-
-#[test]
-fn latest_skips_incomplete_s3() {
-    latest_skips_incomplete(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1570,7 +1357,7 @@ fn existing_id(kind: Kind) {
     let target = fx.path("restored");
     repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
         .code(0);
-    assert_same_tree(&target, &fx.src);
+    assert_same_tree(&fx.src, &target);
 
     // An incomplete backup's id is taken too.
     let dead = "20250902T000000.000Z";
@@ -1610,16 +1397,6 @@ fn existing_id(kind: Kind) {
 }
 
 #[test]
-fn existing_id_local() {
-    existing_id(Kind::Local);
-}
-
-#[test]
-fn existing_id_s3() {
-    existing_id(Kind::S3);
-}
-
-#[test]
 fn b64url_matches_s3s_fs() {
     // s3s-fs named bucket "manual1" `.bucket-bWFudWFsMQ`.
     assert_eq!(b64url("manual1"), "bWFudWFsMQ");
@@ -1627,3 +1404,32 @@ fn b64url_matches_s3s_fs() {
     assert_eq!(b64url("abc"), "YWJj");
     assert_eq!(b64url("~~~"), "fn5-");
 }
+
+/// Each scenario above runs once per backend, as `NAME::local` and `NAME::s3`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn local() {
+                super::$name(super::Kind::Local);
+            }
+
+            #[test]
+            fn s3() {
+                super::$name(super::Kind::S3);
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    killed_upload,
+    terminated_upload,
+    failed_producer,
+    corrupt_source,
+    altered_object,
+    restore_non_empty,
+    prune_policy,
+    latest_skips_incomplete,
+    existing_id,
+);
