@@ -10,7 +10,6 @@
 //! After every failed clone the tests assert a non-zero exit code and that no completion
 //! marker was written.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -25,8 +24,10 @@ use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use xbagent::clone::protocol::{self, Challenge, FrameType};
 use xbagent::clone::transport::{read_frame, write_frame};
 
-const XBAGENT: &str = env!("CARGO_BIN_EXE_xbagent");
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mariadb-fixture");
+use crate::support::mariadb::{fixture, Server};
+use crate::support::trees::{self, tree_skipping, Tree};
+use crate::support::{child_path, free_port, noise, require_tools, s, xb, XBAGENT};
+
 /// The receiver's markers, as the clone contract names them.
 const COMPLETE: &str = ".xbagent-clone-complete";
 const PARTIAL: &str = ".xbagent-clone-in-progress";
@@ -41,44 +42,12 @@ const CUT_AT: u64 = 1_000_000;
 // Environment, tools, temp dirs
 // ---------------------------------------------------------------------------------------------
 
-/// PATH for child processes: the test's PATH plus the sbin directories (mariadbd, ip).
-fn child_path() -> String {
-    let cur = std::env::var("PATH").unwrap_or_default();
-    format!("{cur}:/usr/local/sbin:/usr/sbin:/sbin")
-}
-
-/// Fail (never skip) when a tool is missing; `hint` names what to install.
-fn require_tools(tools: &[&str], hint: &str) {
-    let path = child_path();
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "required tool(s) not found in PATH: {} — install {hint} (scripts/test does); this test never skips",
-        missing.join(", ")
-    );
-}
-
 /// A short temp dir under /tmp (unix socket paths are limited to ~107 bytes).
 fn tmp(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(&format!("xbc-{tag}-"))
         .tempdir_in("/tmp")
         .expect("cannot create a temp dir in /tmp")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("cannot find a free TCP port")
-        .port()
 }
 
 fn local(port: u16) -> String {
@@ -257,12 +226,6 @@ fn read_pid(f: &Path) -> Option<i32> {
     fs::read_to_string(f).ok()?.trim().parse().ok()
 }
 
-fn xb(args: &[&str]) -> Command {
-    let mut c = Command::new(XBAGENT);
-    c.args(args);
-    c
-}
-
 /// Start `xbagent serve ARGS` and wait until it listens.
 fn start_serve(dir: &Path, name: &str, args: &[&str]) -> Proc {
     let mut all = vec!["serve"];
@@ -295,51 +258,17 @@ fn receive(dir: &Path, name: &str, args: &[&str], limit: Duration) -> Outcome {
 // Trees, markers, streams
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, PartialEq, Eq)]
-enum Entry {
-    Dir,
-    File { len: u64, blake3: String },
-    Symlink(PathBuf),
+/// Every entry under `root`, the clone markers at the top left out.
+fn tree(root: &Path) -> Tree {
+    tree_skipping(root, &[COMPLETE, PARTIAL])
 }
 
-/// Every entry under `root` (relative paths), the clone markers at the top left out.
-fn tree(root: &Path) -> BTreeMap<String, Entry> {
-    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, Entry>) {
-        let dir = root.join(rel);
-        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {dir:?}: {e}")) {
-            let e = e.unwrap();
-            let rel_p = rel.join(e.file_name());
-            let key = rel_p.to_string_lossy().into_owned();
-            if rel.as_os_str().is_empty() && (key == COMPLETE || key == PARTIAL) {
-                continue;
-            }
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                out.insert(key, Entry::Dir);
-                walk(root, &rel_p, out);
-            } else if ft.is_symlink() {
-                out.insert(key, Entry::Symlink(fs::read_link(e.path()).unwrap()));
-            } else {
-                let data = fs::read(e.path()).unwrap();
-                out.insert(
-                    key,
-                    Entry::File {
-                        len: data.len() as u64,
-                        blake3: blake3::hash(&data).to_hex().to_string(),
-                    },
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, Path::new(""), &mut out);
-    out
-}
-
+/// The clone in `dst` is `src`, markers aside.
+#[track_caller]
 fn assert_same_tree(src: &Path, dst: &Path) {
     let (a, b) = (tree(src), tree(dst));
     assert!(!a.is_empty(), "source tree {src:?} is empty");
-    assert_eq!(a, b, "the clone in {dst:?} differs from {src:?}");
+    trees::assert_same_entries(&a, &b, src, dst);
 }
 
 fn marker(dst: &Path) -> bool {
@@ -385,20 +314,6 @@ fn assert_complete(out: &Outcome, src: &Path, dst: &Path) {
         serde_json::from_slice(&fs::read(dst.join(COMPLETE)).unwrap()).expect("marker is JSON");
     assert_eq!(m["trailer"]["exit_status"], 0, "marker: {m}");
     assert_same_tree(src, dst);
-}
-
-/// Deterministic pseudo-random bytes (xorshift), incompressible enough for a stream.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 /// A source tree: nested directories, an empty file, small files, a 3 MiB file.
@@ -569,40 +484,6 @@ fn dir_clone_is_identical_and_a_rerun_is_a_no_op() {
 // 2. End to end with a real MariaDB server and mariabackup
 // ---------------------------------------------------------------------------------------------
 
-/// Run the fixture script; panic with its output on failure.
-fn fixture(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(FIXTURE)
-        .args(args)
-        .env("PATH", child_path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
-    assert!(
-        out.status.success(),
-        "mariadb-fixture {} failed with {}:\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A fixture server, stopped on drop.
-struct Mariadb(PathBuf);
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(FIXTURE)
-            .args(["stop", s(&self.0)])
-            .env("PATH", child_path())
-            .stdin(Stdio::null())
-            .output();
-    }
-}
-
 #[test]
 fn mariabackup_clone_restores_to_identical_tables() {
     require_tools(
@@ -622,13 +503,14 @@ fn mariabackup_clone_restores_to_identical_tables() {
     let dst = t.path().join("d");
     let mbtmp = t.path().join("mbt");
     fs::create_dir_all(&mbtmp).unwrap();
-    fixture(&["start", s(&src)]);
-    let src_server = Mariadb(src.clone());
-    fixture(&["load", s(&src), "1"]);
-    let want = fixture(&["checksums", s(&src)]);
+    let src_server = Server::start(&src);
+    src_server.load("1");
+    let want = src_server.checksums();
     assert!(
-        want.contains("fx.t_innodb") && want.contains("fx.t_myisam") && want.contains("fx.t_aria"),
-        "unexpected source tables:\n{want}"
+        ["fx.t_innodb", "fx.t_myisam", "fx.t_aria"]
+            .iter()
+            .all(|t| want.contains_key(*t)),
+        "unexpected source tables: {want:?}"
     );
 
     let token = t.path().join("token");
@@ -679,15 +561,13 @@ fn mariabackup_clone_restores_to_identical_tables() {
 
     // The markers are ours, not the server's: they must not bother prepare or the server.
     fixture(&["prepare", s(&dst)]);
-    let port2 = free_port();
-    fixture(&["start-on", s(&dst), &port2.to_string()]);
-    let _dst_server = Mariadb(dst.clone());
-    let got = fixture(&["checksums", s(&dst)]);
+    let dst_server = Server::start_on(&dst);
+    let got = dst_server.checksums();
     assert_eq!(got, want, "table checksums differ between source and clone");
     drop(src_server);
 
     // Also with --dir: the restored (and now stopped) datadir served as a directory.
-    drop(_dst_server);
+    drop(dst_server);
     let _ = fs::remove_file(dst.join("sock"));
     let port3 = free_port();
     let serve = start_serve(
@@ -725,10 +605,7 @@ fn mariabackup_clone_restores_to_identical_tables() {
     );
     assert_same_tree(&dst, &dst2);
     drop(serve);
-    let port4 = free_port();
-    fixture(&["start-on", s(&dst2), &port4.to_string()]);
-    let _dst2_server = Mariadb(dst2.clone());
-    let got = fixture(&["checksums", s(&dst2)]);
+    let got = Server::start_on(&dst2).checksums();
     assert_eq!(got, want, "table checksums differ after the --dir clone");
 }
 

@@ -24,12 +24,9 @@
 //! failure under XBAGENT_REQUIRE_TOOLS=1 and a loud skip otherwise. Set XBAGENT_TEST_KEEP=1 to
 //! keep the temp dir (command logs, datadirs, restores) for a post-mortem.
 
-use crate::support::s3env;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,70 +34,12 @@ use serde_json::Value;
 use xbagent::store::s3::S3Repo;
 use xbagent::store::Repository;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mariadb-fixture");
-const XBAGENT: &str = env!("CARGO_BIN_EXE_xbagent");
+use crate::support::mariadb::{fixture, mbstream_extract, require_mariadb, Server};
+use crate::support::trees::assert_same_tree;
+use crate::support::{s as p, s3env, short_tempdir, xb};
 
 /// How long one command (a backup, a restore, a prepare) may take before the test fails.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-
-const REQUIRED_TOOLS: &[&str] = &[
-    "bash",
-    "mariadbd",
-    "mariadb-install-db",
-    "mariadb",
-    "mariadb-admin",
-    "mariabackup",
-    "mbstream",
-    "setsid",
-];
-
-/// Fail (never skip) when a tool the tests drive is missing.
-fn require_tools() {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
-        .collect();
-    let missing: Vec<&str> = REQUIRED_TOOLS
-        .iter()
-        .copied()
-        .filter(|t| !dirs.iter().any(|d| d.join(t).is_file()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "required tool(s) not found in PATH: {}. Install mariadb-server and mariadb-backup \
-         (Debian/Ubuntu: apt-get install mariadb-server mariadb-backup); these tests never skip",
-        missing.join(", ")
-    );
-    assert!(
-        Path::new(FIXTURE).is_file(),
-        "fixture script {FIXTURE} is missing"
-    );
-}
-
-/// A short temp dir under /tmp: unix socket paths are limited to ~107 bytes.
-fn short_tempdir(tag: &str) -> tempfile::TempDir {
-    let keep = std::env::var_os("XBAGENT_TEST_KEEP").is_some_and(|v| v != "0");
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("xbs-{tag}-"))
-        .disable_cleanup(keep)
-        .tempdir_in("/tmp")
-        .expect("cannot create a temp dir in /tmp");
-    if keep {
-        eprintln!("keeping {}", dir.path().display());
-    }
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("cannot find a free TCP port")
-        .port()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
 
 /// What a finished command left behind.
 struct Ran {
@@ -187,80 +126,13 @@ fn run(mut cmd: Command, logs: &Path, name: &str) -> Ran {
     ran
 }
 
-/// Run the fixture script; panic with its output on failure; return its stdout.
-fn fixture(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(FIXTURE)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{FIXTURE} {}` failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("fixture output is not UTF-8")
-}
-
-/// A running fixture server; shut down on drop, also when the test panics.
-struct Server {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let port = free_port();
-        fixture(&["start", p(dir), &port.to_string()]);
-        Server {
-            dir: dir.to_path_buf(),
-            port,
-        }
-    }
-    fn start_on(datadir: &Path) -> Server {
-        let port = free_port();
-        fixture(&["start-on", p(datadir), &port.to_string()]);
-        Server {
-            dir: datadir.to_path_buf(),
-            port,
-        }
-    }
-    fn checksums(&self) -> BTreeMap<String, String> {
-        fixture(&["checksums", p(&self.dir)])
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let (t, c) = l
-                    .rsplit_once(' ')
-                    .unwrap_or_else(|| panic!("bad checksum line {l:?}"));
-                (t.to_string(), c.to_string())
-            })
-            .collect()
-    }
-    fn sql(&self, sql: &str) -> String {
-        fixture(&["sql", p(&self.dir), sql])
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(FIXTURE)
-            .args(["stop", p(&self.dir)])
-            .output();
-    }
-}
-
 const BACKUP_USER: &str = "xbbackup";
 
 /// The source: a loaded server with a backup user that logs in over TCP with a password.
 /// Returns the server, its checksums, and the password.
 fn source_server(dir: &Path) -> (Server, BTreeMap<String, String>, String) {
     let src = Server::start(dir);
-    fixture(&["load", p(dir), "2"]);
+    src.load("2");
     // The privileges deploy/README.md gives the backup user.
     let password = format!("pw-{}-{}", std::process::id(), src.port);
     src.sql(&format!(
@@ -436,90 +308,6 @@ fn check_manifest(m: &Value, id: &str, compression: &str, object_key: &str, pass
     );
 }
 
-/// Every regular file below `root` (relative path → contents) and every directory.
-fn tree(root: &Path) -> (BTreeSet<String>, BTreeMap<String, Vec<u8>>) {
-    fn walk(
-        root: &Path,
-        dir: &Path,
-        dirs: &mut BTreeSet<String>,
-        files: &mut BTreeMap<String, Vec<u8>>,
-    ) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            let ft = entry.file_type().unwrap();
-            if ft.is_dir() {
-                dirs.insert(rel);
-                walk(root, &path, dirs, files);
-            } else {
-                assert!(
-                    ft.is_file(),
-                    "unexpected non-regular file {rel} in {}",
-                    root.display()
-                );
-                files.insert(rel, fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut dirs = BTreeSet::new();
-    let mut files = BTreeMap::new();
-    walk(root, root, &mut dirs, &mut files);
-    (dirs, files)
-}
-
-/// The restore must be byte-identical to the reference extraction of the stored stream.
-fn assert_same_tree(restored: &Path, reference: &Path) {
-    let (our_dirs, our_files) = tree(restored);
-    let (ref_dirs, ref_files) = tree(reference);
-    assert_eq!(
-        our_dirs, ref_dirs,
-        "directories differ between xbagent restore and mbstream -x of the stored stream"
-    );
-    let ours: BTreeSet<_> = our_files.keys().collect();
-    let theirs: BTreeSet<_> = ref_files.keys().collect();
-    assert_eq!(
-        ours, theirs,
-        "files differ between xbagent restore and mbstream -x of the stored stream"
-    );
-    for (name, data) in &our_files {
-        let r = &ref_files[name];
-        assert!(
-            data == r,
-            "file {name} differs: restore wrote {} bytes, mbstream {} bytes{}",
-            data.len(),
-            r.len(),
-            data.iter()
-                .zip(r.iter())
-                .position(|(a, b)| a != b)
-                .map(|i| format!(", first difference at byte {i}"))
-                .unwrap_or_default()
-        );
-    }
-}
-
-/// Extract `stream` (plain xbstream bytes) with the reference `mbstream -x` into `dest`.
-fn mbstream_extract(stream: &Path, dest: &Path) {
-    fs::create_dir_all(dest).unwrap();
-    let out = Command::new("mbstream")
-        .args(["-x", "-C", p(dest)])
-        .stdin(fs::File::open(stream).unwrap())
-        .output()
-        .expect("cannot run mbstream");
-    assert!(
-        out.status.success(),
-        "mbstream -x -C {} < {} failed with {}: {}",
-        dest.display(),
-        stream.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `restore` left a good directory: exit 0 checked by the caller, no in-progress marker.
 fn check_restored(dir: &Path, ran: &Ran, id: &str) {
     assert!(
@@ -560,12 +348,12 @@ fn prepare_start_compare(restored: &Path, source_sums: &BTreeMap<String, String>
 
 #[test]
 fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
-    require_tools();
+    require_mariadb();
     let Some(env) = s3env::s3_env() else {
         return;
     };
     let started = Instant::now();
-    let tmp = short_tempdir("s3");
+    let tmp = short_tempdir("xbs-s3");
     let logs = tmp.path().join("logs");
     let mb_target = tmp.path().join("mbtarget");
     fs::create_dir_all(&mb_target).unwrap();
@@ -722,7 +510,7 @@ fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
     fs::write(&plain_path, &plain).unwrap();
     drop(plain);
     mbstream_extract(&plain_path, &reference);
-    assert_same_tree(&restore_dir, &reference);
+    assert_same_tree(&reference, &restore_dir);
     fs::remove_dir_all(&reference).unwrap();
     fs::remove_file(&plain_path).unwrap();
 
@@ -737,9 +525,9 @@ fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
 
 #[test]
 fn local_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
-    require_tools();
+    require_mariadb();
     let started = Instant::now();
-    let tmp = short_tempdir("local");
+    let tmp = short_tempdir("xbs-local");
     let logs = tmp.path().join("logs");
     let mb_target = tmp.path().join("mbtarget");
     fs::create_dir_all(&mb_target).unwrap();
@@ -755,12 +543,6 @@ fn local_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() 
         source_sums.len(),
         started.elapsed().as_secs_f64()
     );
-
-    let xb = |args: &[&str]| {
-        let mut c = Command::new(XBAGENT);
-        c.args(args);
-        c
-    };
 
     let mut up = xb(&[
         "upload",
@@ -842,7 +624,7 @@ fn local_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() 
     check_restored(&restore_dir, &restore, &id);
 
     mbstream_extract(&stream_path, &reference);
-    assert_same_tree(&restore_dir, &reference);
+    assert_same_tree(&reference, &restore_dir);
     fs::remove_dir_all(&reference).unwrap();
 
     prepare_start_compare(&restore_dir, &source_sums);
