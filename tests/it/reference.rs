@@ -34,6 +34,8 @@ use bytes::BytesMut;
 use tempfile::TempDir;
 use xbagent::format::{Chunk, ChunkBody, DecodeOptions, Decoder};
 
+use crate::support::trees;
+
 const MIB: usize = 1024 * 1024;
 /// The reference producers' largest payload chunk.
 const REF_CHUNK: usize = 10 * MIB;
@@ -479,111 +481,14 @@ fn names_tree_with(trailing_spaces: bool) -> Tree {
 // Tree comparison
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, PartialEq, Eq)]
-enum Kind {
-    Dir,
-    File(u64),
-    Other(String),
-}
-
-fn scan(root: &Path) -> BTreeMap<PathBuf, Kind> {
-    fn rec(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Kind>) {
-        let dir = root.join(rel);
-        let rd = fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
-        for e in rd {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            let md = fs::symlink_metadata(root.join(&r)).unwrap();
-            let ft = md.file_type();
-            if ft.is_dir() {
-                out.insert(r.clone(), Kind::Dir);
-                rec(root, &r, out);
-            } else if ft.is_file() {
-                out.insert(r, Kind::File(md.len()));
-            } else {
-                out.insert(r, Kind::Other(format!("{ft:?}")));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    rec(root, Path::new(""), &mut out);
-    out
-}
-
-/// Compare two trees: the same directories, the same regular files with the same bytes, and
-/// nothing else. Describes the first difference.
-fn diff_trees(expected: &Path, actual: &Path) -> Result<(), String> {
-    let want = scan(expected);
-    let got = scan(actual);
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-    if !missing.is_empty() || !extra.is_empty() {
-        return Err(format!(
-            "entry sets differ: expected {} entries, found {}; {} missing (first: {:?}), \
-             {} unexpected (first: {:?})",
-            want.len(),
-            got.len(),
-            missing.len(),
-            missing.first(),
-            extra.len(),
-            extra.first()
-        ));
-    }
-    for (rel, kind) in &want {
-        let other = &got[rel];
-        if kind != other {
-            return Err(format!("{rel:?}: expected {kind:?}, found {other:?}"));
-        }
-        if let Kind::File(len) = kind {
-            if let Some(at) = first_difference(&expected.join(rel), &actual.join(rel)) {
-                return Err(format!(
-                    "{rel:?} ({len} bytes): contents differ, first at byte offset {at}"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Byte offset of the first difference between two files of equal length, if any.
-fn first_difference(a: &Path, b: &Path) -> Option<u64> {
-    let mut fa = File::open(a).unwrap();
-    let mut fb = File::open(b).unwrap();
-    let mut ba = vec![0u8; MIB];
-    let mut bb = vec![0u8; MIB];
-    let mut pos = 0u64;
-    loop {
-        let na = read_full(&mut fa, &mut ba);
-        let nb = read_full(&mut fb, &mut bb);
-        if let Some(i) = ba[..na].iter().zip(&bb[..nb]).position(|(x, y)| x != y) {
-            return Some(pos + i as u64);
-        }
-        if na != nb {
-            return Some(pos + na.min(nb) as u64);
-        }
-        if na == 0 {
-            return None;
-        }
-        pos += na as u64;
-    }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    n
-}
-
 #[track_caller]
 fn assert_same_tree(expected: &Path, actual: &Path, what: &str, tool_stderr: &str) {
-    if let Err(diff) = diff_trees(expected, actual) {
+    if let Err(diff) = trees::diff(
+        &trees::tree(expected),
+        &trees::tree(actual),
+        expected,
+        actual,
+    ) {
         panic!(
             "{what}: the extracted tree differs from the source: {diff}\n  source:    {}\n  extracted: {}\n  \
              extractor stderr:\n{tool_stderr}",
@@ -662,64 +567,40 @@ fn reference_roundtrip_sanity() {
     }
 }
 
-#[test]
-fn create_then_mbstream_extract_big_files() {
-    check_create_then_mbstream(&big_tree());
+/// One test per direction and tree, named `DIRECTION::TREE`.
+macro_rules! each_tree {
+    ($($direction:ident: $check:ident, $names:ident;)*) => {$(
+        mod $direction {
+            use super::*;
+
+            #[test]
+            fn big_files() {
+                $check(&big_tree());
+            }
+
+            #[test]
+            fn deep_tree() {
+                $check(&super::deep_tree());
+            }
+
+            #[test]
+            fn many_files() {
+                $check(&many_tree());
+            }
+
+            #[test]
+            fn odd_names() {
+                $check(&$names());
+            }
+        }
+    )*};
 }
 
-#[test]
-fn create_then_mbstream_extract_deep_tree() {
-    check_create_then_mbstream(&deep_tree());
-}
-
-#[test]
-fn create_then_mbstream_extract_many_files() {
-    check_create_then_mbstream(&many_tree());
-}
-
-#[test]
-fn create_then_mbstream_extract_odd_names() {
-    check_create_then_mbstream(&names_tree());
-}
-
-#[test]
-fn mbstream_create_then_extract_big_files() {
-    check_mbstream_then_extract(&big_tree());
-}
-
-#[test]
-fn mbstream_create_then_extract_deep_tree() {
-    check_mbstream_then_extract(&deep_tree());
-}
-
-#[test]
-fn mbstream_create_then_extract_many_files() {
-    check_mbstream_then_extract(&many_tree());
-}
-
-#[test]
-fn mbstream_create_then_extract_odd_names() {
-    check_mbstream_then_extract(&names_tree_for_xbagent());
-}
-
-#[test]
-fn mbstream_create_then_parallel_extract_big_files() {
-    check_mbstream_then_parallel_extract(&big_tree());
-}
-
-#[test]
-fn mbstream_create_then_parallel_extract_deep_tree() {
-    check_mbstream_then_parallel_extract(&deep_tree());
-}
-
-#[test]
-fn mbstream_create_then_parallel_extract_many_files() {
-    check_mbstream_then_parallel_extract(&many_tree());
-}
-
-#[test]
-fn mbstream_create_then_parallel_extract_odd_names() {
-    check_mbstream_then_parallel_extract(&names_tree_for_xbagent());
+each_tree! {
+    create_then_mbstream_extract: check_create_then_mbstream, names_tree;
+    mbstream_create_then_extract: check_mbstream_then_extract, names_tree_for_xbagent;
+    mbstream_create_then_parallel_extract: check_mbstream_then_parallel_extract,
+        names_tree_for_xbagent;
 }
 
 /// Several `mbstream -c` runs concatenated are one valid stream (that is how a file list too

@@ -92,14 +92,23 @@ pub fn assert_same_tree(want: &Path, got: &Path) {
 /// [`assert_same_tree`] on trees already read.
 #[track_caller]
 pub fn assert_same_entries(w: &Tree, g: &Tree, want: &Path, got: &Path) {
+    if let Err(diff) = diff(w, g, want, got) {
+        panic!("{diff}");
+    }
+}
+
+/// What differs between tree `g` (read from `got`) and `w` (from `want`): every missing and
+/// unexpected entry, or the first differing entry (with its first differing byte).
+pub fn diff(w: &Tree, g: &Tree, want: &Path, got: &Path) -> Result<(), String> {
     let missing: Vec<&String> = w.keys().filter(|k| !g.contains_key(*k)).collect();
     let extra: Vec<&String> = g.keys().filter(|k| !w.contains_key(*k)).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{got:?} differs from {want:?}: {} missing {missing:?}, {} unexpected {extra:?}",
-        missing.len(),
-        extra.len()
-    );
+    if !missing.is_empty() || !extra.is_empty() {
+        return Err(format!(
+            "{got:?} differs from {want:?}: {} missing {missing:?}, {} unexpected {extra:?}",
+            missing.len(),
+            extra.len()
+        ));
+    }
     for (k, e) in w {
         if &g[k] != e {
             let at = match e {
@@ -108,12 +117,13 @@ pub fn assert_same_entries(w: &Tree, g: &Tree, want: &Path, got: &Path) {
                     .unwrap_or_default(),
                 _ => String::new(),
             };
-            panic!(
+            return Err(format!(
                 "{k} differs between {want:?} and {got:?}: {e:?} against {:?}{at}",
                 g[k]
-            );
+            ));
         }
     }
+    Ok(())
 }
 
 /// Byte offset of the first difference between two files, if any.
