@@ -376,6 +376,31 @@ impl World {
         self.dir.join(name)
     }
 
+    /// `serve --listen PORT --dir DIR` with the token and `extra`, listening.
+    fn serve_dir(&self, name: &str, dir: &Path, port: u16, extra: &[&str]) -> Proc {
+        let local = local(port);
+        let mut args = vec![
+            "--listen",
+            &local,
+            "--dir",
+            s(dir),
+            "--token-file",
+            s(&self.token),
+        ];
+        args.extend_from_slice(extra);
+        start_serve(&self.dir, name, &args)
+    }
+
+    /// `receive` from PORT into `dst` with the token and `extra`, to its end.
+    fn recv(&self, name: &str, port: u16, dst: &Path, extra: &[&str]) -> Outcome {
+        receive(
+            &self.dir,
+            name,
+            &strs(&recv_args(self, port, dst, extra)),
+            MIN,
+        )
+    }
+
     /// A shell command that sends CUT_AT bytes of the stream, records its PID in `pidfile`,
     /// and then sleeps (the process itself, `exec`ed, so killing that PID ends the source).
     fn stalling_source(&self, pidfile: &Path) -> String {
@@ -430,18 +455,7 @@ const MIN: Duration = Duration::from_secs(60);
 fn dir_clone_is_identical_and_a_rerun_is_a_no_op() {
     let w = World::new("dir");
     let port = free_port();
-    let mut serve = start_serve(
-        &w.dir,
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let mut serve = w.serve_dir("serve", &w.src, port, &[]);
     let dst = w.path("dst");
     let args = [
         "--from",
@@ -687,7 +701,7 @@ fn fault_source_exits_non_zero_after_the_whole_stream() {
     let cmd = format!("cat '{}'; exit 3", s(&w.xb));
     let (_serve, port) = serve_exec(&w, "serve", &cmd, &[]);
     let dst = w.path("dst");
-    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])), MIN);
+    let out = w.recv("recv", port, &dst, &[]);
     assert_failed(&out, EXIT_BAD_STREAM, &["exit status 3"], &dst);
 }
 
@@ -759,7 +773,7 @@ fn fault_connection_cut_by_proxy() {
     );
     let (pport, proxy) = cutting_proxy(port, 500_000);
     let dst = w.path("dst");
-    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, pport, &dst, &[])), MIN);
+    let out = w.recv("recv", pport, &dst, &[]);
     assert_eq!(proxy.join().unwrap(), 500_000, "the proxy cut too early");
     assert_failed(&out, EXIT_PEER, &["closed the connection"], &dst);
     // The donor notices that its receiver went away and stops the source.
@@ -827,12 +841,7 @@ fn fault_silent_donor_without_heartbeats_stalls() {
     let w = World::new("stall");
     let (port, stop, h) = silent_donor(&fs::read(&w.token).unwrap());
     let dst = w.path("dst");
-    let out = receive(
-        &w.dir,
-        "recv",
-        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "2s"])),
-        MIN,
-    );
+    let out = w.recv("recv", port, &dst, &["--stall-timeout", "2s"]);
     stop.store(true, Ordering::SeqCst);
     h.join().expect("the fake donor failed");
     assert_failed(&out, EXIT_PEER, &["stalled"], &dst);
@@ -849,12 +858,7 @@ fn silent_source_is_kept_alive_by_heartbeats() {
     let cmd = format!("sleep 8; cat '{}'", s(&w.xb));
     let (serve, port) = serve_exec(&w, "serve", &cmd, &["--heartbeat", "1s"]);
     let dst = w.path("dst");
-    let out = receive(
-        &w.dir,
-        "recv",
-        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "3s"])),
-        MIN,
-    );
+    let out = w.recv("recv", port, &dst, &["--stall-timeout", "3s"]);
     assert!(
         out.elapsed >= Duration::from_secs(7),
         "the clone ended after {:?}, before the source spoke",
@@ -877,7 +881,7 @@ fn fault_corrupt_source_stream_is_never_delivered() {
     let cmd = format!("cat '{}'", s(&bad_xb));
     let (mut serve, port) = serve_exec(&w, "serve", &cmd, &[]);
     let dst = w.path("dst");
-    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])), MIN);
+    let out = w.recv("recv", port, &dst, &[]);
     assert_failed(
         &out,
         EXIT_PEER,
@@ -965,49 +969,17 @@ fn a_marker_inside_the_stream_never_fakes_completion() {
     let w = World::new("chain");
     // First clone: w.src -> hop1 (now holds a completion marker).
     let port = free_port();
-    let serve1 = start_serve(
-        &w.dir,
-        "serve1",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let serve1 = w.serve_dir("serve1", &w.src, port, &[]);
     let hop1 = w.path("hop1");
-    let out = receive(
-        &w.dir,
-        "recv1",
-        &strs(&recv_args(&w, port, &hop1, &[])),
-        MIN,
-    );
+    let out = w.recv("recv1", port, &hop1, &[]);
     assert_complete(&out, &w.src, &hop1);
     drop(serve1);
 
     // Second hop, good: hop1 -> hop2; the marker is the receiver's own, about this clone.
     let port2 = free_port();
-    let _serve2 = start_serve(
-        &w.dir,
-        "serve2",
-        &[
-            "--listen",
-            &local(port2),
-            "--dir",
-            s(&hop1),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let _serve2 = w.serve_dir("serve2", &hop1, port2, &[]);
     let hop2 = w.path("hop2");
-    let out = receive(
-        &w.dir,
-        "recv2",
-        &strs(&recv_args(&w, port2, &hop2, &[])),
-        MIN,
-    );
+    let out = w.recv("recv2", port2, &hop2, &[]);
     assert_complete(&out, &w.src, &hop2);
     let m: serde_json::Value =
         serde_json::from_slice(&fs::read(hop2.join(COMPLETE)).unwrap()).unwrap();
@@ -1100,12 +1072,7 @@ fn fault_wrong_token_and_junk_never_start_the_source() {
 
     // The next good peer is served.
     let dst = w.path("dst-good");
-    let out = receive(
-        &w.dir,
-        "recv-good",
-        &strs(&recv_args(&w, port, &dst, &[])),
-        MIN,
-    );
+    let out = w.recv("recv-good", port, &dst, &[]);
     assert_complete(&out, &w.src, &dst);
     assert!(started.exists(), "the source did not run for the good peer");
 }
@@ -1127,18 +1094,7 @@ fn receive_waits_for_a_late_donor() {
         "receive gave up before the donor came: {}",
         r.log()
     );
-    let _serve = start_serve(
-        &w.dir,
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let _serve = w.serve_dir("serve", &w.src, port, &[]);
     let out = r.wait(MIN);
     assert_complete(&out, &w.src, &dst);
     assert!(
@@ -1155,12 +1111,7 @@ fn rerun_after_failure_clears_the_partial_clone() {
     let cmd = format!("cat '{}'; exit 3", s(&w.xb));
     let (bad, bad_port) = serve_exec(&w, "serve-bad", &cmd, &[]);
     let dst = w.path("dst");
-    let out = receive(
-        &w.dir,
-        "recv-bad",
-        &strs(&recv_args(&w, bad_port, &dst, &[])),
-        MIN,
-    );
+    let out = w.recv("recv-bad", bad_port, &dst, &[]);
     assert_failed(&out, EXIT_BAD_STREAM, &["exit status 3"], &dst);
     assert!(
         dst.join(PARTIAL).exists(),
@@ -1170,37 +1121,16 @@ fn rerun_after_failure_clears_the_partial_clone() {
     fs::write(dst.join("stray-from-attempt-1"), b"x").unwrap();
 
     let port = free_port();
-    let mut serve = start_serve(
-        &w.dir,
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let mut serve = w.serve_dir("serve", &w.src, port, &[]);
     // --keep-partial refuses, and touches nothing.
     let before = tree(&dst);
-    let out = receive(
-        &w.dir,
-        "recv-keep",
-        &strs(&recv_args(&w, port, &dst, &["--keep-partial"])),
-        MIN,
-    );
+    let out = w.recv("recv-keep", port, &dst, &["--keep-partial"]);
     assert_failed(&out, EXIT_LOCAL, &["partial"], &dst);
     assert_eq!(tree(&dst), before, "--keep-partial changed the directory");
     assert!(dst.join(PARTIAL).exists());
 
     // A plain re-run clears the partial clone and succeeds.
-    let out = receive(
-        &w.dir,
-        "recv-again",
-        &strs(&recv_args(&w, port, &dst, &[])),
-        MIN,
-    );
+    let out = w.recv("recv-again", port, &dst, &[]);
     assert_complete(&out, &w.src, &dst);
     assert!(!dst.join("stray-from-attempt-1").exists());
 
@@ -1211,12 +1141,7 @@ fn rerun_after_failure_clears_the_partial_clone() {
     fs::write(foreign.join("ibdata1"), b"precious too").unwrap();
     let before = tree(&foreign);
     let connects = serve.log().matches("}: connected").count();
-    let out = receive(
-        &w.dir,
-        "recv-foreign",
-        &strs(&recv_args(&w, port, &foreign, &[])),
-        MIN,
-    );
+    let out = w.recv("recv-foreign", port, &foreign, &[]);
     assert_failed(&out, EXIT_LOCAL, &["not empty"], &foreign);
     assert_eq!(tree(&foreign), before, "a foreign directory was modified");
     assert!(!foreign.join(PARTIAL).exists());
@@ -1392,9 +1317,11 @@ struct Pki {
     cli_key: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// `openssl ARGS` in `dir`, ARGS split at spaces.
+fn openssl(dir: &Path, args: &str) {
+    let args: Vec<&str> = args.split(' ').collect();
     let out = Command::new("openssl")
-        .args(args)
+        .args(&args)
         .current_dir(dir)
         .env("PATH", child_path())
         .stdin(Stdio::null())
@@ -1411,27 +1338,16 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn make_pki(dir: &Path) -> Pki {
     require_tools(&["openssl"], "openssl");
     fs::create_dir_all(dir).unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
     for ca in ["ca", "other-ca"] {
-        let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
-        let subj = format!("/CN=xbagent test {ca}");
-        a.push(&subj);
-        a.extend_from_slice(&ec);
-        let (k, c) = (format!("{ca}.key"), format!("{ca}.crt"));
-        a.extend_from_slice(&["-keyout", &k, "-out", &c]);
-        a.extend_from_slice(&[
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(dir, &a);
+        // The subject is one argument: no space in it.
+        openssl(
+            dir,
+            &format!(
+                "req -x509 -days 2 -subj /CN=xbagent-test-{ca} {ec} -keyout {ca}.key -out {ca}.crt \
+                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+            ),
+        );
     }
     fs::write(
         dir.join("srv.ext"),
@@ -1444,37 +1360,17 @@ fn make_pki(dir: &Path) -> Pki {
     )
     .unwrap();
     for (n, serial) in [("srv", "1001"), ("cli", "1002")] {
-        let (k, csr, crt, ext) = (
-            format!("{n}.key"),
-            format!("{n}.csr"),
-            format!("{n}.crt"),
-            format!("{n}.ext"),
-        );
-        let subj = format!("/CN=xbagent test {n}");
-        let mut a = vec!["req", "-new", "-subj", &subj];
-        a.extend_from_slice(&ec);
-        a.extend_from_slice(&["-keyout", &k, "-out", &csr]);
-        openssl(dir, &a);
+        let subj = format!("/CN=xbagent-test-{n}");
         openssl(
             dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                serial,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &crt,
-            ],
+            &format!("req -new -subj {subj} {ec} -keyout {n}.key -out {n}.csr"),
+        );
+        openssl(
+            dir,
+            &format!(
+                "x509 -req -in {n}.csr -CA ca.crt -CAkey ca.key -set_serial {serial} -days 2 \
+                 -extfile {n}.ext -out {n}.crt"
+            ),
         );
     }
     Pki {
@@ -1510,48 +1406,19 @@ fn tls_verifies_the_donor_and_optionally_the_receiver() {
     let w = World::new("tls");
     let pki = make_pki(&w.path("pki"));
     let port = free_port();
-    let mut serve = start_serve(
-        &w.dir,
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-            "--tls-cert",
-            s(&pki.srv_cert),
-            "--tls-key",
-            s(&pki.srv_key),
-        ],
-    );
+    let tls = ["--tls-cert", s(&pki.srv_cert), "--tls-key", s(&pki.srv_key)];
+    let mut serve = w.serve_dir("serve", &w.src, port, &tls);
     let dst = w.path("dst-ok");
-    let out = receive(
-        &w.dir,
-        "recv-ok",
-        &strs(&recv_args(&w, port, &dst, &["--tls-ca", s(&pki.ca)])),
-        MIN,
-    );
+    let out = w.recv("recv-ok", port, &dst, &["--tls-ca", s(&pki.ca)]);
     assert_complete(&out, &w.src, &dst);
 
     let dst = w.path("dst-wrong-ca");
-    let out = receive(
-        &w.dir,
-        "recv-wrong-ca",
-        &strs(&recv_args(&w, port, &dst, &["--tls-ca", s(&pki.other_ca)])),
-        MIN,
-    );
+    let out = w.recv("recv-wrong-ca", port, &dst, &["--tls-ca", s(&pki.other_ca)]);
     assert_tls_failure(&out, &dst);
 
     // A plaintext receiver against a TLS donor: refused, no marker.
     let dst = w.path("dst-plain");
-    let out = receive(
-        &w.dir,
-        "recv-plain",
-        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "10s"])),
-        MIN,
-    );
+    let out = w.recv("recv-plain", port, &dst, &["--stall-timeout", "10s"]);
     assert!(
         out.code.is_some_and(|c| c != 0),
         "plaintext receive against TLS serve: {}",
@@ -1562,50 +1429,18 @@ fn tls_verifies_the_donor_and_optionally_the_receiver() {
 
     // Client certificates required.
     let port2 = free_port();
-    let _serve2 = start_serve(
-        &w.dir,
-        "serve-mtls",
-        &[
-            "--listen",
-            &local(port2),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-            "--tls-cert",
-            s(&pki.srv_cert),
-            "--tls-key",
-            s(&pki.srv_key),
-            "--tls-client-ca",
-            s(&pki.ca),
-        ],
-    );
+    let mtls = [&tls[..], &["--tls-client-ca", s(&pki.ca)]].concat();
+    let _serve2 = w.serve_dir("serve-mtls", &w.src, port2, &mtls);
     let dst = w.path("dst-no-client-cert");
-    let out = receive(
-        &w.dir,
-        "recv-no-cert",
-        &strs(&recv_args(&w, port2, &dst, &["--tls-ca", s(&pki.ca)])),
-        MIN,
-    );
+    let out = w.recv("recv-no-cert", port2, &dst, &["--tls-ca", s(&pki.ca)]);
     assert_tls_failure(&out, &dst);
     let dst = w.path("dst-client-cert");
-    let out = receive(
-        &w.dir,
+    let cli = ["--tls-ca", s(&pki.ca), "--tls-cert", s(&pki.cli_cert)];
+    let out = w.recv(
         "recv-cert",
-        &strs(&recv_args(
-            &w,
-            port2,
-            &dst,
-            &[
-                "--tls-ca",
-                s(&pki.ca),
-                "--tls-cert",
-                s(&pki.cli_cert),
-                "--tls-key",
-                s(&pki.cli_key),
-            ],
-        )),
-        MIN,
+        port2,
+        &dst,
+        &[&cli[..], &["--tls-key", s(&pki.cli_key)]].concat(),
     );
     assert_complete(&out, &w.src, &dst);
 }
