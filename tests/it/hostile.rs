@@ -236,22 +236,16 @@ fn error_line(out: &Out) -> &str {
     lines[0]
 }
 
-/// What a case expects.
-struct Expect<'a> {
-    code: i32,
-    /// Each must appear in the error line.
-    words: &'a [&'a str],
-}
-
 /// Extract `bytes` into a fresh sandbox prepared by `setup`; check the exit status, the message
-/// and that nothing outside the target changed. For stream defects (code 1) also check that
+/// (each of `words` in the error line) and that nothing outside the target changed. For stream defects (code 1) also check that
 /// `verify` fails and writes nothing. Returns the sandbox for further checks.
 fn check_case(
     name: &str,
     setup: &dyn Fn(&Sandbox),
     make: &dyn Fn(&Sandbox) -> Vec<u8>,
     extra: &[&str],
-    want: &Expect,
+    code: i32,
+    words: &[&str],
 ) -> Sandbox {
     let sb = Sandbox::new();
     setup(&sb);
@@ -263,19 +257,19 @@ fn check_case(
     assert_same(&before, &after, name);
     assert_eq!(
         out.exit(),
-        want.code,
+        code,
         "{name}: exit status; stderr:\n{}",
         out.stderr
     );
-    if want.code != 0 {
+    if code != 0 {
         let line = error_line(&out);
-        for w in want.words {
+        for w in words {
             assert!(line.contains(w), "{name}: {w:?} missing from: {line}");
         }
         assert!(!line.contains('\0'), "{name}: raw NUL in message");
     }
-    if want.code == 1 {
-        verify_fails(name, &sb, &archive, want.words);
+    if code == 1 {
+        verify_fails(name, &sb, &archive, words);
     }
     sb
 }
@@ -420,10 +414,8 @@ fn traversal_cases(extra: &[&str]) {
                 &no_setup,
                 &make,
                 extra,
-                &Expect {
-                    code: 1,
-                    words: &["unsafe path", &offset_words],
-                },
+                1,
+                &["unsafe path", &offset_words],
             );
             // The good file before it was extracted; nothing else was.
             let names: Vec<_> = fs::read_dir(&sb.inner)
@@ -461,10 +453,8 @@ fn unsafe_path_message_names_the_path() {
         &no_setup,
         &|_| Stream::new().payload(b"../x", 0, b"x").bytes(),
         &[],
-        &Expect {
-            code: 1,
-            words: &["unsafe path '../x'", "stream offset 0", "'..'"],
-        },
+        1,
+        &["unsafe path '../x'", "stream offset 0", "'..'"],
     );
 }
 
@@ -497,10 +487,8 @@ fn directory_symlink_in_target_is_not_followed() {
                 &|sb| sb.symlink("d", "../../outside"),
                 &|_| file_stream(path, 0),
                 extra,
-                &Expect {
-                    code: 3,
-                    words: &[SYMLINK_WORDS[0], "'d'", SYMLINK_WORDS[1]],
-                },
+                3,
+                &[SYMLINK_WORDS[0], "'d'", SYMLINK_WORDS[1]],
             );
         }
     }
@@ -514,10 +502,8 @@ fn nested_directory_symlink_in_target_is_not_followed() {
         &|sb| sb.symlink("db/link", "../../../outside"),
         &|_| file_stream(b"db/link/f", 0),
         &["--parallel", "3"],
-        &Expect {
-            code: 3,
-            words: &[SYMLINK_WORDS[0], "'db/link'"],
-        },
+        3,
+        &[SYMLINK_WORDS[0], "'db/link'"],
     );
 }
 
@@ -531,10 +517,8 @@ fn symlink_pointing_inside_target_is_not_followed_either() {
         },
         &|_| file_stream(b"d/f", 0),
         &[],
-        &Expect {
-            code: 3,
-            words: SYMLINK_WORDS,
-        },
+        3,
+        SYMLINK_WORDS,
     );
     assert!(!sb.inner.join("real/f").exists());
 }
@@ -551,10 +535,8 @@ fn final_component_symlink_is_not_followed() {
                 &|sb| sb.symlink("f", target),
                 &|_| file_stream(b"f", flags),
                 extra,
-                &Expect {
-                    code: 3,
-                    words: &[SYMLINK_WORDS[0], "'f'", SYMLINK_WORDS[1]],
-                },
+                3,
+                &[SYMLINK_WORDS[0], "'f'", SYMLINK_WORDS[1]],
             );
             assert!(
                 !sb.outside.join("nonexistent").exists(),
@@ -573,10 +555,8 @@ fn final_component_symlink_is_not_followed_for_an_empty_file() {
             &|sb| sb.symlink("f", "../../outside/victim"),
             &|_| Stream::new().eof(b"f").bytes(),
             extra,
-            &Expect {
-                code: 3,
-                words: &[SYMLINK_WORDS[0], "'f'"],
-            },
+            3,
+            &[SYMLINK_WORDS[0], "'f'"],
         );
     }
 }
@@ -592,10 +572,8 @@ fn seek_on_a_symlink_is_not_followed() {
             v.bytes()
         },
         &["--force"],
-        &Expect {
-            code: 3,
-            words: &[SYMLINK_WORDS[0], "'f'"],
-        },
+        3,
+        &[SYMLINK_WORDS[0], "'f'"],
     );
 }
 
@@ -607,10 +585,8 @@ fn remove_through_a_directory_symlink_is_refused() {
             &|sb| sb.symlink("d", "../../outside"),
             &|_| good_start().remove(path).bytes(),
             &[],
-            &Expect {
-                code: 3,
-                words: &[SYMLINK_WORDS[0], "'d'"],
-            },
+            3,
+            &[SYMLINK_WORDS[0], "'d'"],
         );
     }
 }
@@ -655,90 +631,44 @@ fn remove_of_a_directory_holding_symlinks_does_not_follow_them() {
 
 #[test]
 fn rename_through_or_onto_symlinks_never_reaches_outside() {
-    struct Case {
-        name: &'static str,
-        link: (&'static str, &'static str),
-        from: &'static [u8],
-        to: &'static [u8],
-        /// None: either 0 or 3 is acceptable (the rename stays inside the target).
-        code: Option<i32>,
-    }
-    let cases = [
-        Case {
-            name: "R ok -> d/stolen (d -> outside)",
-            link: ("d", "../../outside"),
-            from: b"ok",
-            to: b"d/stolen",
-            code: Some(3),
-        },
-        Case {
-            name: "R ok -> d/victim (d -> outside)",
-            link: ("d", "../../outside"),
-            from: b"ok",
-            to: b"d/victim",
-            code: Some(3),
-        },
-        Case {
-            name: "R ok -> d/new/deeper (d -> outside)",
-            link: ("d", "../../outside"),
-            from: b"ok",
-            to: b"d/new/deeper",
-            code: Some(3),
-        },
-        Case {
-            name: "R d/victim -> got (d -> outside)",
-            link: ("d", "../../outside"),
-            from: b"d/victim",
-            to: b"got",
-            code: Some(3),
-        },
-        Case {
-            name: "R d/sub -> got (d -> outside)",
-            link: ("d", "../../outside"),
-            from: b"d/sub",
-            to: b"got",
-            code: Some(3),
-        },
-        Case {
-            name: "R ok -> f (f -> outside/victim)",
-            link: ("f", "../../outside/victim"),
-            from: b"ok",
-            to: b"f",
-            code: None,
-        },
-        Case {
-            name: "R f -> g (f -> outside/victim)",
-            link: ("f", "../../outside/victim"),
-            from: b"f",
-            to: b"g",
-            code: None,
-        },
-        Case {
-            name: "R ok -> d (d -> outside)",
-            link: ("d", "../../outside"),
-            from: b"ok",
-            to: b"d",
-            code: None,
-        },
+    const D: (&str, &str) = ("d", "../../outside");
+    const F: (&str, &str) = ("f", "../../outside/victim");
+    // symlink, R from, R to, exit status (None: 0 or 3, the rename stays inside).
+    type Case = (
+        (&'static str, &'static str),
+        &'static str,
+        &'static str,
+        Option<i32>,
+    );
+    let cases: [Case; 8] = [
+        (D, "ok", "d/stolen", Some(3)),
+        (D, "ok", "d/victim", Some(3)),
+        (D, "ok", "d/new/deeper", Some(3)),
+        (D, "d/victim", "got", Some(3)),
+        (D, "d/sub", "got", Some(3)),
+        (F, "ok", "f", None),
+        (F, "f", "g", None),
+        (D, "ok", "d", None),
     ];
-    for c in &cases {
+    for (link, from, to, code) in cases {
+        let name = &format!("R {from} -> {to} ({} -> {})", link.0, link.1);
         for extra in [&[][..], &["--force"][..]] {
             let sb = Sandbox::new();
-            sb.symlink(c.link.0, c.link.1);
-            let archive = sb.archive(good_start().rename(c.from, c.to));
+            sb.symlink(link.0, link.1);
+            let archive = sb.archive(good_start().rename(from.as_bytes(), to.as_bytes()));
             let before = sb.snapshot(false);
             let out = extract(&sb, &archive, extra);
-            assert_same(&before, &sb.snapshot(false), c.name);
-            match c.code {
+            assert_same(&before, &sb.snapshot(false), name);
+            match code {
                 Some(code) => {
-                    assert_eq!(out.exit(), code, "{}: {}", c.name, out.stderr);
+                    assert_eq!(out.exit(), code, "{}: {}", name, out.stderr);
                     let line = error_line(&out);
-                    assert!(line.contains(SYMLINK_WORDS[0]), "{}: {line}", c.name);
+                    assert!(line.contains(SYMLINK_WORDS[0]), "{}: {line}", name);
                 }
                 None => assert!(
                     out.exit() == 0 || out.exit() == 3,
                     "{}: exit {}: {}",
-                    c.name,
+                    name,
                     out.exit(),
                     out.stderr
                 ),
@@ -870,10 +800,8 @@ fn existing_directory_in_the_way_of_a_file_is_refused() {
         &|sb| fs::create_dir_all(sb.inner.join("f/inside")).unwrap(),
         &|_| file_stream(b"f", 0),
         &["--force"],
-        &Expect {
-            code: 3,
-            words: &["'f'"],
-        },
+        3,
+        &["'f'"],
     );
     assert!(sb.inner.join("f/inside").is_dir());
 }
@@ -885,10 +813,8 @@ fn existing_file_in_the_way_of_a_directory_is_refused() {
         &|sb| fs::write(sb.inner.join("db"), b"not a dir").unwrap(),
         &|_| file_stream(b"db/t1.ibd", 0),
         &["--force"],
-        &Expect {
-            code: 3,
-            words: &["'db'"],
-        },
+        3,
+        &["'db'"],
     );
 }
 
@@ -897,13 +823,7 @@ fn existing_file_in_the_way_of_a_directory_is_refused() {
 // ---------------------------------------------------------------------------------------------
 
 fn stream_defect(name: &str, bytes: &[u8], words: &[&str]) {
-    check_case(
-        name,
-        &no_setup,
-        &|_| bytes.to_vec(),
-        &[],
-        &Expect { code: 1, words },
-    );
+    check_case(name, &no_setup, &|_| bytes.to_vec(), &[], 1, words);
 }
 
 #[test]
@@ -1307,13 +1227,7 @@ fn ledger_defects_are_refused() {
         let words = build(&mut v);
         let w: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
         for extra in [&[][..], &["--parallel", "4"][..]] {
-            check_case(
-                name,
-                &no_setup,
-                &|_| v.bytes(),
-                extra,
-                &Expect { code: 1, words: &w },
-            );
+            check_case(name, &no_setup, &|_| v.bytes(), extra, 1, &w);
         }
     }
 }
