@@ -35,7 +35,7 @@ use xbagent::store::s3::S3Repo;
 use xbagent::store::Repository;
 
 use crate::support::mariadb::{fixture, mbstream_extract, require_mariadb, Server};
-use crate::support::trees::assert_same_tree;
+use crate::support::trees::{assert_same_tree, tree, Entry};
 use crate::support::{s as p, s3env, short_tempdir, xb};
 
 /// How long one command (a backup, a restore, a prepare) may take before the test fails.
@@ -344,21 +344,83 @@ fn prepare_start_compare(restored: &Path, source_sums: &BTreeMap<String, String>
     eprintln!("{} tables match the source", sums.len());
 }
 
-// ---------------------------------------------------------------------------------------------
+/// The stored object of backup `id` as bytes: read through the S3 API, or the file.
+fn read_object(s3: Option<&S3Repo>, repo_dir: &Path, key: &str, size: u64) -> Vec<u8> {
+    let Some(s3) = s3 else {
+        return fs::read(repo_dir.join(key)).unwrap();
+    };
+    let mut stored = Vec::with_capacity(size as usize);
+    while (stored.len() as u64) < size {
+        let len = (size - stored.len() as u64).min(16 << 20);
+        let piece = s3
+            .get_range(key, stored.len() as u64, len)
+            .unwrap_or_else(|e| panic!("cannot read {key}: {e}"));
+        assert!(!piece.is_empty(), "empty range read of {key}");
+        stored.extend_from_slice(&piece);
+    }
+    stored
+}
 
-#[test]
-fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
+/// Which repository a scenario backs up to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `s3://BUCKET/PREFIX`, `--compress zstd`, on the test server.
+    S3,
+    /// A plain path that does not exist yet (upload creates it), no compression.
+    Local,
+}
+
+/// The whole run of the module comment, against one backend.
+fn upload_restore_prepare_compare(kind: Kind) {
     require_mariadb();
-    let Some(env) = s3env::s3_env() else {
-        return;
+    let env = match kind {
+        Kind::S3 => match s3env::s3_env() {
+            Some(env) => Some(env),
+            None => return,
+        },
+        Kind::Local => None,
     };
     let started = Instant::now();
-    let tmp = short_tempdir("xbs-s3");
+    let tmp = short_tempdir(if env.is_some() { "xbs-s3" } else { "xbs-local" });
     let logs = tmp.path().join("logs");
     let mb_target = tmp.path().join("mbtarget");
     fs::create_dir_all(&mb_target).unwrap();
     let restore_dir = tmp.path().join("restore");
     let reference = tmp.path().join("ref");
+    let repo_dir = tmp.path().join("backups").join("mariadb");
+    let prefix = "prod/mariadb";
+    let (repo, s3) = match &env {
+        Some(env) => {
+            let bucket = env.new_bucket("mariadb");
+            let s3 = S3Repo::open(&bucket, prefix, &env.settings(&env.endpoint))
+                .unwrap_or_else(|e| panic!("cannot open s3://{bucket}/{prefix}: {e}"));
+            (format!("s3://{bucket}/{prefix}"), Some(s3))
+        }
+        None => (p(&repo_dir).to_string(), None),
+    };
+    let latest = format!("{repo}@latest");
+    let (compression, object) = match kind {
+        Kind::S3 => ("zstd:3", "stream.xbstream.zst"),
+        Kind::Local => ("none", "stream.xbstream"),
+    };
+    let xbc = |args: &[&str]| match &env {
+        Some(env) => env.xbagent(args),
+        None => xb(args),
+    };
+    // Every object of the repository (every file of a local one), keys relative to it.
+    let keys = || -> Vec<String> {
+        let Some(s3) = &s3 else {
+            let files = tree(&repo_dir).into_iter();
+            return files
+                .filter(|(_, e)| matches!(e, Entry::File { .. }))
+                .map(|(k, _)| k)
+                .collect();
+        };
+        let objects = s3
+            .list("")
+            .unwrap_or_else(|e| panic!("cannot list {repo}: {e}"));
+        objects.into_iter().map(|o| o.key).collect()
+    };
 
     let (src, source_sums, password) = source_server(&tmp.path().join("src"));
     eprintln!(
@@ -367,25 +429,15 @@ fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
         started.elapsed().as_secs_f64()
     );
 
-    let bucket = env.new_bucket("mariadb");
-    let prefix = "prod/mariadb";
-    let repo = format!("s3://{bucket}/{prefix}");
-    let latest = format!("{repo}@latest");
-
-    // As the CronJob runs it: --endpoint given, --compress zstd, password from the env.
-    let mut up = env.xbagent(&[
-        "upload",
-        "--to",
-        &repo,
-        "--endpoint",
-        &env.endpoint,
-        "--compress",
-        "zstd",
-        "--memory-limit",
-        "256MiB",
-        "--exec",
-        &mariabackup_exec(&src, &mb_target),
-    ]);
+    // As the CronJob runs it: the password from the env; on S3 --endpoint given and zstd.
+    let exec = mariabackup_exec(&src, &mb_target);
+    let mut args = vec!["upload", "--to", &repo];
+    if let Some(env) = &env {
+        args.extend(["--endpoint", &env.endpoint, "--compress", "zstd"]);
+        args.extend(["--memory-limit", "256MiB"]);
+    }
+    args.extend(["--exec", &exec]);
+    let mut up = xbc(&args);
     with_backup_env(&mut up, &src, &password);
     let up = run(up, &logs, "upload").ok();
     let id = uploaded_id(&up);
@@ -394,77 +446,69 @@ fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
         "upload printed the password"
     );
 
-    // What the bucket holds: the stream object and the manifest, nothing else.
-    let s3 = S3Repo::open(&bucket, prefix, &env.settings(&env.endpoint))
-        .unwrap_or_else(|e| panic!("cannot open {repo}: {e}"));
-    let keys: Vec<String> = s3
-        .list("")
-        .unwrap_or_else(|e| panic!("cannot list {repo}: {e}"))
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    // What the repository holds: the stream object and the manifest, nothing else (no
+    // started.json, no .partial, no temporary file).
+    let stored_keys = keys();
     assert_eq!(
-        keys,
-        vec![
-            format!("{id}/manifest.json"),
-            format!("{id}/stream.xbstream.zst")
-        ],
+        stored_keys,
+        vec![format!("{id}/manifest.json"), format!("{id}/{object}")],
         "objects under {repo} after a successful upload"
     );
-    let manifest: Value = serde_json::from_slice(
-        &s3.get(&format!("{id}/manifest.json"), 64 << 20)
-            .expect("cannot read the manifest"),
-    )
+    let manifest: Value = serde_json::from_slice(&match &s3 {
+        Some(s3) => s3
+            .get(&format!("{id}/manifest.json"), 64 << 20)
+            .unwrap()
+            .to_vec(),
+        None => fs::read(repo_dir.join(&id).join("manifest.json")).unwrap(),
+    })
     .expect("the manifest is not JSON");
-    check_manifest(&manifest, &id, "zstd:3", "stream.xbstream.zst", &password);
-    assert!(
-        manifest["object"]["parts"].as_u64() >= Some(3),
-        "expected the compressed object in several parts: {}",
-        brief(&manifest)
-    );
+    check_manifest(&manifest, &id, compression, object, &password);
+    if kind == Kind::S3 {
+        assert!(
+            manifest["object"]["parts"].as_u64() >= Some(3),
+            "expected the compressed object in several parts: {}",
+            brief(&manifest)
+        );
+    }
 
-    let table = run(env.xbagent(&["backups", "list", &repo]), &logs, "list").ok();
+    let table = run(xbc(&["backups", "list", &repo]), &logs, "list").ok();
     let json = run(
-        env.xbagent(&["backups", "list", "--json", &repo]),
+        xbc(&["backups", "list", "--json", &repo]),
         &logs,
         "list-json",
     )
     .ok();
-    check_listing(&table, &json, &id, "zstd:3", &manifest, &password);
+    check_listing(&table, &json, &id, compression, &manifest, &password);
 
-    // A rotated secret: mariabackup cannot log in and exits 1. The upload fails with exit 1
-    // and leaves nothing in the bucket (the backup above stays the only one).
-    let mut bad = env.xbagent(&[
-        "upload",
-        "--to",
-        &repo,
-        "--compress",
-        "zstd",
-        "--exec",
-        &mariabackup_exec(&src, &mb_target),
-    ]);
-    with_backup_env(&mut bad, &src, "not-the-password");
-    let bad = run(bad, &logs, "upload-bad-password");
-    assert_eq!(
-        bad.status.code(),
-        Some(1),
-        "an upload whose mariabackup fails must exit 1\n{}",
-        bad.describe()
-    );
-    assert!(
-        bad.stderr.contains("exited with status"),
-        "the error names the producer's exit status\n{}",
-        bad.describe()
-    );
-    let after: Vec<String> = s3
-        .list("")
-        .unwrap_or_else(|e| panic!("cannot list {repo}: {e}"))
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    assert_eq!(after, keys, "a failed upload left objects behind");
+    if kind == Kind::S3 {
+        // A rotated secret: mariabackup cannot log in and exits 1. The upload fails with exit
+        // 1 and leaves nothing in the bucket (the backup above stays the only one).
+        let mut bad = xbc(&[
+            "upload",
+            "--to",
+            &repo,
+            "--compress",
+            "zstd",
+            "--exec",
+            &exec,
+        ]);
+        with_backup_env(&mut bad, &src, "not-the-password");
+        let bad = run(bad, &logs, "upload-bad-password");
+        assert_eq!(
+            bad.status.code(),
+            Some(1),
+            "an upload whose mariabackup fails must exit 1\n{}",
+            bad.describe()
+        );
+        assert!(
+            bad.stderr.contains("exited with status"),
+            "the error names the producer's exit status\n{}",
+            bad.describe()
+        );
+        assert_eq!(keys(), stored_keys, "a failed upload left objects behind");
+    }
 
-    let verify = run(env.xbagent(&["verify", &latest]), &logs, "verify").ok();
+    let verify = run(xbc(&["verify", &latest]), &logs, "verify").ok();
     assert!(
         verify
             .stdout
@@ -472,40 +516,43 @@ fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
         "{}",
         verify.describe()
     );
-
+    // Restore @latest from S3; a local one by a file:// URL and an explicit id.
+    let from = match kind {
+        Kind::S3 => latest.clone(),
+        Kind::Local => format!("file://{repo}@{id}"),
+    };
     let restore = run(
-        env.xbagent(&["restore", "--from", &latest, "-C", p(&restore_dir)]),
+        xbc(&["restore", "--from", &from, "-C", p(&restore_dir)]),
         &logs,
         "restore",
     )
     .ok();
     check_restored(&restore_dir, &restore, &id);
 
-    // The stored object read without xbagent (repository.md section 14): its BLAKE3 is the
-    // manifest's, it is plain zstd, and mbstream -x of it gives what restore wrote.
+    // The stored object read without xbagent (repository.md section 14): its size and BLAKE3
+    // are the manifest's, it is the plain stream or plain zstd of it, and mbstream -x of it
+    // gives what restore wrote.
     let size = manifest["object"]["size"].as_u64().expect("object.size");
-    let key = format!("{id}/stream.xbstream.zst");
-    let mut stored = Vec::with_capacity(size as usize);
-    while (stored.len() as u64) < size {
-        let len = (size - stored.len() as u64).min(16 << 20);
-        let piece = s3
-            .get_range(&key, stored.len() as u64, len)
-            .unwrap_or_else(|e| panic!("cannot read {key}: {e}"));
-        assert!(!piece.is_empty(), "empty range read of {key}");
-        stored.extend_from_slice(&piece);
-    }
+    let stored = read_object(s3.as_ref(), &repo_dir, &format!("{id}/{object}"), size);
+    assert_eq!(
+        stored.len() as u64,
+        size,
+        "object size differs from the manifest's"
+    );
     assert_eq!(
         blake3::hash(&stored).to_hex().as_str(),
         manifest["object"]["blake3"].as_str().unwrap(),
         "BLAKE3 of the stored object differs from the manifest's"
     );
-    let plain = zstd::decode_all(&stored[..]).expect("the stored object is not a zstd stream");
+    let plain = match kind {
+        Kind::S3 => zstd::decode_all(&stored[..]).expect("the stored object is not a zstd stream"),
+        Kind::Local => stored,
+    };
     assert_eq!(
         Some(plain.len() as u64),
         manifest["stream"]["bytes"].as_u64(),
-        "decompressed size differs from the manifest's stream.bytes"
+        "the stream's size differs from the manifest's stream.bytes"
     );
-    drop(stored);
     let plain_path = tmp.path().join("stream.xbstream");
     fs::write(&plain_path, &plain).unwrap();
     drop(plain);
@@ -516,118 +563,15 @@ fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
 
     prepare_start_compare(&restore_dir, &source_sums);
     drop(src);
-    eprintln!(
-        "S3 ({}) test done in {:.1}s",
-        env.server,
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("test done in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn s3_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
+    upload_restore_prepare_compare(Kind::S3);
 }
 
 #[test]
 fn local_upload_of_mariabackup_restores_prepares_and_matches_source_checksums() {
-    require_mariadb();
-    let started = Instant::now();
-    let tmp = short_tempdir("xbs-local");
-    let logs = tmp.path().join("logs");
-    let mb_target = tmp.path().join("mbtarget");
-    fs::create_dir_all(&mb_target).unwrap();
-    let restore_dir = tmp.path().join("restore");
-    let reference = tmp.path().join("ref");
-    // A plain path that does not exist yet: upload creates it.
-    let repo_dir = tmp.path().join("backups").join("mariadb");
-    let repo = p(&repo_dir).to_string();
-
-    let (src, source_sums, password) = source_server(&tmp.path().join("src"));
-    eprintln!(
-        "source ready: {} tables ({:.1}s)",
-        source_sums.len(),
-        started.elapsed().as_secs_f64()
-    );
-
-    let mut up = xb(&[
-        "upload",
-        "--to",
-        &repo,
-        "--exec",
-        &mariabackup_exec(&src, &mb_target),
-    ]);
-    with_backup_env(&mut up, &src, &password);
-    let up = run(up, &logs, "upload").ok();
-    let id = uploaded_id(&up);
-
-    // The directory holds the finished stream and the manifest; no started.json, no .partial,
-    // no temporary file.
-    let backup_dir = repo_dir.join(&id);
-    let mut names: Vec<String> = fs::read_dir(&backup_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        vec!["manifest.json", "stream.xbstream"],
-        "files in {} after a successful upload",
-        backup_dir.display()
-    );
-    let manifest: Value =
-        serde_json::from_slice(&fs::read(backup_dir.join("manifest.json")).unwrap())
-            .expect("the manifest is not JSON");
-    check_manifest(&manifest, &id, "none", "stream.xbstream", &password);
-    let stream_path = backup_dir.join("stream.xbstream");
-    let stored = fs::read(&stream_path).unwrap();
-    assert_eq!(
-        Some(stored.len() as u64),
-        manifest["object"]["size"].as_u64(),
-        "stream file size differs from the manifest's object.size"
-    );
-    assert_eq!(
-        manifest["object"]["size"], manifest["stream"]["bytes"],
-        "uncompressed: object.size == stream.bytes"
-    );
-    assert_eq!(
-        blake3::hash(&stored).to_hex().as_str(),
-        manifest["object"]["blake3"].as_str().unwrap(),
-        "BLAKE3 of the stream file differs from the manifest's"
-    );
-    drop(stored);
-
-    let table = run(xb(&["backups", "list", &repo]), &logs, "list").ok();
-    let json = run(
-        xb(&["backups", "list", "--json", &repo]),
-        &logs,
-        "list-json",
-    )
-    .ok();
-    check_listing(&table, &json, &id, "none", &manifest, &password);
-
-    // verify by a plain path, restore by a file:// URL and an explicit id.
-    let verify = run(xb(&["verify", &format!("{repo}@latest")]), &logs, "verify").ok();
-    assert!(
-        verify
-            .stdout
-            .contains(&format!("ok: backup {id} matches its manifest")),
-        "{}",
-        verify.describe()
-    );
-    let restore = run(
-        xb(&[
-            "restore",
-            "--from",
-            &format!("file://{repo}@{id}"),
-            "-C",
-            p(&restore_dir),
-        ]),
-        &logs,
-        "restore",
-    )
-    .ok();
-    check_restored(&restore_dir, &restore, &id);
-
-    mbstream_extract(&stream_path, &reference);
-    assert_same_tree(&reference, &restore_dir);
-    fs::remove_dir_all(&reference).unwrap();
-
-    prepare_start_compare(&restore_dir, &source_sums);
-    drop(src);
-    eprintln!("local test done in {:.1}s", started.elapsed().as_secs_f64());
+    upload_restore_prepare_compare(Kind::Local);
 }
