@@ -95,6 +95,19 @@ fn decode_split(
     }
 }
 
+/// Decode `bytes` without declaring the end of input, until an error or a need for more:
+/// what a reader sees of a stream that is still arriving.
+fn decode_without_eof(bytes: &[u8], o: DecodeOptions) -> Result<Option<Chunk>, FormatError> {
+    let mut dec = Decoder::new(o);
+    let mut buf = BytesMut::from(bytes);
+    loop {
+        match dec.decode(&mut buf) {
+            Ok(Some(_)) => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Decode a whole buffer at end of input.
 fn decode_all(bytes: &[u8], o: DecodeOptions) -> (Vec<Chunk>, Result<(), FormatError>) {
     let (c, r, _) = decode_split(bytes, &[bytes.len().max(1)], o);
@@ -402,14 +415,7 @@ proptest! {
         let want = format!("stream offset {at}");
         prop_assert!(e.to_string().contains(&want), "{}", e);
         // Garbage fails as soon as the first wrong byte arrives, not at end of input.
-        let mut dec = Decoder::new(opts(Dialect::Auto));
-        let mut buf = BytesMut::from(&bytes[..at as usize + pos + 1]);
-        let r = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        };
+        let r = decode_without_eof(&bytes[..at as usize + pos + 1], opts(Dialect::Auto));
         prop_assert!(matches!(r, Err(FormatError::BadMagic { .. })), "{r:?}");
     }
 
@@ -437,14 +443,7 @@ proptest! {
         let at = bytes.len() as u64;
         // Only the 14-byte prefix: the decoder must not wait for (or allocate) the path.
         bytes.extend_from_slice(&prefix_bytes(0, ty, len, b""));
-        let mut dec = Decoder::new(opts(Dialect::Auto));
-        let mut buf = BytesMut::from(&bytes[..]);
-        let r = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        };
+        let r = decode_without_eof(&bytes[..], opts(Dialect::Auto));
         prop_assert_eq!(r, Err(FormatError::PathTooLong { offset: at, len: len as u64, max: 511 }));
     }
 
@@ -512,14 +511,7 @@ proptest! {
             }
         };
         let o = DecodeOptions { dialect, max_chunk_size: max, check_paths: true };
-        let mut dec = Decoder::new(o);
-        let mut buf = BytesMut::from(&bytes[..]);
-        let r = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        };
+        let r = decode_without_eof(&bytes[..], o);
         match r {
             Err(FormatError::ChunkTooLarge { offset, len, max: m, .. }) => {
                 prop_assert_eq!(offset, at);
@@ -652,14 +644,7 @@ proptest! {
         bytes.extend_from_slice(&prefix_bytes(0, b'R', path.len() as u32, &path));
         bytes.extend_from_slice(&len.to_le_bytes());
         // The target itself never arrives: the length alone must be refused.
-        let mut dec = Decoder::new(opts(Dialect::Auto));
-        let mut buf = BytesMut::from(&bytes[..]);
-        let r = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        };
+        let r = decode_without_eof(&bytes[..], opts(Dialect::Auto));
         match r {
             Err(FormatError::RenameTargetTooLong { offset, len: l, max, .. }) => {
                 prop_assert_eq!(offset, at);
