@@ -8,8 +8,12 @@
 //! - The ledger accepts every well-formed stream and names gaps, overlaps, duplicates, data
 //!   after `E` and files left without `E`.
 
+#[path = "support/stream.rs"]
+mod stream;
+
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use stream::Stream;
 use xbagent::format::{
     encode_chunk, encode_eof, encode_header_into, encode_payload, encode_sparse, sparse_crc, Chunk,
     ChunkBody, ChunkHeader, DecodeOptions, Decoder, Dialect, FileState, FormatError, Ledger,
@@ -763,21 +767,10 @@ fn mariadb_chunks_in_a_percona_stream_are_wrong_dialect() {
 fn sparse_after_mariadb_evidence_is_read_as_a_seek_and_fails() {
     // Once a D chunk settled MariaDB, a Percona sparse chunk is misread as a seek, and the
     // bytes after its 8-byte "offset" are not a chunk: the stream is refused, not misapplied.
-    let mut bytes = Vec::new();
-    encode_header_into(
-        &ChunkHeader::Remove {
-            path: b"old",
-            flags: 0,
-        },
-        &mut bytes,
-    );
-    encode_sparse(
-        &mut bytes,
-        b"s",
-        0,
-        &[SparseEntry { skip: 4, len: 3 }],
-        b"abc",
-    );
+    let mut bytes = Stream::new();
+    bytes
+        .remove(b"old")
+        .sparse(b"s", 0, &[SparseEntry { skip: 4, len: 3 }], b"abc");
     let (n, e) = decode_err(&bytes, opts(Dialect::Auto));
     assert_eq!(n, 2, "the D and the misread seek");
     assert!(matches!(e, FormatError::BadMagic { .. }), "{e:?}");
@@ -978,17 +971,8 @@ fn unsafe_path_in_every_chunk_kind_is_refused() {
 
 #[test]
 fn unsafe_path_is_refused_before_the_payload_arrives() {
-    let mut bytes = Vec::new();
-    encode_header_into(
-        &ChunkHeader::Payload {
-            path: b"../x",
-            flags: 0,
-            offset: 0,
-            len: 1 << 20,
-            crc: 0,
-        },
-        &mut bytes,
-    );
+    let mut bytes = Stream::new();
+    bytes.payload_header(b"../x", 1 << 20);
     let mut dec = Decoder::new(DecodeOptions::default());
     let mut buf = BytesMut::from(&bytes[..18]); // prefix and path only
     assert!(matches!(

@@ -3,6 +3,9 @@
 //! or types, unsafe paths, truncation) as raw bytes where the encoder refuses to write them.
 //! It only builds bytes; it checks nothing.
 
+// Each test binary that includes this uses only some of it.
+#![allow(dead_code)]
+
 use std::ops::{Deref, DerefMut};
 
 use xbagent::format::{
