@@ -2,14 +2,14 @@
 //! memory measured, retries through a proxy that injects 5xx answers and dropped
 //! connections, and parts spooled to disk when the memory limit is small.
 
-use crate::support::s3env;
-
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::Output;
 
 use crate::support::s3_fault_proxy::{Fault, FaultProxy};
+use crate::support::s3env;
+use crate::support::trees::assert_same_tree;
 
 const MIB: u64 = 1 << 20;
 
@@ -31,40 +31,6 @@ fn write_random(path: &Path, len: u64, seed: u64) {
         left -= n as u64;
     }
     f.flush().unwrap();
-}
-
-fn digest_file(path: &Path) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    let mut f = fs::File::open(path).unwrap();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    h.finalize()
-}
-
-/// Every regular file under `dir` with its digest.
-fn tree(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.push((rel, digest_file(&p).to_hex().to_string()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn ok(out: &Output, what: &str) -> String {
@@ -173,7 +139,7 @@ fn four_gib_round_trip_with_bounded_memory() {
         "restore peak RSS {} MiB",
         down_rss / MIB
     );
-    assert_eq!(tree(&src), tree(&dst), "restored tree differs");
+    assert_same_tree(&src, &dst);
     assert!(!dst.join(".xbagent-restore-in-progress").exists());
 }
 
@@ -230,7 +196,7 @@ fn retries_through_faults() {
         down_err.contains("retrying GetObject"),
         "restore retries not logged: {down_err}"
     );
-    assert_eq!(tree(&src), tree(&dst));
+    assert_same_tree(&src, &dst);
     let verify = run(&["verify", &format!("{repo}@latest")]);
     ok(&verify, "verify through faults");
 }
@@ -320,6 +286,6 @@ fn small_memory_limit_spools_parts() {
             .output()
             .unwrap();
         ok(&down, "restore");
-        assert_eq!(tree(&src), tree(&dst));
+        assert_same_tree(&src, &dst);
     }
 }
