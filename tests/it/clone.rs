@@ -1506,16 +1506,8 @@ fn clone_between_network_namespaces_over_veth() {
         panic!("ip netns add {} failed: {}", net.ns[0], err.trim());
     }
     ip_ok(&["netns", "add", &net.ns[1]]);
-    ip_ok(&[
-        "link",
-        "add",
-        &net.veth[0],
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &net.veth[1],
-    ]);
+    let (a, b) = (&net.veth[0], &net.veth[1]);
+    ip_ok(&["link", "add", a, "type", "veth", "peer", "name", b]);
     for (i, addr) in ["10.77.0.1/24", "10.77.0.2/24"].into_iter().enumerate() {
         ip_ok(&["link", "set", &net.veth[i], "netns", &net.ns[i]]);
         ip_ok(&["-n", &net.ns[i], "addr", "add", addr, "dev", &net.veth[i]]);
@@ -1524,47 +1516,26 @@ fn clone_between_network_namespaces_over_veth() {
     }
 
     let w = World::new("netns");
+    // `xbagent ARGS` in namespace `i`, with the token.
+    let in_ns = |i: usize, args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.ns[i], XBAGENT]).args(args);
+        c.args(["--token-file", s(&w.token)]);
+        c
+    };
+    let serve_args = ["serve", "--listen", "10.77.0.1:3307", "--dir", s(&w.src)];
     let mut serve = Proc::spawn(
         "serve",
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            &net.ns[0],
-            XBAGENT,
-            "serve",
-            "--listen",
-            "10.77.0.1:3307",
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ]),
+        &mut in_ns(0, &serve_args),
         w.path("serve.log"),
         true,
     );
     serve.wait_log("listening on", Duration::from_secs(15));
     let dst = w.path("dst");
-    let out = Proc::spawn(
-        "receive",
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            &net.ns[1],
-            XBAGENT,
-            "receive",
-            "--from",
-            "10.77.0.1:3307",
-            "-C",
-            s(&dst),
-            "--token-file",
-            s(&w.token),
-            "--retry-for",
-            "20s",
-        ]),
-        w.path("recv.log"),
-        false,
-    )
-    .wait(MIN);
+    let recv_args = ["receive", "--from", "10.77.0.1:3307", "-C", s(&dst)];
+    let mut recv = in_ns(1, &recv_args);
+    recv.args(["--retry-for", "20s"]);
+    let out = Proc::spawn("receive", &mut recv, w.path("recv.log"), false).wait(MIN);
     assert_complete(&out, &w.src, &dst);
     // The peer the donor saw is the other namespace's address: the clone crossed the veth.
     serve.wait_log("peer=10.77.0.2:", Duration::from_secs(5));

@@ -631,13 +631,25 @@ impl Repo {
         matches!(&self.backend, Backend::S3(s3) if s3.fs_root.is_some())
     }
 
+    /// `restore --from FROM -C DIR ARGS`.
+    fn restore(&self, from: &str, dir: &Path, args: &[&str]) -> Out {
+        self.run(&[&["restore", "--from", from, "-C", s(dir)], args].concat())
+    }
+
+    /// `upload --to REPO --id ID ARGS`.
+    fn upload(&self, id: &str, args: &[&str]) -> Out {
+        self.run(&[&["upload", "--to", &self.url, "--id", id], args].concat())
+    }
+
+    /// `backups prune REPO ARGS`.
+    fn prune(&self, args: &[&str]) -> Out {
+        self.run(&[&["backups", "prune", &self.url], args].concat())
+    }
+
     /// Upload `fx`'s stream file under `id`.
     #[track_caller]
     fn upload_file(&self, fx: &Fixture, id: &str, extra: &[&str]) -> Out {
-        let mut args = vec!["upload", "--to", &self.url, "--id", id];
-        args.extend_from_slice(extra);
-        args.push(s(&fx.xbs));
-        let out = self.run(&args);
+        let out = self.upload(id, &[extra, &[s(&fx.xbs)]].concat());
         out.code(0).prints(&format!("backup {id} complete"));
         out
     }
@@ -847,7 +859,7 @@ fn killed_upload(kind: Kind) {
 
     // restore and verify refuse it (exit 1), and restore writes nothing.
     let target = fx.path("restored");
-    repo.run(&["restore", "--from", &repo.at(&id), "-C", s(&target)])
+    repo.restore(&repo.at(&id), &target, &[])
         .code(1)
         .says("incomplete");
     assert!(
@@ -865,29 +877,16 @@ fn killed_upload(kind: Kind) {
 
     // Within the default grace (24h) prune leaves it alone.
     let before = repo.objects();
-    repo.run(&["backups", "prune", &repo.url, "--keep-last", "1"])
-        .code(0)
-        .prints_not(&id);
+    repo.prune(&["--keep-last", "1"]).code(0).prints_not(&id);
     // Dry run with no grace: listed, nothing deleted.
-    repo.run(&[
-        "backups",
-        "prune",
-        &repo.url,
-        "--keep-last",
-        "1",
-        "--grace",
-        "0s",
-    ])
-    .code(0)
-    .prints(&format!("would delete {id}"))
-    .prints("incomplete");
+    repo.prune(&["--keep-last", "1", "--grace", "0s"])
+        .code(0)
+        .prints(&format!("would delete {id}"))
+        .prints("incomplete");
     assert_eq!(repo.objects(), before, "a dry run deleted something");
 
     // --apply deletes it.
-    let out = repo.run(&[
-        "backups",
-        "prune",
-        &repo.url,
+    let out = repo.prune(&[
         "--keep-last",
         "1",
         "--grace",
@@ -976,20 +975,10 @@ fn failed_producer(kind: Kind) {
     };
     let id = "20250301T000000.000Z";
     let exec = format!("cat {}; exit 3", s(&fx.xbs));
-    repo.run(&[
-        "upload",
-        "--to",
-        &repo.url,
-        "--id",
-        id,
-        "--part-size",
-        PART,
-        "--exec",
-        &exec,
-    ])
-    .code(1)
-    .says("status 3")
-    .prints_not("complete");
+    repo.upload(id, &["--part-size", PART, "--exec", &exec])
+        .code(1)
+        .says("status 3")
+        .prints_not("complete");
     assert!(repo.objects().is_empty(), "{:?}", repo.objects());
     assert!(repo.list().is_empty());
     if kind == Kind::S3 {
@@ -1024,25 +1013,15 @@ fn corrupt_source(kind: Kind) {
     fs::write(&bad, &stream).unwrap();
     let id = "20250401T000000.000Z";
     // From a file, and from a producer that exits 0.
-    repo.run(&["upload", "--to", &repo.url, "--id", id, s(&bad)])
+    repo.upload(id, &[s(&bad)])
         .code(1)
         .says("checksum")
         .prints_not("complete");
     assert!(repo.objects().is_empty(), "{:?}", repo.objects());
     let exec = format!("cat {}", s(&bad));
-    repo.run(&[
-        "upload",
-        "--to",
-        &repo.url,
-        "--id",
-        id,
-        "--compress",
-        "zstd",
-        "--exec",
-        &exec,
-    ])
-    .code(1)
-    .says("checksum");
+    repo.upload(id, &["--compress", "zstd", "--exec", &exec])
+        .code(1)
+        .says("checksum");
     assert!(repo.objects().is_empty(), "{:?}", repo.objects());
     assert!(repo.list().is_empty());
     if kind == Kind::S3 {
@@ -1091,7 +1070,7 @@ fn altered_object(kind: Kind) {
             .says_one_of(bad)
             .prints_not("ok:");
         let target = fx.path(&format!("restore-{id}"));
-        repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
+        repo.restore(&repo.at(id), &target, &[])
             .code(1)
             .says_one_of(bad)
             .prints_not("restored backup");
@@ -1113,7 +1092,7 @@ fn altered_object(kind: Kind) {
             .says("manifest")
             .prints_not("ok:");
         let target = fx.path(&format!("restore-short-{id}"));
-        repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
+        repo.restore(&repo.at(id), &target, &[])
             .code(1)
             .says("manifest");
     }
@@ -1131,7 +1110,7 @@ fn restore_non_empty(kind: Kind) {
     repo.upload_file(&fx, id, &[]);
 
     let fresh = fx.path("fresh");
-    repo.run(&["restore", "--from", &repo.at(id), "-C", s(&fresh)])
+    repo.restore(&repo.at(id), &fresh, &[])
         .code(0)
         .prints(&format!("restored backup {id}"));
     assert_same_tree(&fx.src, &fresh);
@@ -1140,7 +1119,7 @@ fn restore_non_empty(kind: Kind) {
     fs::create_dir_all(&target).unwrap();
     fs::write(target.join("keep.txt"), b"mine").unwrap();
     let before = tree(&target);
-    repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
+    repo.restore(&repo.at(id), &target, &[])
         .code(3)
         .says("not empty");
     assert_eq!(
@@ -1149,16 +1128,9 @@ fn restore_non_empty(kind: Kind) {
         "a refused restore changed its target"
     );
 
-    repo.run(&[
-        "restore",
-        "--from",
-        &repo.at(id),
-        "-C",
-        s(&target),
-        "--force",
-    ])
-    .code(0)
-    .prints(&format!("restored backup {id}"));
+    repo.restore(&repo.at(id), &target, &["--force"])
+        .code(0)
+        .prints(&format!("restored backup {id}"));
     let mut want = tree(&fx.src);
     want.insert("keep.txt".into(), Entry::file(b"mine"));
     assert_eq!(tree(&target), want);
@@ -1282,17 +1254,9 @@ fn latest_skips_incomplete(kind: Kind) {
         "20210103T000000.000Z",
     );
     repo.upload_file(&fx, old, &[]);
-    repo.run(&[
-        "upload",
-        "--to",
-        &repo.url,
-        "--id",
-        new,
-        "--dir",
-        s(&newer_src),
-    ])
-    .code(0)
-    .prints(&format!("backup {new} complete"));
+    repo.upload(new, &["--dir", s(&newer_src)])
+        .code(0)
+        .prints(&format!("backup {new} complete"));
     // Newer, and incomplete although its stream object looks whole: no manifest.
     repo.write(&format!("{dead}/started.json"), started_json(dead));
     repo.write(
@@ -1309,13 +1273,13 @@ fn latest_skips_incomplete(kind: Kind) {
     );
 
     let target = fx.path("latest");
-    repo.run(&["restore", "--from", &repo.at("latest"), "-C", s(&target)])
+    repo.restore(&repo.at("latest"), &target, &[])
         .code(0)
         .prints(&format!("restored backup {new}"));
     assert_same_tree(&newer_src, &target);
     // REPO alone means @latest.
     let target = fx.path("bare");
-    repo.run(&["restore", "--from", &repo.url, "-C", s(&target)])
+    repo.restore(&repo.url, &target, &[])
         .code(0)
         .prints(&format!("restored backup {new}"));
     assert_same_tree(&newer_src, &target);
@@ -1343,10 +1307,7 @@ fn existing_id(kind: Kind) {
     let before = repo.objects();
 
     for extra in [&[][..], &["--compress", "zstd"][..]] {
-        let mut args = vec!["upload", "--to", &repo.url, "--id", id];
-        args.extend_from_slice(extra);
-        args.push(s(&other.xbs));
-        repo.run(&args)
+        repo.upload(id, &[extra, &[s(&other.xbs)]].concat())
             .code(3)
             .says("already exists")
             .prints_not("complete");
@@ -1355,14 +1316,13 @@ fn existing_id(kind: Kind) {
     assert_eq!(repo.read(&format!("{id}/manifest.json")), manifest);
     assert_eq!(repo.read(&format!("{id}/stream.xbstream")), stream);
     let target = fx.path("restored");
-    repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
-        .code(0);
+    repo.restore(&repo.at(id), &target, &[]).code(0);
     assert_same_tree(&fx.src, &target);
 
     // An incomplete backup's id is taken too.
     let dead = "20250902T000000.000Z";
     repo.write(&format!("{dead}/started.json"), started_json(dead));
-    repo.run(&["upload", "--to", &repo.url, "--id", dead, s(&other.xbs)])
+    repo.upload(dead, &[s(&other.xbs)])
         .code(3)
         .says("already exists");
     assert_eq!(repo.under(dead), vec!["started.json"]);
@@ -1382,16 +1342,9 @@ fn existing_id(kind: Kind) {
     }
 
     // Not an id at all: refused (exit 3), nothing written.
-    repo.run(&[
-        "upload",
-        "--to",
-        &repo.url,
-        "--id",
-        "2025-09-03",
-        s(&other.xbs),
-    ])
-    .code(3)
-    .says("not a backup id");
+    repo.upload("2025-09-03", &[s(&other.xbs)])
+        .code(3)
+        .says("not a backup id");
     assert_eq!(repo.under(id).len(), 2);
     assert_eq!(repo.objects().len(), 3, "{:?}", repo.objects());
 }
