@@ -380,18 +380,16 @@ fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
 
     assert!(
         st.renames_of_sent_files + st.removes_of_sent_files > 0,
-        "no D or R chunk in the DDL backup touches a file sent earlier in the stream: {}; \
+        "no D or R chunk in the DDL backup touches a file sent earlier in the stream: {st:?}; \
          the fixture did not catch BACKUP STAGE FLUSH (see '# paused' lines in {}/ddl.log), \
          so this stream cannot tell whether an extractor applies D and R",
-        format!("{st:?}"),
         src_dir.display()
     );
 
     assert!(
         st.seek > 0,
-        "the DDL backup holds no S (seek) chunk: {}; no Aria log rollover after mariabackup \
+        "the DDL backup holds no S (seek) chunk: {st:?}; no Aria log rollover after mariabackup \
          listed the Aria logs (see `# aria-rollover` in {}/ddl.log, and backup.log)",
-        format!("{st:?}"),
         src_dir.display()
     );
 
