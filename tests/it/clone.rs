@@ -24,7 +24,7 @@ use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use xbagent::clone::protocol::{self, Challenge, FrameType};
 use xbagent::clone::transport::{read_frame, write_frame};
 
-use crate::support::mariadb::{fixture, Server};
+use crate::support::mariadb::{fixture, require_mariadb, Server};
 use crate::support::trees::{self, tree_skipping, Tree};
 use crate::support::{child_path, free_port, noise, require_tools, s, xb, XBAGENT};
 
@@ -378,26 +378,31 @@ impl World {
 
     /// `serve --listen PORT --dir DIR` with the token and `extra`, listening.
     fn serve_dir(&self, name: &str, dir: &Path, port: u16, extra: &[&str]) -> Proc {
-        let local = local(port);
-        let mut args = vec![
-            "--listen",
-            &local,
-            "--dir",
-            s(dir),
-            "--token-file",
-            s(&self.token),
-        ];
-        args.extend_from_slice(extra);
-        start_serve(&self.dir, name, &args)
+        let listen = local(port);
+        let args = [&["--listen", &listen, "--dir", s(dir)], extra].concat();
+        let tok = token_args(self);
+        start_serve(&self.dir, name, &[&args[..], &strs(&tok)].concat())
     }
 
     /// `receive` from PORT into `dst` with the token and `extra`, to its end.
     fn recv(&self, name: &str, port: u16, dst: &Path, extra: &[&str]) -> Outcome {
+        self.recv_within(name, port, dst, extra, MIN)
+    }
+
+    /// [`World::recv`] with a time limit.
+    fn recv_within(
+        &self,
+        name: &str,
+        port: u16,
+        dst: &Path,
+        extra: &[&str],
+        limit: Duration,
+    ) -> Outcome {
         receive(
             &self.dir,
             name,
             &strs(&recv_args(self, port, dst, extra)),
-            MIN,
+            limit,
         )
     }
 
@@ -500,22 +505,9 @@ fn dir_clone_is_identical_and_a_rerun_is_a_no_op() {
 
 #[test]
 fn mariabackup_clone_restores_to_identical_tables() {
-    require_tools(
-        &[
-            "bash",
-            "mariadbd",
-            "mariadb-install-db",
-            "mariadb",
-            "mariadb-admin",
-            "mariabackup",
-            "setsid",
-        ],
-        "mariadb-server and mariadb-backup",
-    );
-    let t = tmp("mdb");
-    let src = t.path().join("s");
-    let dst = t.path().join("d");
-    let mbtmp = t.path().join("mbt");
+    require_mariadb();
+    let w = World::new("mdb");
+    let (src, dst, mbtmp) = (w.path("s"), w.path("d"), w.path("mbt"));
     fs::create_dir_all(&mbtmp).unwrap();
     let src_server = Server::start(&src);
     src_server.load("1");
@@ -527,8 +519,6 @@ fn mariabackup_clone_restores_to_identical_tables() {
         "unexpected source tables: {want:?}"
     );
 
-    let token = t.path().join("token");
-    fs::write(&token, "mariadb-clone-token\n").unwrap();
     let cmd = format!(
         "mariabackup --no-defaults --backup --stream=xbstream --parallel=2 --user=root \
          --socket='{}/sock' --datadir='{}/data' --target-dir='{}'",
@@ -536,32 +526,8 @@ fn mariabackup_clone_restores_to_identical_tables() {
         s(&src),
         s(&mbtmp)
     );
-    let port = free_port();
-    let serve = start_serve(
-        t.path(),
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--exec",
-            &cmd,
-            "--token-file",
-            s(&token),
-        ],
-    );
-    let out = receive(
-        t.path(),
-        "recv",
-        &[
-            "--from",
-            &local(port),
-            "-C",
-            s(&dst),
-            "--token-file",
-            s(&token),
-        ],
-        Duration::from_secs(180),
-    );
+    let (serve, port) = serve_exec(&w, "serve", &cmd, &[]);
+    let out = w.recv_within("recv", port, &dst, &[], Duration::from_secs(180));
     assert_eq!(
         out.code,
         Some(0),
@@ -584,32 +550,9 @@ fn mariabackup_clone_restores_to_identical_tables() {
     drop(dst_server);
     let _ = fs::remove_file(dst.join("sock"));
     let port3 = free_port();
-    let serve = start_serve(
-        t.path(),
-        "serve-dir",
-        &[
-            "--listen",
-            &local(port3),
-            "--dir",
-            s(&dst),
-            "--token-file",
-            s(&token),
-        ],
-    );
-    let dst2 = t.path().join("d2");
-    let out = receive(
-        t.path(),
-        "recv-dir",
-        &[
-            "--from",
-            &local(port3),
-            "-C",
-            s(&dst2),
-            "--token-file",
-            s(&token),
-        ],
-        Duration::from_secs(120),
-    );
+    let serve = w.serve_dir("serve-dir", &dst, port3, &[]);
+    let dst2 = w.path("d2");
+    let out = w.recv_within("recv-dir", port3, &dst2, &[], Duration::from_secs(120));
     assert_eq!(
         out.code,
         Some(0),
