@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -25,6 +25,7 @@ use xbagent::clone::protocol::{self, Challenge, FrameType};
 use xbagent::clone::transport::{read_frame, write_frame};
 
 use crate::support::mariadb::{fixture, require_mariadb, Server};
+use crate::support::proc::{Outcome, Proc};
 use crate::support::trees::{self, tree_skipping, Tree};
 use crate::support::{child_path, free_port, noise, require_tools, s, xb, XBAGENT};
 
@@ -82,130 +83,6 @@ fn process_alive(pid: i32) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
-
-/// A process started by a test; killed (and reaped) on drop. Its stdout and stderr go to one
-/// log file.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    /// `serve`: SIGTERM first, so it stops its sources (they run in their own process groups).
-    term_first: bool,
-}
-
-/// How a process ended.
-#[derive(Debug)]
-struct Outcome {
-    code: Option<i32>,
-    log: String,
-    elapsed: Duration,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf, term_first: bool) -> Proc {
-        let f = fs::File::create(&log).expect("cannot create a log file");
-        let f2 = f.try_clone().expect("cannot dup a log file");
-        let child = cmd
-            .env("PATH", child_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(f))
-            .stderr(Stdio::from(f2))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-            term_first,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn signal(&self, sig: Signal) {
-        let _ = kill_process(Pid::from_raw(self.pid()).expect("pid"), sig);
-    }
-
-    /// Wait for the exit, at most `limit` (then kill it and panic with its log).
-    fn wait(&mut self, limit: Duration) -> Outcome {
-        let start = Instant::now();
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => {
-                    return Outcome {
-                        code: st.code(),
-                        log: self.log(),
-                        elapsed: start.elapsed(),
-                    }
-                }
-                Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(20)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!(
-                        "{} did not exit within {limit:?}; killed it. Its log:\n{}",
-                        self.name,
-                        self.log()
-                    );
-                }
-                Err(e) => panic!("cannot wait for {}: {e}", self.name),
-            }
-        }
-    }
-
-    /// Wait until the log holds `needle` (the process must stay alive meanwhile).
-    fn wait_log(&mut self, needle: &str, limit: Duration) {
-        let start = Instant::now();
-        loop {
-            if self.log().contains(needle) {
-                return;
-            }
-            if !self.running() {
-                panic!(
-                    "{} exited before logging {needle:?}. Its log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{} did not log {needle:?} within {limit:?}. Its log:\n{}",
-                self.name,
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if self.term_first {
-                self.signal(Signal::TERM);
-                let deadline = Instant::now() + Duration::from_secs(8);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = self.child.try_wait() {
-                        return;
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Kills, on drop, the process group whose leader wrote its PID into `file` (a source command
 /// started by `serve`, which runs in its own process group and would outlive a killed serve).

@@ -21,7 +21,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{
@@ -32,6 +32,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::cli::{run, Out};
+use crate::support::proc::Proc;
 use crate::support::s3env::{s3_env, S3Env};
 use crate::support::trees::{assert_same_tree, tree, Entry};
 use crate::support::{s, XBAGENT as BIN};
@@ -659,24 +660,20 @@ impl Repo {
 // An upload caught midway: a producer that writes more than one part, then sleeps.
 
 struct Slow {
-    child: Child,
+    proc: Proc,
     pidfile: PathBuf,
-    stderr: PathBuf,
-    stdout: PathBuf,
 }
 
 impl Slow {
     /// `upload` from `cat f.xbs; exec sleep 30`, with 6 MiB parts.
     fn start(repo: &Repo, fx: &Fixture, extra: &[&str]) -> Slow {
         let pidfile = fx.path("producer.pid");
-        let stderr = fx.path("upload.stderr");
-        let stdout = fx.path("upload.stdout");
         let exec = format!(
             "echo $$ > {}; cat {}; exec sleep 30",
             s(&pidfile),
             s(&fx.xbs)
         );
-        let mut args = vec![
+        let upload = [
             "upload",
             "--to",
             &repo.url,
@@ -685,26 +682,14 @@ impl Slow {
             "--exec",
             &exec,
         ];
-        args.extend_from_slice(extra);
-        let mut c = repo.cmd(&args);
-        c.stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap());
-        let child = c.spawn().expect("spawn xbagent upload");
-        Slow {
-            child,
-            pidfile,
-            stderr,
-            stdout,
-        }
+        let mut c = repo.cmd(&[&upload[..], extra].concat());
+        let proc = Proc::spawn("upload", &mut c, fx.path("upload.log"), false);
+        Slow { proc, pidfile }
     }
 
+    /// What the upload printed (stdout and stderr).
     fn output(&self) -> String {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            fs::read_to_string(&self.stdout).unwrap_or_default(),
-            fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
+        self.proc.log()
     }
 
     fn producer_pid(&self) -> Option<i32> {
@@ -717,8 +702,8 @@ impl Slow {
     fn wait_mid_upload(&mut self, repo: &Repo) -> (String, Option<String>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("upload ended early ({st:?})\n{}", self.output());
+            if !self.proc.running() {
+                panic!("upload ended early\n{}", self.output());
             }
             assert!(
                 Instant::now() < deadline,
@@ -757,24 +742,12 @@ impl Slow {
     }
 
     fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, sig).expect("signal xbagent");
+        self.proc.signal(sig);
     }
 
     /// Wait for xbagent to exit (at most 20 s).
     fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "xbagent did not exit within 20s\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.wait(Duration::from_secs(20)).status
     }
 
     /// Whether the producer (the `sleep`) is still running.
@@ -795,10 +768,7 @@ impl Slow {
 
 impl Drop for Slow {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // The upload itself is killed when `proc` drops.
         self.kill_producer();
     }
 }
@@ -941,7 +911,7 @@ fn terminated_upload(kind: Kind) {
     assert!(up.producer_alive());
     up.signal(rustix::process::Signal::TERM);
     let st = up.wait();
-    let err = fs::read_to_string(&up.stderr).unwrap();
+    let err = up.output();
     assert_eq!(st.code(), Some(130), "{st:?}\n{}", up.output());
     assert!(err.to_lowercase().contains("interrupted"), "{err}");
     assert!(

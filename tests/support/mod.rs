@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod mariadb;
+pub mod proc;
 pub mod s3_fault_proxy;
 pub mod s3env;
 pub mod stream;
