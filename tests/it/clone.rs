@@ -27,7 +27,7 @@ use xbagent::clone::transport::{read_frame, write_frame};
 use crate::support::mariadb::{fixture, require_mariadb, Server};
 use crate::support::proc::{Outcome, Proc};
 use crate::support::trees::{self, tree_skipping, Tree};
-use crate::support::{child_path, free_port, noise, require_tools, s, xb, XBAGENT};
+use crate::support::{child_path, free_port, noise, require_tools, s, short_tempdir, xb, XBAGENT};
 
 /// The receiver's markers, as the clone contract names them.
 const COMPLETE: &str = ".xbagent-clone-complete";
@@ -45,10 +45,7 @@ const CUT_AT: u64 = 1_000_000;
 
 /// A short temp dir under /tmp (unix socket paths are limited to ~107 bytes).
 fn tmp(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("xbc-{tag}-"))
-        .tempdir_in("/tmp")
-        .expect("cannot create a temp dir in /tmp")
+    short_tempdir(&format!("xbc-{tag}"))
 }
 
 fn local(port: u16) -> String {
@@ -727,18 +724,11 @@ fn unreachable_donor_fails_after_retry_for() {
         ("dns", "no-such-donor.invalid:3307".to_string()),
     ] {
         let dst = t.path().join(name);
+        let args = ["--from", &from, "-C", s(&dst), "--insecure"];
         let out = receive(
             t.path(),
             name,
-            &[
-                "--from",
-                &from,
-                "-C",
-                s(&dst),
-                "--insecure",
-                "--retry-for",
-                "3s",
-            ],
+            &[&args, &["--retry-for", "3s"][..]].concat(),
             MIN,
         );
         assert_failed(&out, EXIT_PEER, &["cannot reach the donor"], &dst);

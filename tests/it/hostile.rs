@@ -1517,20 +1517,12 @@ fn drop_in_mode_refuses_the_same_hostile_streams() {
             std::os::unix::fs::symlink(BIN, &link).unwrap();
             let bytes = make(&sb);
             let before = sb.snapshot(false);
-            let start = Instant::now();
-            let mut child = Command::new(&link)
-                .args([OsStr::new("-x"), OsStr::new("-C"), sb.inner.as_os_str()])
-                .current_dir(&sb.root)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let _ = child.stdin.take().unwrap().write_all(&bytes);
-            let out = wait_with_timeout(child, TIMEOUT - start.elapsed());
+            let mut cmd = Command::new(&link);
+            cmd.arg("-x").arg("-C").arg(&sb.inner).current_dir(&sb.root);
+            let out = run_timed(cmd, Some(&bytes), TIMEOUT);
             assert_same(&before, &sb.snapshot(false), &format!("{tool} -x {name}"));
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(code), "{tool} -x {name}: {err}");
+            let err = &out.stderr;
+            assert_eq!(out.exit(), code, "{tool} -x {name}: {err}");
             assert!(err.contains(word), "{tool} -x {name}: {err}");
         }
     }
