@@ -34,7 +34,7 @@ use bytes::BytesMut;
 use tempfile::TempDir;
 use xbagent::format::{Chunk, ChunkBody, DecodeOptions, Decoder};
 
-use crate::support::trees;
+use crate::support::{trees, XBAGENT};
 
 const MIB: usize = 1024 * 1024;
 /// The reference producers' largest payload chunk.
@@ -45,10 +45,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 // ---------------------------------------------------------------------------------------------
 // Tools
 // ---------------------------------------------------------------------------------------------
-
-fn xbagent() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_xbagent"))
-}
 
 /// The real `mbstream`, or a panic that says how to get it. Never a silent skip.
 fn mbstream() -> &'static Path {
@@ -179,14 +175,24 @@ fn feed_through_pipe(p: &mut Proc, path: &Path) -> std::thread::JoinHandle<()> {
 
 /// `xbagent create -C src entries... > out`
 fn xb_create(src: &Path, entries: &[PathBuf], out: &Path) {
-    let mut cmd = Command::new(xbagent());
-    cmd.arg("create").arg("-C").arg(src).args(entries);
-    spawn(cmd, "xbagent create", Stdio::null(), file_out(out)).wait_ok();
+    xb_create_with(&[], src, entries, out);
+}
+
+/// `xbagent create ARGS -C src entries... > out`
+fn xb_create_with(args: &[&str], src: &Path, entries: &[PathBuf], out: &Path) {
+    let mut cmd = Command::new(XBAGENT);
+    cmd.arg("create")
+        .args(args)
+        .arg("-C")
+        .arg(src)
+        .args(entries);
+    let what = format!("xbagent create {}", args.join(" "));
+    spawn(cmd, &what, Stdio::null(), file_out(out)).wait_ok();
 }
 
 /// `xbagent extract -C dst [args] < stream`, the stream arriving through a pipe.
 fn xb_extract_pipe(stream: &Path, dst: &Path, args: &[&str]) {
-    let mut cmd = Command::new(xbagent());
+    let mut cmd = Command::new(XBAGENT);
     cmd.arg("extract").arg("-C").arg(dst).args(args);
     let mut p = spawn(
         cmd,
@@ -201,7 +207,7 @@ fn xb_extract_pipe(stream: &Path, dst: &Path, args: &[&str]) {
 
 /// `xbagent extract -C dst [args] STREAM`
 fn xb_extract_file(stream: &Path, dst: &Path, args: &[&str]) {
-    let mut cmd = Command::new(xbagent());
+    let mut cmd = Command::new(XBAGENT);
     cmd.arg("extract").arg("-C").arg(dst).args(args).arg(stream);
     spawn(cmd, "xbagent extract FILE", Stdio::null(), Stdio::null()).wait_ok();
 }
@@ -732,17 +738,12 @@ fn create_chunk_layout_matches_reference_limits() {
     // The default (2 MiB) stays within the limits; with --chunk-size 10MiB each file is cut
     // exactly as the reference cuts it.
     check_layout(&fs::read(&ours).unwrap(), &tree, "xbagent create");
-    let mut cmd = Command::new(xbagent());
-    cmd.args(["create", "--chunk-size", "10MiB", "-C"])
-        .arg(tree.root())
-        .args(tree.entries());
-    spawn(
-        cmd,
-        "xbagent create --chunk-size 10MiB",
-        Stdio::null(),
-        file_out(&ours),
-    )
-    .wait_ok();
+    xb_create_with(
+        &["--chunk-size", "10MiB"],
+        tree.root(),
+        &tree.entries(),
+        &ours,
+    );
 
     let our_layout = check_layout(&fs::read(&ours).unwrap(), &tree, "xbagent create");
     // The same checks hold for the reference's own output (a check of the checks).
@@ -790,7 +791,7 @@ fn list_and_verify_read_mbstream_output() {
     let chunks = decode_all(&bytes, "mbstream -c");
 
     let out = tmp.path().join("list.json");
-    let mut cmd = Command::new(xbagent());
+    let mut cmd = Command::new(XBAGENT);
     cmd.arg("list").arg("--json").arg(&theirs);
     spawn(cmd, "xbagent list --json", Stdio::null(), file_out(&out)).wait_ok();
     let text = fs::read_to_string(&out).unwrap();
@@ -829,7 +830,7 @@ fn list_and_verify_read_mbstream_output() {
         );
     }
 
-    let mut cmd = Command::new(xbagent());
+    let mut cmd = Command::new(XBAGENT);
     cmd.arg("verify").arg(&theirs);
     spawn(cmd, "xbagent verify", Stdio::null(), Stdio::null()).wait_ok();
 }
@@ -842,7 +843,7 @@ fn drop_in(name: &str) {
     let tree = names_tree();
     let tmp = scratch();
     let link = tmp.path().join(name);
-    std::os::unix::fs::symlink(xbagent(), &link).unwrap();
+    std::os::unix::fs::symlink(XBAGENT, &link).unwrap();
     let files = tree.files();
 
     // `<link> -c FILES > s` (in the source directory), then the reference extracts it.
