@@ -827,19 +827,15 @@ fn fault_wrong_token_and_junk_never_start_the_source() {
     let wrong = w.path("wrong-token");
     fs::write(&wrong, "not the token\n").unwrap();
     let dst = w.path("dst-wrong");
-    let out = receive(
-        &w.dir,
-        "recv-wrong",
-        &[
-            "--from",
-            &local(port),
-            "-C",
-            s(&dst),
-            "--token-file",
-            s(&wrong),
-        ],
-        MIN,
-    );
+    let args = [
+        "--from",
+        &local(port),
+        "-C",
+        s(&dst),
+        "--token-file",
+        s(&wrong),
+    ];
+    let out = receive(&w.dir, "recv-wrong", &args, MIN);
     assert_failed(&out, EXIT_PEER, &["authentication"], &dst);
     assert!(!started.exists(), "the source started for a wrong token");
 

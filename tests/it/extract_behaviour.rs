@@ -5,11 +5,11 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use xbagent::format::{SparseEntry, FLAG_REWRITE};
 
-use crate::support::cli::{run, Out};
+use crate::support::cli::{run, wait_with_timeout, Out};
 use crate::support::stream::Stream;
 use crate::support::{s as p, xb};
 
@@ -213,36 +213,16 @@ fn create_fails_promptly_when_the_stream_cannot_be_written() {
         fs::write(d.join(format!("f{i}")), pattern(3000 + i, i as u8)).unwrap();
     }
     for parallel in ["1", "4"] {
-        let mut child = xb(&["create", "--parallel", parallel, "-C", p(&src), "."])
-            .stdout(
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open("/dev/full")
-                    .unwrap(),
-            )
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
             .unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                panic!("create --parallel {parallel} hung on a full disk");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        use std::io::Read;
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert_eq!(status.code(), Some(3), "{err}");
+        let mut create = xb(&["create", "--parallel", parallel, "-C", p(&src), "."]);
+        create.stdout(full).stderr(std::process::Stdio::piped());
+        // A create that hangs on the full disk fails the test after 30 s.
+        let out = wait_with_timeout(create.spawn().unwrap(), Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
         assert!(err.contains("cannot write the stream"), "{err}");
     }
 }

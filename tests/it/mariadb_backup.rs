@@ -24,9 +24,12 @@ use crate::support::mariadb::{
 use crate::support::trees::{assert_same_tree, tree, Entry};
 use crate::support::{s as p, short_tempdir, xb};
 
-/// Extract with xbagent; panic with its output on failure.
-fn xbagent_extract(stream: &Path, dest: &Path) {
-    run(xb(&["extract", "--no-progress", "-C", p(dest), p(stream)])).code(0);
+/// Extract `stream` with xbagent into `ours` and with the reference `mbstream -x` into
+/// `reference`: both trees must be byte-identical.
+fn extract_like_mbstream(stream: &Path, ours: &Path, reference: &Path) {
+    run(xb(&["extract", "--no-progress", "-C", p(ours), p(stream)])).code(0);
+    mbstream_extract(stream, reference);
+    assert_same_tree(reference, ours);
 }
 
 /// Where the reference left holes (page-compressed tablespaces: each page's trailing zeros),
@@ -232,9 +235,7 @@ fn plain_backup_extracts_prepares_and_matches_source_checksums() {
         "the backup stream is empty: {st:?}"
     );
 
-    xbagent_extract(&stream, &restore);
-    mbstream_extract(&stream, &reference);
-    assert_same_tree(&reference, &restore);
+    extract_like_mbstream(&stream, &restore, &reference);
     assert_sparse_like_reference(&restore, &reference);
 
     let (restored, restored_sums) = prepare_and_start(&restore);
@@ -393,9 +394,7 @@ fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
         src_dir.display()
     );
 
-    xbagent_extract(&stream, &restore);
-    mbstream_extract(&stream, &reference);
-    assert_same_tree(&reference, &restore);
+    extract_like_mbstream(&stream, &restore, &reference);
     let orphans = orphan_table_files(&restore);
     assert!(
         orphans.is_empty(),
