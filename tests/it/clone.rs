@@ -263,6 +263,11 @@ impl World {
         self.recv_within(name, port, dst, extra, MIN)
     }
 
+    /// `receive` from PORT into `dst` with the token and `extra`, started.
+    fn start_recv(&self, name: &str, port: u16, dst: &Path, extra: &[&str]) -> Proc {
+        start_receive(&self.dir, name, &strs(&recv_args(self, port, dst, extra)))
+    }
+
     /// [`World::recv`] with a time limit.
     fn recv_within(
         &self,
@@ -478,7 +483,7 @@ fn fault_serve_sigkilled_mid_stream() {
     let _g = GroupGuard(vec![pidf.clone()]);
     let (serve, port) = serve_exec(&w, "serve", &w.stalling_source(&pidf), &[]);
     let dst = w.path("dst");
-    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    let mut r = w.start_recv("recv", port, &dst, &[]);
     wait_data(&dst, &mut r);
     serve.signal(Signal::KILL);
     let out = r.wait(Duration::from_secs(30));
@@ -497,7 +502,7 @@ fn fault_source_killed() {
     let _g = GroupGuard(vec![pidf.clone()]);
     let (mut serve, port) = serve_exec(&w, "serve", &w.stalling_source(&pidf), &[]);
     let dst = w.path("dst");
-    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    let mut r = w.start_recv("recv", port, &dst, &[]);
     wait_data(&dst, &mut r);
     let pid = read_pid(&pidf).expect("the source wrote its pid");
     kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).expect("kill the source");
@@ -758,7 +763,7 @@ fn receiver_killed_stops_the_source() {
         &["--heartbeat", "1s"],
     );
     let dst = w.path("dst");
-    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    let mut r = w.start_recv("recv", port, &dst, &[]);
     wait_data(&dst, &mut r);
     let pid = read_pid(&pidf).expect("the source wrote its pid");
     r.signal(Signal::KILL);
@@ -889,11 +894,7 @@ fn receive_waits_for_a_late_donor() {
     let w = World::new("late");
     let port = free_port();
     let dst = w.path("dst");
-    let mut r = start_receive(
-        &w.dir,
-        "recv",
-        &strs(&recv_args(&w, port, &dst, &["--retry-for", "60s"])),
-    );
+    let mut r = w.start_recv("recv", port, &dst, &["--retry-for", "60s"]);
     thread::sleep(Duration::from_secs(2));
     assert!(
         r.running(),
@@ -971,7 +972,7 @@ fn sigterm_stops_serve_and_its_source() {
     );
     let (mut serve, port) = serve_exec(&w, "serve", &cmd, &["--heartbeat", "1s"]);
     let dst = w.path("dst");
-    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    let mut r = w.start_recv("recv", port, &dst, &[]);
     wait_data(&dst, &mut r);
     wait_for("the grandchild's pid", Duration::from_secs(10), || {
         read_pid(&gpidf).is_some()
@@ -1017,9 +1018,9 @@ fn max_conns_queues_the_second_receiver() {
     );
     let (d1, d2) = (w.path("dst1"), w.path("dst2"));
     let start = Instant::now();
-    let mut r1 = start_receive(&w.dir, "recv1", &strs(&recv_args(&w, port, &d1, &[])));
+    let mut r1 = w.start_recv("recv1", port, &d1, &[]);
     serve.wait_log("source started", Duration::from_secs(15));
-    let mut r2 = start_receive(&w.dir, "recv2", &strs(&recv_args(&w, port, &d2, &[])));
+    let mut r2 = w.start_recv("recv2", port, &d2, &[]);
     let (o1, o2) = (r1.wait(MIN), r2.wait(MIN));
     assert_complete(&o1, &w.src, &d1);
     assert_complete(&o2, &w.src, &d2);
