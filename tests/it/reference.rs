@@ -34,7 +34,7 @@ use bytes::BytesMut;
 use tempfile::TempDir;
 use xbagent::format::{Chunk, ChunkBody, DecodeOptions, Decoder};
 
-use crate::support::{trees, XBAGENT};
+use crate::support::{noise, trees, XBAGENT};
 
 const MIB: usize = 1024 * 1024;
 /// The reference producers' largest payload chunk.
@@ -250,37 +250,9 @@ fn mb_extract(stream: &Path, dst: &Path) -> String {
 // Content
 // ---------------------------------------------------------------------------------------------
 
-/// xorshift64: cheap, deterministic, incompressible enough.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        let last = self.next().to_le_bytes();
-        let n = rest.len();
-        rest.copy_from_slice(&last[..n]);
-    }
-}
-
+/// Deterministic, incompressible enough; the seed is spread so that small seeds differ at once.
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    XorShift::new(seed).fill(&mut v);
-    v
+    noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), len)
 }
 
 /// The big files, generated once per test process: (relative path, content).
@@ -405,8 +377,7 @@ fn many_tree() -> Tree {
         for d in 0..10 {
             fs::create_dir(root.join(format!("db{d}"))).unwrap();
         }
-        let mut content = vec![0u8; 600];
-        XorShift::new(42).fill(&mut content);
+        let content = random_bytes(42, 600);
         for i in 0..MANY {
             let rel = format!("db{}/t{i:05}.ibd", i % 10);
             let len = i * 7 % 601;
