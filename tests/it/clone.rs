@@ -527,22 +527,30 @@ fn fault_source_exits_non_zero_after_the_whole_stream() {
     assert_failed(&out, EXIT_BAD_STREAM, &["exit status 3"], &dst);
 }
 
+/// The first connection to `l` within 60 s (unless `stop` is set first); else `who` panics.
+fn accept_within(l: &TcpListener, who: &str, stop: &AtomicBool) -> TcpStream {
+    l.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let c = loop {
+        match l.accept() {
+            Ok((c, _)) => break c,
+            Err(_) if Instant::now() < deadline && !stop.load(Ordering::SeqCst) => {
+                thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{who}: no peer within 60 s: {e}"),
+        }
+    };
+    c.set_nonblocking(false).unwrap();
+    c
+}
+
 /// A TCP proxy that forwards one connection to `target` and cuts it (both ways) once
 /// `cut_after` bytes went from the server to the client.
 fn cutting_proxy(target: u16, cut_after: u64) -> (u16, thread::JoinHandle<u64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let h = thread::spawn(move || {
-        l.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = loop {
-            match l.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                Err(e) => panic!("proxy: no client within 60 s: {e}"),
-            }
-        };
-        client.set_nonblocking(false).unwrap();
+        let client = accept_within(&l, "proxy", &AtomicBool::new(false));
         let upstream = TcpStream::connect(("127.0.0.1", target)).expect("proxy: connect");
         for sock in [&client, &upstream] {
             sock.set_read_timeout(Some(Duration::from_secs(60)))
@@ -614,18 +622,7 @@ fn silent_donor(token: &[u8]) -> (u16, Arc<AtomicBool>, thread::JoinHandle<()>) 
     let key = protocol::derive_key(token);
     let stop2 = stop.clone();
     let h = thread::spawn(move || {
-        l.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut c = loop {
-            match l.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline && !stop2.load(Ordering::SeqCst) => {
-                    thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("fake donor: no peer: {e}"),
-            }
-        };
-        c.set_nonblocking(false).unwrap();
+        let mut c = accept_within(&l, "fake donor", &stop2);
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = Vec::new();
         let ty = read_frame(&mut c, &mut buf).expect("fake donor: HELLO");
