@@ -43,11 +43,6 @@ const CUT_AT: u64 = 1_000_000;
 // Environment, tools, temp dirs
 // ---------------------------------------------------------------------------------------------
 
-/// A short temp dir under /tmp (unix socket paths are limited to ~107 bytes).
-fn tmp(tag: &str) -> tempfile::TempDir {
-    short_tempdir(&format!("xbc-{tag}"))
-}
-
 fn local(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
@@ -217,7 +212,7 @@ struct World {
 
 impl World {
     fn new(tag: &str) -> World {
-        let t = tmp(tag);
+        let t = short_tempdir(&format!("xbc-{tag}"));
         let dir = t.path().to_path_buf();
         let src = dir.join("src");
         make_src(&src);
@@ -720,7 +715,7 @@ fn fault_corrupt_source_stream_is_never_delivered() {
 // The donor never answers (nothing listens; a name that does not resolve): retried, then exit 4.
 #[test]
 fn unreachable_donor_fails_after_retry_for() {
-    let t = tmp("unreach");
+    let t = short_tempdir("xbc-unreach");
     for (name, from) in [
         ("refused", local(free_port())),
         ("dns", "no-such-donor.invalid:3307".to_string()),
@@ -1042,7 +1037,7 @@ fn max_conns_queues_the_second_receiver() {
 // k. no token and no --insecure
 #[test]
 fn serve_refuses_to_run_without_a_token() {
-    let t = tmp("notok");
+    let t = short_tempdir("xbc-notok");
     let src = t.path().join("src");
     make_src(&src);
     let mut p = Proc::spawn(
