@@ -8,8 +8,12 @@
 //! - The ledger accepts every well-formed stream and names gaps, overlaps, duplicates, data
 //!   after `E` and files left without `E`.
 
+#[path = "support/stream.rs"]
+mod stream;
+
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use stream::Stream;
 use xbagent::format::{
     encode_chunk, encode_eof, encode_header_into, encode_payload, encode_sparse, sparse_crc, Chunk,
     ChunkBody, ChunkHeader, DecodeOptions, Decoder, Dialect, FileState, FormatError, Ledger,
@@ -95,6 +99,19 @@ fn decode_split(
     }
 }
 
+/// Decode `bytes` without declaring the end of input, until an error or a need for more:
+/// what a reader sees of a stream that is still arriving.
+fn decode_without_eof(bytes: &[u8], o: DecodeOptions) -> Result<Option<Chunk>, FormatError> {
+    let mut dec = Decoder::new(o);
+    let mut buf = BytesMut::from(bytes);
+    loop {
+        match dec.decode(&mut buf) {
+            Ok(Some(_)) => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Decode a whole buffer at end of input.
 fn decode_all(bytes: &[u8], o: DecodeOptions) -> (Vec<Chunk>, Result<(), FormatError>) {
     let (c, r, _) = decode_split(bytes, &[bytes.len().max(1)], o);
@@ -116,6 +133,27 @@ fn prefix_bytes(flags: u8, ty: u8, path_len: u32, path: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&path_len.to_le_bytes());
     v.extend_from_slice(path);
     v
+}
+
+// Chunk bodies in one expression each.
+fn pay(offset: u64, data: Bytes) -> ChunkBody {
+    ChunkBody::Payload { offset, data }
+}
+
+fn sp(offset: u64, map: Vec<SparseEntry>, data: Bytes) -> ChunkBody {
+    ChunkBody::Sparse { offset, map, data }
+}
+
+fn ren(to: Bytes) -> ChunkBody {
+    ChunkBody::Rename { to }
+}
+
+fn ign(type_byte: u8, offset: u64, data: Bytes) -> ChunkBody {
+    ChunkBody::Ignored {
+        type_byte,
+        offset,
+        data,
+    }
 }
 
 const PREFIX: usize = 14;
@@ -161,10 +199,8 @@ fn data(max: usize) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn payload_body() -> impl Strategy<Value = ChunkBody> {
-    (data(300), any::<u64>()).prop_map(|(d, off)| ChunkBody::Payload {
-        offset: off.min(u64::MAX - d.len() as u64),
-        data: Bytes::from(d),
-    })
+    (data(300), any::<u64>())
+        .prop_map(|(d, off)| pay(off.min(u64::MAX - d.len() as u64), Bytes::from(d)))
 }
 
 fn sparse_body() -> impl Strategy<Value = ChunkBody> {
@@ -196,11 +232,8 @@ fn unknown_type() -> impl Strategy<Value = u8> {
 }
 
 fn ignored_body() -> impl Strategy<Value = ChunkBody> {
-    (unknown_type(), data(100), any::<u64>()).prop_map(|(t, d, off)| ChunkBody::Ignored {
-        type_byte: t,
-        offset: off.min(u64::MAX - d.len() as u64),
-        data: Bytes::from(d),
-    })
+    (unknown_type(), data(100), any::<u64>())
+        .prop_map(|(t, d, off)| ign(t, off.min(u64::MAX - d.len() as u64), Bytes::from(d)))
 }
 
 /// One Percona chunk: P, sparse S, E, or an ignorable unknown chunk.
@@ -227,7 +260,7 @@ fn mariadb_chunk() -> impl Strategy<Value = (u8, Vec<u8>, ChunkBody)> {
         3 => (flags.clone(), safe_path(), any::<u64>().prop_map(|offset| ChunkBody::Seek { offset })),
         2 => (flags.clone(), safe_path(), Just(ChunkBody::Eof)),
         1 => (flags.clone(), safe_path(), Just(ChunkBody::Remove)),
-        1 => (flags.clone(), safe_path(), safe_path().prop_map(|t| ChunkBody::Rename { to: Bytes::from(t) })),
+        1 => (flags.clone(), safe_path(), safe_path().prop_map(|t| ren(Bytes::from(t)))),
         1 => (flags.prop_map(|f| f | FLAG_IGNORABLE), safe_path(), ignored_body()),
     ]
 }
@@ -329,7 +362,7 @@ proptest! {
             encode_sparse(&mut a, &path, *offset, map, data);
         }
         let (b, _) = build(&[
-            (0, path.clone(), ChunkBody::Payload { offset: off, data: Bytes::from(d.clone()) }),
+            (0, path.clone(), pay(off, Bytes::from(d.clone()))),
             (0, path.clone(), ChunkBody::Eof),
             (0, path.clone(), sp),
         ]);
@@ -342,14 +375,7 @@ proptest! {
 #[test]
 fn auto_detects_a_trailing_seek() {
     let (bytes, want) = build(&[
-        (
-            0,
-            b"a".to_vec(),
-            ChunkBody::Payload {
-                offset: 0,
-                data: Bytes::from_static(b"xyz"),
-            },
-        ),
+        (0, b"a".to_vec(), pay(0, Bytes::from_static(b"xyz"))),
         (0, b"a".to_vec(), ChunkBody::Seek { offset: 100 }),
     ]);
     let (got, res, d) = decode_split(&bytes, &[1], opts(Dialect::Auto));
@@ -393,14 +419,7 @@ proptest! {
         let want = format!("stream offset {at}");
         prop_assert!(e.to_string().contains(&want), "{}", e);
         // Garbage fails as soon as the first wrong byte arrives, not at end of input.
-        let mut dec = Decoder::new(opts(Dialect::Auto));
-        let mut buf = BytesMut::from(&bytes[..at as usize + pos + 1]);
-        let r = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        };
+        let r = decode_without_eof(&bytes[..at as usize + pos + 1], opts(Dialect::Auto));
         prop_assert!(matches!(r, Err(FormatError::BadMagic { .. })), "{r:?}");
     }
 
@@ -428,14 +447,7 @@ proptest! {
         let at = bytes.len() as u64;
         // Only the 14-byte prefix: the decoder must not wait for (or allocate) the path.
         bytes.extend_from_slice(&prefix_bytes(0, ty, len, b""));
-        let mut dec = Decoder::new(opts(Dialect::Auto));
-        let mut buf = BytesMut::from(&bytes[..]);
-        let r = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        };
+        let r = decode_without_eof(&bytes[..], opts(Dialect::Auto));
         prop_assert_eq!(r, Err(FormatError::PathTooLong { offset: at, len: len as u64, max: 511 }));
     }
 
@@ -503,14 +515,7 @@ proptest! {
             }
         };
         let o = DecodeOptions { dialect, max_chunk_size: max, check_paths: true };
-        let mut dec = Decoder::new(o);
-        let mut buf = BytesMut::from(&bytes[..]);
-        let r = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        };
+        let r = decode_without_eof(&bytes[..], o);
         match r {
             Err(FormatError::ChunkTooLarge { offset, len, max: m, .. }) => {
                 prop_assert_eq!(offset, at);
@@ -529,9 +534,9 @@ proptest! {
         let (mut bytes, _) = build(&pre);
         let at = bytes.len();
         let body = if ignorable {
-            ChunkBody::Ignored { type_byte: b'Z', offset: 0, data: Bytes::from(d.clone()) }
+            ign(b'Z', 0, Bytes::from(d.clone()))
         } else {
-            ChunkBody::Payload { offset: 0, data: Bytes::from(d.clone()) }
+            pay(0, Bytes::from(d.clone()))
         };
         let flags = if ignorable { FLAG_IGNORABLE } else { 0 };
         let (c, _) = build(&[(flags, path.clone(), body)]);
@@ -643,14 +648,7 @@ proptest! {
         bytes.extend_from_slice(&prefix_bytes(0, b'R', path.len() as u32, &path));
         bytes.extend_from_slice(&len.to_le_bytes());
         // The target itself never arrives: the length alone must be refused.
-        let mut dec = Decoder::new(opts(Dialect::Auto));
-        let mut buf = BytesMut::from(&bytes[..]);
-        let r = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        };
+        let r = decode_without_eof(&bytes[..], opts(Dialect::Auto));
         match r {
             Err(FormatError::RenameTargetTooLong { offset, len: l, max, .. }) => {
                 prop_assert_eq!(offset, at);
@@ -722,13 +720,7 @@ fn max_chunk_size_is_inclusive() {
 fn mariadb_chunks_in_a_percona_stream_are_wrong_dialect() {
     let cases: Vec<(u8, ChunkBody, &str)> = vec![
         (0, ChunkBody::Remove, "D (remove)"),
-        (
-            0,
-            ChunkBody::Rename {
-                to: Bytes::from_static(b"b"),
-            },
-            "R (rename)",
-        ),
+        (0, ren(Bytes::from_static(b"b")), "R (rename)"),
         (FLAG_REWRITE, ChunkBody::Eof, "REWRITE flag"),
     ];
     for (flags, body, kind) in cases {
@@ -748,11 +740,11 @@ fn mariadb_chunks_in_a_percona_stream_are_wrong_dialect() {
             (
                 0,
                 b"s".to_vec(),
-                ChunkBody::Sparse {
-                    offset: 0,
-                    map: vec![SparseEntry { skip: 4, len: 1 }],
-                    data: Bytes::from_static(b"x"),
-                },
+                sp(
+                    0,
+                    vec![SparseEntry { skip: 4, len: 1 }],
+                    Bytes::from_static(b"x"),
+                ),
             ),
             (flags, b"a".to_vec(), body),
         ]);
@@ -775,21 +767,10 @@ fn mariadb_chunks_in_a_percona_stream_are_wrong_dialect() {
 fn sparse_after_mariadb_evidence_is_read_as_a_seek_and_fails() {
     // Once a D chunk settled MariaDB, a Percona sparse chunk is misread as a seek, and the
     // bytes after its 8-byte "offset" are not a chunk: the stream is refused, not misapplied.
-    let mut bytes = Vec::new();
-    encode_header_into(
-        &ChunkHeader::Remove {
-            path: b"old",
-            flags: 0,
-        },
-        &mut bytes,
-    );
-    encode_sparse(
-        &mut bytes,
-        b"s",
-        0,
-        &[SparseEntry { skip: 4, len: 3 }],
-        b"abc",
-    );
+    let mut bytes = Stream::new();
+    bytes
+        .remove(b"old")
+        .sparse(b"s", 0, &[SparseEntry { skip: 4, len: 3 }], b"abc");
     let (n, e) = decode_err(&bytes, opts(Dialect::Auto));
     assert_eq!(n, 2, "the D and the misread seek");
     assert!(matches!(e, FormatError::BadMagic { .. }), "{e:?}");
@@ -906,21 +887,18 @@ fn unsafe_path_in_every_chunk_kind_is_refused() {
                 Dialect::Percona,
                 0,
                 bad.clone(),
-                ChunkBody::Payload {
-                    offset: 0,
-                    data: Bytes::from_static(b"evil"),
-                },
+                pay(0, Bytes::from_static(b"evil")),
             ),
             (Dialect::Percona, 0, bad.clone(), ChunkBody::Eof),
             (
                 Dialect::Percona,
                 0,
                 bad.clone(),
-                ChunkBody::Sparse {
-                    offset: 0,
-                    map: vec![SparseEntry { skip: 1, len: 4 }],
-                    data: Bytes::from_static(b"evil"),
-                },
+                sp(
+                    0,
+                    vec![SparseEntry { skip: 1, len: 4 }],
+                    Bytes::from_static(b"evil"),
+                ),
             ),
             (
                 Dialect::Mariadb,
@@ -933,36 +911,25 @@ fn unsafe_path_in_every_chunk_kind_is_refused() {
                 Dialect::Mariadb,
                 0,
                 bad.clone(),
-                ChunkBody::Rename {
-                    to: Bytes::from_static(b"ok"),
-                },
+                ren(Bytes::from_static(b"ok")),
             ),
             (
                 Dialect::Mariadb,
                 0,
                 b"ok".to_vec(),
-                ChunkBody::Rename {
-                    to: Bytes::from(bad.clone()),
-                },
+                ren(Bytes::from(bad.clone())),
             ),
             (
                 Dialect::Mariadb,
                 FLAG_REWRITE,
                 bad.clone(),
-                ChunkBody::Payload {
-                    offset: 0,
-                    data: Bytes::from_static(b"evil"),
-                },
+                pay(0, Bytes::from_static(b"evil")),
             ),
             (
                 Dialect::Auto,
                 FLAG_IGNORABLE,
                 bad.clone(),
-                ChunkBody::Ignored {
-                    type_byte: b'Z',
-                    offset: 0,
-                    data: Bytes::from_static(b"evil"),
-                },
+                ign(b'Z', 0, Bytes::from_static(b"evil")),
             ),
         ];
         for (d, flags, path, body) in kinds {
@@ -1004,17 +971,8 @@ fn unsafe_path_in_every_chunk_kind_is_refused() {
 
 #[test]
 fn unsafe_path_is_refused_before_the_payload_arrives() {
-    let mut bytes = Vec::new();
-    encode_header_into(
-        &ChunkHeader::Payload {
-            path: b"../x",
-            flags: 0,
-            offset: 0,
-            len: 1 << 20,
-            crc: 0,
-        },
-        &mut bytes,
-    );
+    let mut bytes = Stream::new();
+    bytes.payload_header(b"../x", 1 << 20);
     let mut dec = Decoder::new(DecodeOptions::default());
     let mut buf = BytesMut::from(&bytes[..18]); // prefix and path only
     assert!(matches!(
@@ -1077,14 +1035,7 @@ fn well_formed(
         match &files[f][i] {
             Piece::P(n) => {
                 let d: Vec<u8> = (0..*n).map(|k| (k + f) as u8).collect();
-                specs.push((
-                    0,
-                    path,
-                    ChunkBody::Payload {
-                        offset: off[f],
-                        data: Bytes::from(d),
-                    },
-                ));
+                specs.push((0, path, pay(off[f], Bytes::from(d))));
                 off[f] += *n as u64;
                 data_bytes[f] += *n as u64;
             }
@@ -1238,9 +1189,9 @@ proptest! {
         let f = which.index(files.len());
         let path = format!("db{}/f{f}.ibd", f % 2).into_bytes();
         let extra = match kind {
-            0 => ChunkBody::Payload { offset: 0, data: Bytes::from_static(b"late") },
+            0 => pay(0, Bytes::from_static(b"late")),
             1 => ChunkBody::Eof,
-            _ => ChunkBody::Sparse { offset: 0, map: vec![SparseEntry { skip: 2, len: 1 }], data: Bytes::from_static(b"x") },
+            _ => sp(0, vec![SparseEntry { skip: 2, len: 1 }], Bytes::from_static(b"x")),
         };
         specs.push((0, path.clone(), extra.clone()));
         let (_, chunks) = build(&specs);
@@ -1313,9 +1264,9 @@ proptest! {
     ) {
         let a = b"t.ibd".to_vec();
         let specs = vec![
-            (0u8, a.clone(), ChunkBody::Payload { offset: 0, data: Bytes::from(vec![1; first]) }),
+            (0u8, a.clone(), pay(0, Bytes::from(vec![1; first]))),
             (0, a.clone(), ChunkBody::Seek { offset: seek }),
-            (0, a.clone(), ChunkBody::Payload { offset: seek, data: Bytes::from(vec![2; second]) }),
+            (0, a.clone(), pay(seek, Bytes::from(vec![2; second]))),
             (0, a.clone(), ChunkBody::Eof),
         ];
         let (_, chunks) = build(&specs);
@@ -1327,7 +1278,7 @@ proptest! {
         prop_assert_eq!(rec.next_offset, seek + second as u64);
         prop_assert_eq!(rec.size, (first as u64).max(seek + second as u64));
         let mut bad = specs.clone();
-        bad[2].2 = ChunkBody::Payload { offset: seek + wrong, data: Bytes::from(vec![2; second]) };
+        bad[2].2 = pay(seek + wrong, Bytes::from(vec![2; second]));
         let (_, chunks) = build(&bad);
         let (_, r) = run_ledger(&chunks);
         prop_assert!(matches!(r, Err((2, LedgerError::OutOfOrder { .. }))), "{r:?}");
@@ -1339,11 +1290,7 @@ fn ledger_ignores_ignorable_chunks() {
     let (_, chunks) = build(&[(
         FLAG_IGNORABLE,
         b"x".to_vec(),
-        ChunkBody::Ignored {
-            type_byte: b'Z',
-            offset: 77,
-            data: Bytes::from_static(b"q"),
-        },
+        ign(b'Z', 77, Bytes::from_static(b"q")),
     )]);
     let mut l = Ledger::new();
     assert_eq!(l.apply(&chunks[0]), Ok(LedgerEvent::Ignored));
@@ -1354,14 +1301,7 @@ fn ledger_ignores_ignorable_chunks() {
 #[test]
 fn ledger_applies_remove_to_a_whole_tree() {
     let (_, chunks) = build(&[
-        (
-            0,
-            b"db/a".to_vec(),
-            ChunkBody::Payload {
-                offset: 0,
-                data: Bytes::from_static(b"1"),
-            },
-        ),
+        (0, b"db/a".to_vec(), pay(0, Bytes::from_static(b"1"))),
         (0, b"db/a".to_vec(), ChunkBody::Eof),
         (0, b"db/b".to_vec(), ChunkBody::Eof),
         (0, b"dbx".to_vec(), ChunkBody::Eof),
@@ -1401,35 +1341,13 @@ fn ledger_applies_remove_to_a_whole_tree() {
 
 #[test]
 fn ledger_refuses_remove_or_rename_of_an_open_file() {
-    let open = (
-        0u8,
-        b"db/a".to_vec(),
-        ChunkBody::Payload {
-            offset: 0,
-            data: Bytes::from_static(b"1"),
-        },
-    );
+    let open = (0u8, b"db/a".to_vec(), pay(0, Bytes::from_static(b"1")));
     for (i, c) in [
         (b"db".to_vec(), ChunkBody::Remove),
         (b"db/a".to_vec(), ChunkBody::Remove),
-        (
-            b"db/a".to_vec(),
-            ChunkBody::Rename {
-                to: Bytes::from_static(b"x"),
-            },
-        ),
-        (
-            b"db".to_vec(),
-            ChunkBody::Rename {
-                to: Bytes::from_static(b"x"),
-            },
-        ),
-        (
-            b"x".to_vec(),
-            ChunkBody::Rename {
-                to: Bytes::from_static(b"db/a"),
-            },
-        ),
+        (b"db/a".to_vec(), ren(Bytes::from_static(b"x"))),
+        (b"db".to_vec(), ren(Bytes::from_static(b"x"))),
+        (b"x".to_vec(), ren(Bytes::from_static(b"db/a"))),
     ]
     .into_iter()
     .enumerate()
@@ -1448,31 +1366,15 @@ fn ledger_refuses_remove_or_rename_of_an_open_file() {
 #[test]
 fn ledger_applies_rename_and_refuses_rename_into_itself() {
     let (_, chunks) = build(&[
-        (
-            0,
-            b"db/t.frm".to_vec(),
-            ChunkBody::Payload {
-                offset: 0,
-                data: Bytes::from_static(b"abc"),
-            },
-        ),
+        (0, b"db/t.frm".to_vec(), pay(0, Bytes::from_static(b"abc"))),
         (0, b"db/t.frm".to_vec(), ChunkBody::Eof),
         (
             0,
             b"db/t.frm".to_vec(),
-            ChunkBody::Rename {
-                to: Bytes::from_static(b"db/u.frm"),
-            },
+            ren(Bytes::from_static(b"db/u.frm")),
         ),
         // The renamed file is complete under its new name: more data is data after E.
-        (
-            0,
-            b"db/u.frm".to_vec(),
-            ChunkBody::Payload {
-                offset: 3,
-                data: Bytes::from_static(b"d"),
-            },
-        ),
+        (0, b"db/u.frm".to_vec(), pay(3, Bytes::from_static(b"d"))),
     ]);
     let (l, r) = run_ledger(&chunks);
     assert!(matches!(r, Err((3, LedgerError::AfterEnd { .. }))), "{r:?}");
@@ -1481,13 +1383,7 @@ fn ledger_applies_rename_and_refuses_rename_into_itself() {
     assert_eq!(l.get(b"db/u.frm").unwrap().state, FileState::Complete);
 
     for to in [&b"db"[..], b"db/x/y"] {
-        let (_, chunks) = build(&[(
-            0,
-            b"db".to_vec(),
-            ChunkBody::Rename {
-                to: Bytes::copy_from_slice(to),
-            },
-        )]);
+        let (_, chunks) = build(&[(0, b"db".to_vec(), ren(Bytes::copy_from_slice(to)))]);
         let mut l = Ledger::new();
         let e = l.apply(&chunks[0]).unwrap_err();
         assert!(matches!(e, LedgerError::BadRename { .. }), "{e:?}");

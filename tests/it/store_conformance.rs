@@ -2,8 +2,7 @@
 //! real S3-compatible server `scripts/test` starts). Both must behave the same for everything
 //! upload, restore, list and prune rely on.
 
-#[path = "support/s3env.rs"]
-mod s3env;
+use crate::support::{s3env, xb};
 
 use std::sync::Arc;
 
@@ -235,14 +234,8 @@ fn s3_credentials_from_a_profile() {
     )
     .unwrap();
     let run = |profile: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_xbagent"))
-            .args([
-                "backups",
-                "list",
-                &format!("s3://{bucket}/p"),
-                "--endpoint",
-                &env.endpoint,
-            ])
+        let repo = format!("s3://{bucket}/p");
+        xb(&["backups", "list", &repo, "--endpoint", &env.endpoint])
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_SESSION_TOKEN")

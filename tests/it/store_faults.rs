@@ -16,15 +16,12 @@
 //! directory, the prune policy end to end, `@latest` skipping a newer incomplete backup, and an
 //! upload to an id that exists.
 
-#[path = "support/s3env.rs"]
-mod s3env;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{
@@ -34,9 +31,11 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use s3env::{s3_env, S3Env};
-
-const BIN: &str = env!("CARGO_BIN_EXE_xbagent");
+use crate::support::cli::{run, Out};
+use crate::support::proc::Proc;
+use crate::support::s3env::{s3_env, S3Env};
+use crate::support::trees::{assert_same_tree, tree, Entry};
+use crate::support::{s, XBAGENT as BIN};
 /// The smallest first part xbagent accepts; the "big" fixture holds one full part and more.
 const PART: &str = "6MiB";
 const PART_BYTES: u64 = 6 << 20;
@@ -46,99 +45,6 @@ const MARKER: &str = ".xbagent-restore-in-progress";
 enum Kind {
     Local,
     S3,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running the binary.
-
-struct Out {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn describe(&self) -> String {
-        format!(
-            "{}\n  status: {:?}\n  stdout:\n{}\n  stderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-
-    #[track_caller]
-    fn code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.status.code(),
-            Some(code),
-            "expected exit status {code}: {}",
-            self.describe()
-        );
-        self
-    }
-
-    /// stderr contains `needle` (case-insensitive).
-    #[track_caller]
-    fn says(&self, needle: &str) -> &Self {
-        assert!(
-            self.stderr
-                .to_ascii_lowercase()
-                .contains(&needle.to_ascii_lowercase()),
-            "expected {needle:?} on stderr: {}",
-            self.describe()
-        );
-        self
-    }
-
-    /// stderr contains one of `needles` (case-insensitive).
-    #[track_caller]
-    fn says_one_of(&self, needles: &[&str]) -> &Self {
-        let e = self.stderr.to_ascii_lowercase();
-        assert!(
-            needles.iter().any(|n| e.contains(&n.to_ascii_lowercase())),
-            "expected one of {needles:?} on stderr: {}",
-            self.describe()
-        );
-        self
-    }
-
-    #[track_caller]
-    fn prints(&self, needle: &str) -> &Self {
-        assert!(
-            self.stdout.contains(needle),
-            "expected {needle:?} on stdout: {}",
-            self.describe()
-        );
-        self
-    }
-
-    #[track_caller]
-    fn prints_not(&self, needle: &str) -> &Self {
-        assert!(
-            !self.stdout.contains(needle),
-            "did not expect {needle:?} on stdout: {}",
-            self.describe()
-        );
-        self
-    }
-}
-
-fn run(mut cmd: Command) -> Out {
-    let what = format!("{cmd:?}");
-    let o = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    Out {
-        what,
-        status: o.status,
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,24 +78,8 @@ impl Rng {
 
     /// Text of words from a small vocabulary: compresses, but not to nothing.
     fn text(&mut self, n: usize) -> Vec<u8> {
-        const WORDS: [&str; 16] = [
-            "innodb",
-            "page",
-            "extent",
-            "redo",
-            "undo",
-            "tablespace",
-            "checkpoint",
-            "lsn",
-            "row",
-            "index",
-            "buffer",
-            "pool",
-            "flush",
-            "commit",
-            "binlog",
-            "xtrabackup",
-        ];
+        const WORDS: &str = "innodb page extent redo undo tablespace checkpoint lsn row index \
+                             buffer pool flush commit binlog xtrabackup";
         let mut v = Vec::with_capacity(n + 64);
         let mut line = 0u64;
         while v.len() < n {
@@ -197,7 +87,8 @@ impl Rng {
             v.extend_from_slice(format!("{line:08} ").as_bytes());
             for _ in 0..8 {
                 let r = self.next();
-                v.extend_from_slice(WORDS[(r % 16) as usize].as_bytes());
+                let word = WORDS.split_whitespace().nth((r % 16) as usize);
+                v.extend_from_slice(word.unwrap_or_default().as_bytes());
                 v.extend_from_slice(format!(" {} ", r % 1000).as_bytes());
             }
             v.push(b'\n');
@@ -248,25 +139,6 @@ impl Fixture {
     }
 }
 
-/// Every file under `dir` (relative path -> content).
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(base, &p, out);
-            } else {
-                let rel = p.strip_prefix(base).unwrap().to_str().unwrap().to_string();
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 /// Every file under `dir` (relative path -> size).
 fn sizes(dir: &Path) -> BTreeMap<String, u64> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) {
@@ -287,26 +159,6 @@ fn sizes(dir: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out);
     out
-}
-
-#[track_caller]
-fn assert_same_tree(got: &Path, want: &Path) {
-    let (g, w) = (tree(got), tree(want));
-    assert_eq!(
-        g.keys().collect::<Vec<_>>(),
-        w.keys().collect::<Vec<_>>(),
-        "files of {} vs {}",
-        got.display(),
-        want.display()
-    );
-    for (k, v) in &w {
-        assert!(
-            g[k] == *v,
-            "{k} differs between {} and {}",
-            got.display(),
-            want.display()
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -765,13 +617,25 @@ impl Repo {
         matches!(&self.backend, Backend::S3(s3) if s3.fs_root.is_some())
     }
 
+    /// `restore --from FROM -C DIR ARGS`.
+    fn restore(&self, from: &str, dir: &Path, args: &[&str]) -> Out {
+        self.run(&[&["restore", "--from", from, "-C", s(dir)], args].concat())
+    }
+
+    /// `upload --to REPO --id ID ARGS`.
+    fn upload(&self, id: &str, args: &[&str]) -> Out {
+        self.run(&[&["upload", "--to", &self.url, "--id", id], args].concat())
+    }
+
+    /// `backups prune REPO ARGS`.
+    fn prune(&self, args: &[&str]) -> Out {
+        self.run(&[&["backups", "prune", &self.url], args].concat())
+    }
+
     /// Upload `fx`'s stream file under `id`.
     #[track_caller]
     fn upload_file(&self, fx: &Fixture, id: &str, extra: &[&str]) -> Out {
-        let mut args = vec!["upload", "--to", &self.url, "--id", id];
-        args.extend_from_slice(extra);
-        args.push(s(&fx.xbs));
-        let out = self.run(&args);
+        let out = self.upload(id, &[extra, &[s(&fx.xbs)]].concat());
         out.code(0).prints(&format!("backup {id} complete"));
         out
     }
@@ -781,24 +645,20 @@ impl Repo {
 // An upload caught midway: a producer that writes more than one part, then sleeps.
 
 struct Slow {
-    child: Child,
+    proc: Proc,
     pidfile: PathBuf,
-    stderr: PathBuf,
-    stdout: PathBuf,
 }
 
 impl Slow {
     /// `upload` from `cat f.xbs; exec sleep 30`, with 6 MiB parts.
     fn start(repo: &Repo, fx: &Fixture, extra: &[&str]) -> Slow {
         let pidfile = fx.path("producer.pid");
-        let stderr = fx.path("upload.stderr");
-        let stdout = fx.path("upload.stdout");
         let exec = format!(
             "echo $$ > {}; cat {}; exec sleep 30",
             s(&pidfile),
             s(&fx.xbs)
         );
-        let mut args = vec![
+        let upload = [
             "upload",
             "--to",
             &repo.url,
@@ -807,26 +667,14 @@ impl Slow {
             "--exec",
             &exec,
         ];
-        args.extend_from_slice(extra);
-        let mut c = repo.cmd(&args);
-        c.stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap());
-        let child = c.spawn().expect("spawn xbagent upload");
-        Slow {
-            child,
-            pidfile,
-            stderr,
-            stdout,
-        }
+        let mut c = repo.cmd(&[&upload[..], extra].concat());
+        let proc = Proc::spawn("upload", &mut c, fx.path("upload.log"), false);
+        Slow { proc, pidfile }
     }
 
+    /// What the upload printed (stdout and stderr).
     fn output(&self) -> String {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            fs::read_to_string(&self.stdout).unwrap_or_default(),
-            fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
+        self.proc.log()
     }
 
     fn producer_pid(&self) -> Option<i32> {
@@ -839,8 +687,8 @@ impl Slow {
     fn wait_mid_upload(&mut self, repo: &Repo) -> (String, Option<String>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("upload ended early ({st:?})\n{}", self.output());
+            if !self.proc.running() {
+                panic!("upload ended early\n{}", self.output());
             }
             assert!(
                 Instant::now() < deadline,
@@ -879,24 +727,12 @@ impl Slow {
     }
 
     fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, sig).expect("signal xbagent");
+        self.proc.signal(sig);
     }
 
     /// Wait for xbagent to exit (at most 20 s).
     fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "xbagent did not exit within 20s\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.wait(Duration::from_secs(20)).status
     }
 
     /// Whether the producer (the `sleep`) is still running.
@@ -917,10 +753,7 @@ impl Slow {
 
 impl Drop for Slow {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // The upload itself is killed when `proc` drops.
         self.kill_producer();
     }
 }
@@ -981,7 +814,7 @@ fn killed_upload(kind: Kind) {
 
     // restore and verify refuse it (exit 1), and restore writes nothing.
     let target = fx.path("restored");
-    repo.run(&["restore", "--from", &repo.at(&id), "-C", s(&target)])
+    repo.restore(&repo.at(&id), &target, &[])
         .code(1)
         .says("incomplete");
     assert!(
@@ -999,29 +832,16 @@ fn killed_upload(kind: Kind) {
 
     // Within the default grace (24h) prune leaves it alone.
     let before = repo.objects();
-    repo.run(&["backups", "prune", &repo.url, "--keep-last", "1"])
-        .code(0)
-        .prints_not(&id);
+    repo.prune(&["--keep-last", "1"]).code(0).prints_not(&id);
     // Dry run with no grace: listed, nothing deleted.
-    repo.run(&[
-        "backups",
-        "prune",
-        &repo.url,
-        "--keep-last",
-        "1",
-        "--grace",
-        "0s",
-    ])
-    .code(0)
-    .prints(&format!("would delete {id}"))
-    .prints("incomplete");
+    repo.prune(&["--keep-last", "1", "--grace", "0s"])
+        .code(0)
+        .prints(&format!("would delete {id}"))
+        .prints("incomplete");
     assert_eq!(repo.objects(), before, "a dry run deleted something");
 
     // --apply deletes it.
-    let out = repo.run(&[
-        "backups",
-        "prune",
-        &repo.url,
+    let out = repo.prune(&[
         "--keep-last",
         "1",
         "--grace",
@@ -1063,16 +883,6 @@ fn killed_upload(kind: Kind) {
     }
 }
 
-#[test]
-fn killed_upload_local() {
-    killed_upload(Kind::Local);
-}
-
-#[test]
-fn killed_upload_s3() {
-    killed_upload(Kind::S3);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 2. SIGTERM midway: exit 130, producer stopped, multipart aborted, nothing left.
 
@@ -1086,7 +896,7 @@ fn terminated_upload(kind: Kind) {
     assert!(up.producer_alive());
     up.signal(rustix::process::Signal::TERM);
     let st = up.wait();
-    let err = fs::read_to_string(&up.stderr).unwrap();
+    let err = up.output();
     assert_eq!(st.code(), Some(130), "{st:?}\n{}", up.output());
     assert!(err.to_lowercase().contains("interrupted"), "{err}");
     assert!(
@@ -1110,16 +920,6 @@ fn terminated_upload(kind: Kind) {
     }
 }
 
-#[test]
-fn terminated_upload_local() {
-    terminated_upload(Kind::Local);
-}
-
-#[test]
-fn terminated_upload_s3() {
-    terminated_upload(Kind::S3);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 3. A producer that exits non-zero after streaming everything (more than one part).
 
@@ -1130,36 +930,16 @@ fn failed_producer(kind: Kind) {
     };
     let id = "20250301T000000.000Z";
     let exec = format!("cat {}; exit 3", s(&fx.xbs));
-    repo.run(&[
-        "upload",
-        "--to",
-        &repo.url,
-        "--id",
-        id,
-        "--part-size",
-        PART,
-        "--exec",
-        &exec,
-    ])
-    .code(1)
-    .says("status 3")
-    .prints_not("complete");
+    repo.upload(id, &["--part-size", PART, "--exec", &exec])
+        .code(1)
+        .says("status 3")
+        .prints_not("complete");
     assert!(repo.objects().is_empty(), "{:?}", repo.objects());
     assert!(repo.list().is_empty());
     if kind == Kind::S3 {
         let p = repo.pending(&format!("{id}/stream.xbstream"));
         assert!(p.is_empty(), "multipart upload not aborted: {p:?}");
     }
-}
-
-#[test]
-fn failed_producer_local() {
-    failed_producer(Kind::Local);
-}
-
-#[test]
-fn failed_producer_s3() {
-    failed_producer(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1188,25 +968,15 @@ fn corrupt_source(kind: Kind) {
     fs::write(&bad, &stream).unwrap();
     let id = "20250401T000000.000Z";
     // From a file, and from a producer that exits 0.
-    repo.run(&["upload", "--to", &repo.url, "--id", id, s(&bad)])
+    repo.upload(id, &[s(&bad)])
         .code(1)
         .says("checksum")
         .prints_not("complete");
     assert!(repo.objects().is_empty(), "{:?}", repo.objects());
     let exec = format!("cat {}", s(&bad));
-    repo.run(&[
-        "upload",
-        "--to",
-        &repo.url,
-        "--id",
-        id,
-        "--compress",
-        "zstd",
-        "--exec",
-        &exec,
-    ])
-    .code(1)
-    .says("checksum");
+    repo.upload(id, &["--compress", "zstd", "--exec", &exec])
+        .code(1)
+        .says("checksum");
     assert!(repo.objects().is_empty(), "{:?}", repo.objects());
     assert!(repo.list().is_empty());
     if kind == Kind::S3 {
@@ -1215,16 +985,6 @@ fn corrupt_source(kind: Kind) {
             assert!(p.is_empty(), "multipart upload not aborted: {p:?}");
         }
     }
-}
-
-#[test]
-fn corrupt_source_local() {
-    corrupt_source(Kind::Local);
-}
-
-#[test]
-fn corrupt_source_s3() {
-    corrupt_source(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1265,7 +1025,7 @@ fn altered_object(kind: Kind) {
             .says_one_of(bad)
             .prints_not("ok:");
         let target = fx.path(&format!("restore-{id}"));
-        repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
+        repo.restore(&repo.at(id), &target, &[])
             .code(1)
             .says_one_of(bad)
             .prints_not("restored backup");
@@ -1287,20 +1047,10 @@ fn altered_object(kind: Kind) {
             .says("manifest")
             .prints_not("ok:");
         let target = fx.path(&format!("restore-short-{id}"));
-        repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
+        repo.restore(&repo.at(id), &target, &[])
             .code(1)
             .says("manifest");
     }
-}
-
-#[test]
-fn altered_object_local() {
-    altered_object(Kind::Local);
-}
-
-#[test]
-fn altered_object_s3() {
-    altered_object(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1315,16 +1065,16 @@ fn restore_non_empty(kind: Kind) {
     repo.upload_file(&fx, id, &[]);
 
     let fresh = fx.path("fresh");
-    repo.run(&["restore", "--from", &repo.at(id), "-C", s(&fresh)])
+    repo.restore(&repo.at(id), &fresh, &[])
         .code(0)
         .prints(&format!("restored backup {id}"));
-    assert_same_tree(&fresh, &fx.src);
+    assert_same_tree(&fx.src, &fresh);
 
     let target = fx.path("busy");
     fs::create_dir_all(&target).unwrap();
     fs::write(target.join("keep.txt"), b"mine").unwrap();
     let before = tree(&target);
-    repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
+    repo.restore(&repo.at(id), &target, &[])
         .code(3)
         .says("not empty");
     assert_eq!(
@@ -1333,29 +1083,12 @@ fn restore_non_empty(kind: Kind) {
         "a refused restore changed its target"
     );
 
-    repo.run(&[
-        "restore",
-        "--from",
-        &repo.at(id),
-        "-C",
-        s(&target),
-        "--force",
-    ])
-    .code(0)
-    .prints(&format!("restored backup {id}"));
+    repo.restore(&repo.at(id), &target, &["--force"])
+        .code(0)
+        .prints(&format!("restored backup {id}"));
     let mut want = tree(&fx.src);
-    want.insert("keep.txt".into(), b"mine".to_vec());
+    want.insert("keep.txt".into(), Entry::file(b"mine"));
     assert_eq!(tree(&target), want);
-}
-
-#[test]
-fn restore_non_empty_local() {
-    restore_non_empty(Kind::Local);
-}
-
-#[test]
-fn restore_non_empty_s3() {
-    restore_non_empty(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1457,16 +1190,6 @@ fn prune_policy(kind: Kind) {
     }
 }
 
-#[test]
-fn prune_policy_local() {
-    prune_policy(Kind::Local);
-}
-
-#[test]
-fn prune_policy_s3() {
-    prune_policy(Kind::S3);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 8. @latest: the newest complete backup, never a newer incomplete one.
 
@@ -1486,17 +1209,9 @@ fn latest_skips_incomplete(kind: Kind) {
         "20210103T000000.000Z",
     );
     repo.upload_file(&fx, old, &[]);
-    repo.run(&[
-        "upload",
-        "--to",
-        &repo.url,
-        "--id",
-        new,
-        "--dir",
-        s(&newer_src),
-    ])
-    .code(0)
-    .prints(&format!("backup {new} complete"));
+    repo.upload(new, &["--dir", s(&newer_src)])
+        .code(0)
+        .prints(&format!("backup {new} complete"));
     // Newer, and incomplete although its stream object looks whole: no manifest.
     repo.write(&format!("{dead}/started.json"), started_json(dead));
     repo.write(
@@ -1513,32 +1228,22 @@ fn latest_skips_incomplete(kind: Kind) {
     );
 
     let target = fx.path("latest");
-    repo.run(&["restore", "--from", &repo.at("latest"), "-C", s(&target)])
+    repo.restore(&repo.at("latest"), &target, &[])
         .code(0)
         .prints(&format!("restored backup {new}"));
-    assert_same_tree(&target, &newer_src);
+    assert_same_tree(&newer_src, &target);
     // REPO alone means @latest.
     let target = fx.path("bare");
-    repo.run(&["restore", "--from", &repo.url, "-C", s(&target)])
+    repo.restore(&repo.url, &target, &[])
         .code(0)
         .prints(&format!("restored backup {new}"));
-    assert_same_tree(&target, &newer_src);
+    assert_same_tree(&newer_src, &target);
     repo.run(&["verify", &repo.at("latest")])
         .code(0)
         .prints(&format!("ok: backup {new}"));
     repo.run(&["verify", &repo.at(dead)])
         .code(1)
         .says("incomplete");
-}
-
-#[test]
-fn latest_skips_incomplete_local() {
-    latest_skips_incomplete(Kind::Local);
-}
-
-#[test]
-fn latest_skips_incomplete_s3() {
-    latest_skips_incomplete(Kind::S3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1557,10 +1262,7 @@ fn existing_id(kind: Kind) {
     let before = repo.objects();
 
     for extra in [&[][..], &["--compress", "zstd"][..]] {
-        let mut args = vec!["upload", "--to", &repo.url, "--id", id];
-        args.extend_from_slice(extra);
-        args.push(s(&other.xbs));
-        repo.run(&args)
+        repo.upload(id, &[extra, &[s(&other.xbs)]].concat())
             .code(3)
             .says("already exists")
             .prints_not("complete");
@@ -1569,14 +1271,13 @@ fn existing_id(kind: Kind) {
     assert_eq!(repo.read(&format!("{id}/manifest.json")), manifest);
     assert_eq!(repo.read(&format!("{id}/stream.xbstream")), stream);
     let target = fx.path("restored");
-    repo.run(&["restore", "--from", &repo.at(id), "-C", s(&target)])
-        .code(0);
-    assert_same_tree(&target, &fx.src);
+    repo.restore(&repo.at(id), &target, &[]).code(0);
+    assert_same_tree(&fx.src, &target);
 
     // An incomplete backup's id is taken too.
     let dead = "20250902T000000.000Z";
     repo.write(&format!("{dead}/started.json"), started_json(dead));
-    repo.run(&["upload", "--to", &repo.url, "--id", dead, s(&other.xbs)])
+    repo.upload(dead, &[s(&other.xbs)])
         .code(3)
         .says("already exists");
     assert_eq!(repo.under(dead), vec!["started.json"]);
@@ -1596,28 +1297,11 @@ fn existing_id(kind: Kind) {
     }
 
     // Not an id at all: refused (exit 3), nothing written.
-    repo.run(&[
-        "upload",
-        "--to",
-        &repo.url,
-        "--id",
-        "2025-09-03",
-        s(&other.xbs),
-    ])
-    .code(3)
-    .says("not a backup id");
+    repo.upload("2025-09-03", &[s(&other.xbs)])
+        .code(3)
+        .says("not a backup id");
     assert_eq!(repo.under(id).len(), 2);
     assert_eq!(repo.objects().len(), 3, "{:?}", repo.objects());
-}
-
-#[test]
-fn existing_id_local() {
-    existing_id(Kind::Local);
-}
-
-#[test]
-fn existing_id_s3() {
-    existing_id(Kind::S3);
 }
 
 #[test]
@@ -1628,3 +1312,32 @@ fn b64url_matches_s3s_fs() {
     assert_eq!(b64url("abc"), "YWJj");
     assert_eq!(b64url("~~~"), "fn5-");
 }
+
+/// Each scenario above runs once per backend, as `NAME::local` and `NAME::s3`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn local() {
+                super::$name(super::Kind::Local);
+            }
+
+            #[test]
+            fn s3() {
+                super::$name(super::Kind::S3);
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    killed_upload,
+    terminated_upload,
+    failed_producer,
+    corrupt_source,
+    altered_object,
+    restore_non_empty,
+    prune_policy,
+    latest_skips_incomplete,
+    existing_id,
+);

@@ -3,45 +3,41 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-use xbagent::format::{
-    encode_chunk, encode_eof, encode_payload, encode_sparse, Chunk, ChunkBody, SparseEntry,
-    FLAG_REWRITE,
-};
+use xbagent::format::{SparseEntry, FLAG_REWRITE};
 
-fn xbagent(args: &[&str], stdin_file: Option<&Path>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xbagent"));
-    cmd.args(args);
-    if let Some(f) = stdin_file {
-        cmd.stdin(fs::File::open(f).expect("open stream"));
+use crate::support::cli::{run, wait_with_timeout, Out};
+use crate::support::stream::Stream;
+use crate::support::{s as p, xb};
+
+/// `xbagent ARGS`, with `stdin_file` as standard input (none if `None`).
+fn xbagent(args: &[&str], stdin_file: Option<&Path>) -> Out {
+    let mut cmd = xb(args);
+    match stdin_file {
+        Some(f) => {
+            cmd.stdin(fs::File::open(f).expect("open stream"));
+            Out::from_output(format!("{cmd:?}"), cmd.output().expect("run xbagent"))
+        }
+        None => run(cmd),
     }
-    cmd.output().expect("run xbagent")
 }
 
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "xbagent failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// `xbagent extract EXTRA -C dst stream`, which must succeed.
+fn extract_ok(dst: &Path, stream: &Path, extra: &[&str]) {
+    let mut args = vec!["extract"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-C", p(dst), p(stream)]);
+    xbagent(&args, None).code(0);
 }
 
-fn chunk(path: &str, flags: u8, body: ChunkBody) -> Vec<u8> {
-    let mut v = Vec::new();
-    encode_chunk(
-        &Chunk {
-            stream_offset: 0,
-            encoded_len: 0,
-            flags,
-            path: bytes::Bytes::copy_from_slice(path.as_bytes()),
-            body,
-        },
-        &mut v,
-    );
-    v
+/// Write `s` to `DIR/s.xb`; return its path.
+fn stream_file(dir: &Path, s: &[u8]) -> PathBuf {
+    let stream = dir.join("s.xb");
+    fs::write(&stream, s).unwrap();
+    stream
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -54,7 +50,7 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 fn percona_sparse_chunks_leave_real_holes() {
     let t = tempfile::tempdir().unwrap();
     let stream = t.path().join("s.xb");
-    let mut s = Vec::new();
+    let mut s = Stream::new();
     let a = pattern(4096, 1);
     let b = pattern(4096, 2);
     // 4 KiB data, 1 MiB hole, 4 KiB data, then a trailing 1 MiB hole.
@@ -70,19 +66,10 @@ fn percona_sparse_chunks_leave_real_holes() {
         },
     ];
     let data = [a.clone(), b.clone()].concat();
-    encode_sparse(&mut s, b"db/t.ibd", 0, &map, &data);
-    encode_eof(&mut s, b"db/t.ibd");
-    fs::write(&stream, &s).unwrap();
+    s.sparse(b"db/t.ibd", 0, &map, &data).eof(b"db/t.ibd");
+    fs::write(&stream, &*s).unwrap();
     let out = t.path().join("out");
-    ok(&xbagent(
-        &[
-            "extract",
-            "-C",
-            out.to_str().unwrap(),
-            stream.to_str().unwrap(),
-        ],
-        None,
-    ));
+    extract_ok(&out, &stream, &[]);
     let f = out.join("db/t.ibd");
     let bytes = fs::read(&f).unwrap();
     let size = 4096 + (1 << 20) + 4096 + (1 << 20);
@@ -111,32 +98,15 @@ fn create_sparse_round_trips_a_sparse_file_with_holes() {
     f.set_len(24 << 20).unwrap();
     drop(f);
     let stream = t.path().join("s.xb");
-    let out = Command::new(env!("CARGO_BIN_EXE_xbagent"))
-        .args([
-            "create",
-            "--sparse",
-            "-C",
-            src.to_str().unwrap(),
-            "sparse.ibd",
-        ])
-        .stdout(fs::File::create(&stream).unwrap())
-        .output()
-        .unwrap();
-    ok(&out);
+    let mut create = xb(&["create", "--sparse", "-C", p(&src), "sparse.ibd"]);
+    create.stdout(fs::File::create(&stream).unwrap());
+    run(create).code(0);
     assert!(
         fs::metadata(&stream).unwrap().len() < 1 << 20,
         "holes are not streamed"
     );
     let dst = t.path().join("dst");
-    ok(&xbagent(
-        &[
-            "extract",
-            "-C",
-            dst.to_str().unwrap(),
-            stream.to_str().unwrap(),
-        ],
-        None,
-    ));
+    extract_ok(&dst, &stream, &[]);
     assert_eq!(
         fs::read(src.join("sparse.ibd")).unwrap(),
         fs::read(dst.join("sparse.ibd")).unwrap()
@@ -147,36 +117,24 @@ fn create_sparse_round_trips_a_sparse_file_with_holes() {
 #[test]
 fn mariadb_seek_rename_remove_and_rewrite_are_applied_as_mbstream_applies_them() {
     let t = tempfile::tempdir().unwrap();
-    let mut s = Vec::new();
+    let mut s = Stream::new();
     // Seek forward leaves a hole; the payload after it carries the seek's offset.
-    encode_payload(&mut s, b"a", 0, b"0123456789");
-    s.extend(chunk("a", 0, ChunkBody::Seek { offset: 100 }));
-    encode_payload(&mut s, b"a", 100, b"XY");
+    s.payload(b"a", 0, b"0123456789")
+        .seek(b"a", 100)
+        .payload(b"a", 100, b"XY");
     // Seek back overwrites.
-    s.extend(chunk("a", 0, ChunkBody::Seek { offset: 2 }));
-    encode_payload(&mut s, b"a", 2, b"ab");
-    encode_eof(&mut s, b"a");
+    s.seek(b"a", 2).payload(b"a", 2, b"ab").eof(b"a");
     // Rename a finished file and a directory; remove a directory tree.
-    encode_payload(&mut s, b"d/x", 0, b"x");
-    encode_eof(&mut s, b"d/x");
-    s.extend(chunk("d", 0, ChunkBody::Rename { to: "e".into() }));
-    encode_payload(&mut s, b"gone/y", 0, b"y");
-    encode_eof(&mut s, b"gone/y");
-    s.extend(chunk("gone", 0, ChunkBody::Remove));
+    s.file(b"d/x", b"x").rename(b"d", b"e");
+    s.file(b"gone/y", b"y").remove(b"gone");
     // REWRITE after E replaces the file.
-    encode_payload(&mut s, b"t.frm", 0, b"old contents");
-    encode_eof(&mut s, b"t.frm");
-    s.extend(chunk(
-        "t.frm",
-        FLAG_REWRITE,
-        ChunkBody::Payload {
-            offset: 0,
-            data: "new".into(),
-        },
-    ));
-    s.extend(chunk("t.frm", FLAG_REWRITE, ChunkBody::Eof));
-    let stream = t.path().join("s.xb");
-    fs::write(&stream, &s).unwrap();
+    s.file(b"t.frm", b"old contents")
+        .payload_flags(b"t.frm", FLAG_REWRITE, b"new")
+        .header(&xbagent::format::ChunkHeader::Eof {
+            path: b"t.frm",
+            flags: FLAG_REWRITE,
+        });
+    let stream = stream_file(t.path(), &s);
     let (ours, theirs) = extract_both(t.path(), &stream, &["a", "e/x", "t.frm"]);
     let a = fs::read(ours.join("a")).unwrap();
     assert_eq!(a.len(), 102);
@@ -190,36 +148,22 @@ fn mariadb_seek_rename_remove_and_rewrite_are_applied_as_mbstream_applies_them()
 #[test]
 fn many_interleaved_files_extract_through_a_small_open_file_table_on_parallel_writers() {
     let t = tempfile::tempdir().unwrap();
-    let mut s = Vec::new();
+    let mut s = Stream::new();
     let files = 60;
     let rounds = 5;
     for r in 0..rounds {
         for f in 0..files {
             let data = pattern(1000 + f, (r * 7 + f) as u8);
             let off = (0..r).map(|_| (1000 + f) as u64).sum();
-            encode_payload(&mut s, format!("dir{}/f{f}", f % 7).as_bytes(), off, &data);
+            s.payload(format!("dir{}/f{f}", f % 7).as_bytes(), off, &data);
         }
     }
     for f in 0..files {
-        encode_eof(&mut s, format!("dir{}/f{f}", f % 7).as_bytes());
+        s.eof(format!("dir{}/f{f}", f % 7).as_bytes());
     }
-    let stream = t.path().join("s.xb");
-    fs::write(&stream, &s).unwrap();
+    let stream = stream_file(t.path(), &s);
     let out = t.path().join("out");
-    let o = xbagent(
-        &[
-            "extract",
-            "--parallel",
-            "3",
-            "--max-open-files",
-            "4",
-            "-C",
-            out.to_str().unwrap(),
-            stream.to_str().unwrap(),
-        ],
-        None,
-    );
-    ok(&o);
+    extract_ok(&out, &stream, &["--parallel", "3", "--max-open-files", "4"]);
     for f in 0..files {
         let got = fs::read(out.join(format!("dir{}/f{f}", f % 7))).unwrap();
         let want: Vec<u8> = (0..rounds)
@@ -232,19 +176,11 @@ fn many_interleaved_files_extract_through_a_small_open_file_table_on_parallel_wr
 #[test]
 fn verbose_lists_each_file_as_it_completes_and_stdin_is_read_by_default() {
     let t = tempfile::tempdir().unwrap();
-    let mut s = Vec::new();
-    encode_payload(&mut s, b"one", 0, b"1");
-    encode_eof(&mut s, b"one");
-    encode_eof(&mut s, b"two");
-    let stream = t.path().join("s.xb");
-    fs::write(&stream, &s).unwrap();
+    let stream = stream_file(t.path(), Stream::new().file(b"one", b"1").eof(b"two"));
     let out = t.path().join("out");
-    let o = xbagent(
-        &["extract", "-v", "-C", out.to_str().unwrap()],
-        Some(&stream),
-    );
-    ok(&o);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let o = xbagent(&["extract", "-v", "-C", p(&out)], Some(&stream));
+    o.code(0);
+    let err = &o.stderr;
     assert!(err.contains("one") && err.contains("two"), "{err}");
     assert_eq!(fs::read(out.join("two")).unwrap().len(), 0);
 }
@@ -252,32 +188,17 @@ fn verbose_lists_each_file_as_it_completes_and_stdin_is_read_by_default() {
 #[test]
 fn a_stream_cut_at_a_chunk_boundary_fails_and_names_the_unfinished_files() {
     let t = tempfile::tempdir().unwrap();
-    let mut s = Vec::new();
-    encode_payload(&mut s, b"done", 0, b"1");
-    encode_eof(&mut s, b"done");
-    encode_payload(&mut s, b"cut/ibdata1", 0, b"partial");
-    let stream = t.path().join("s.xb");
-    fs::write(&stream, &s).unwrap();
-    let o = xbagent(
-        &[
-            "extract",
-            "-C",
-            t.path().join("o").to_str().unwrap(),
-            stream.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("lacking their end chunk") && err.contains("cut/ibdata1"),
-        "{err}"
-    );
-    let v = xbagent(&["verify", stream.to_str().unwrap()], None);
-    assert_eq!(v.status.code(), Some(1));
-    let l = xbagent(&["list", "--json", stream.to_str().unwrap()], None);
-    assert_eq!(l.status.code(), Some(1));
-    let json: serde_json::Value = serde_json::from_slice(&l.stdout).unwrap();
+    let mut s = Stream::new();
+    s.file(b"done", b"1").payload(b"cut/ibdata1", 0, b"partial");
+    let stream = stream_file(t.path(), &s);
+    let o = xbagent(&["extract", "-C", p(&t.path().join("o")), p(&stream)], None);
+    o.code(1)
+        .says("lacking their end chunk")
+        .says("cut/ibdata1");
+    xbagent(&["verify", p(&stream)], None).code(1);
+    let l = xbagent(&["list", "--json", p(&stream)], None);
+    l.code(1);
+    let json: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
     assert_eq!(json["files"][0]["state"], "complete");
     assert_eq!(json["files"][1]["state"], "open");
 }
@@ -292,65 +213,25 @@ fn create_fails_promptly_when_the_stream_cannot_be_written() {
         fs::write(d.join(format!("f{i}")), pattern(3000 + i, i as u8)).unwrap();
     }
     for parallel in ["1", "4"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xbagent"))
-            .args([
-                "create",
-                "--parallel",
-                parallel,
-                "-C",
-                src.to_str().unwrap(),
-                ".",
-            ])
-            .stdout(
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open("/dev/full")
-                    .unwrap(),
-            )
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
             .unwrap();
-        let start = std::time::Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > std::time::Duration::from_secs(30) {
-                let _ = child.kill();
-                panic!("create --parallel {parallel} hung on a full disk");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        use std::io::Read;
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert_eq!(status.code(), Some(3), "{err}");
+        let mut create = xb(&["create", "--parallel", parallel, "-C", p(&src), "."]);
+        create.stdout(full).stderr(std::process::Stdio::piped());
+        // A create that hangs on the full disk fails the test after 30 s.
+        let out = wait_with_timeout(create.spawn().unwrap(), Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
         assert!(err.contains("cannot write the stream"), "{err}");
     }
 }
 
 /// Extract `stream` with ours and with mbstream; both trees' files in `names` must be equal.
 /// Returns (ours, theirs) directories.
-fn extract_both(
-    t: &Path,
-    stream: &Path,
-    names: &[&str],
-) -> (std::path::PathBuf, std::path::PathBuf) {
+fn extract_both(t: &Path, stream: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
     let ours = t.join("ours");
-    ok(&xbagent(
-        &[
-            "extract",
-            "-C",
-            ours.to_str().unwrap(),
-            stream.to_str().unwrap(),
-        ],
-        None,
-    ));
+    extract_ok(&ours, stream, &[]);
     let theirs = t.join("theirs");
     fs::create_dir(&theirs).unwrap();
     let mb = Command::new("mbstream")
@@ -399,21 +280,19 @@ fn page_compressed_tablespaces_keep_their_holes_like_mbstream() {
     comp[54..58].copy_from_slice(&0x35u32.to_be_bytes());
     // ...and the same without page compression.
     plain[54..58].copy_from_slice(&0x15u32.to_be_bytes());
-    let mut s = Vec::new();
-    encode_payload(&mut s, b"db/c.ibd", 0, &comp[..5 * 16384]);
-    encode_payload(&mut s, b"db/c.ibd", 5 * 16384, &comp[5 * 16384..]);
-    encode_eof(&mut s, b"db/c.ibd");
-    encode_payload(&mut s, b"db/p.ibd", 0, &plain);
-    encode_eof(&mut s, b"db/p.ibd");
+    let mut s = Stream::new();
+    s.payload(b"db/c.ibd", 0, &comp[..5 * 16384])
+        .payload(b"db/c.ibd", 5 * 16384, &comp[5 * 16384..])
+        .eof(b"db/c.ibd");
+    s.file(b"db/p.ibd", &plain);
     // A page written in full, then rewritten as a compressed page after a seek back: the
     // first version's bytes past the new data must read as zeros.
-    encode_payload(&mut s, b"db/r.ibd", 0, &comp[..16384]);
-    encode_payload(&mut s, b"db/r.ibd", 16384, &page(16384, 9));
-    s.extend(chunk("db/r.ibd", 0, ChunkBody::Seek { offset: 16384 }));
-    encode_payload(&mut s, b"db/r.ibd", 16384, &page(100, 10));
-    encode_eof(&mut s, b"db/r.ibd");
-    let stream = t.path().join("s.xb");
-    fs::write(&stream, &s).unwrap();
+    s.payload(b"db/r.ibd", 0, &comp[..16384])
+        .payload(b"db/r.ibd", 16384, &page(16384, 9))
+        .seek(b"db/r.ibd", 16384)
+        .payload(b"db/r.ibd", 16384, &page(100, 10))
+        .eof(b"db/r.ibd");
+    let stream = stream_file(t.path(), &s);
 
     let (ours, theirs) = extract_both(t.path(), &stream, &["db/c.ibd", "db/p.ibd", "db/r.ibd"]);
     assert_eq!(fs::read(ours.join("db/c.ibd")).unwrap(), comp);
@@ -448,17 +327,15 @@ fn large_writes_at_unaligned_offsets_land_exactly() {
     let t = tempfile::tempdir().unwrap();
     let data = pattern(5 * (1 << 20) + 4321, 3);
     let cuts = [0, (1 << 20) + 123, 3 * (1 << 20) + 128 + 5, data.len()];
-    let mut s = Vec::new();
+    let mut s = Stream::new();
     for w in cuts.windows(2) {
-        encode_payload(&mut s, b"big", w[0] as u64, &data[w[0]..w[1]]);
+        s.payload(b"big", w[0] as u64, &data[w[0]..w[1]]);
     }
-    encode_eof(&mut s, b"big");
+    s.eof(b"big");
     // Interleaved with a second file written in one aligned 2 MiB chunk.
     let other = pattern(2 << 20, 4);
-    encode_payload(&mut s, b"other", 0, &other);
-    encode_eof(&mut s, b"other");
-    let stream = t.path().join("s.xb");
-    fs::write(&stream, &s).unwrap();
+    s.file(b"other", &other);
+    let stream = stream_file(t.path(), &s);
     let (ours, _) = extract_both(t.path(), &stream, &["big", "other"]);
     assert!(fs::read(ours.join("big")).unwrap() == data);
     assert!(fs::read(ours.join("other")).unwrap() == other);

@@ -12,258 +12,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 
 use bytes::BytesMut;
 use xbagent::format::{ChunkBody, DecodeOptions, Decoder, FLAG_REWRITE};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mariadb-fixture");
-const XBAGENT: &str = env!("CARGO_BIN_EXE_xbagent");
+use crate::support::cli::run;
+use crate::support::mariadb::{
+    fixture, fixture_to_file, mbstream_extract, require_mariadb, Server,
+};
+use crate::support::trees::{assert_same_tree, tree, Entry};
+use crate::support::{s as p, short_tempdir, xb};
 
-const REQUIRED_TOOLS: &[&str] = &[
-    "bash",
-    "mariadbd",
-    "mariadb-install-db",
-    "mariadb",
-    "mariadb-admin",
-    "mariabackup",
-    "mbstream",
-    "setsid",
-];
-
-/// Fail (never skip) when a tool the tests drive is missing.
-fn require_tools() {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
-        .collect();
-    let missing: Vec<&str> = REQUIRED_TOOLS
-        .iter()
-        .copied()
-        .filter(|t| !dirs.iter().any(|d| d.join(t).is_file()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "required tool(s) not found in PATH: {}. Install mariadb-server and mariadb-backup \
-         (Debian/Ubuntu: apt-get install mariadb-server mariadb-backup); these tests never skip",
-        missing.join(", ")
-    );
-    assert!(
-        Path::new(FIXTURE).is_file(),
-        "fixture script {FIXTURE} is missing"
-    );
-}
-
-/// A short temp dir under /tmp: unix socket paths are limited to ~107 bytes.
-/// Set `XBAGENT_TEST_KEEP=1` to keep it (logs, streams, datadirs) for a post-mortem.
-fn short_tempdir(tag: &str) -> tempfile::TempDir {
-    let keep = std::env::var_os("XBAGENT_TEST_KEEP").is_some_and(|v| v != "0");
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("xbm-{tag}-"))
-        .disable_cleanup(keep)
-        .tempdir_in("/tmp")
-        .expect("cannot create a temp dir in /tmp");
-    if keep {
-        eprintln!("keeping {}", dir.path().display());
-    }
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("cannot find a free TCP port")
-        .port()
-}
-
-fn describe(cmd: &str, args: &[&str], out: &Output) -> String {
-    format!(
-        "`{cmd} {}` failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Run the fixture script; panic with its output on failure; return its stdout.
-fn fixture(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(FIXTURE)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
-    assert!(out.status.success(), "{}", describe(FIXTURE, args, &out));
-    String::from_utf8(out.stdout).expect("fixture output is not UTF-8")
-}
-
-/// Run a fixture command whose stdout is a backup stream, into `dest`.
-fn fixture_to_file(args: &[&str], dest: &Path) {
-    let file = fs::File::create(dest).expect("cannot create the stream file");
-    let out = Command::new("bash")
-        .arg(FIXTURE)
-        .args(args)
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
-    assert!(out.status.success(), "{}", describe(FIXTURE, args, &out));
-}
-
-/// A running fixture server; shut down on drop, also when the test panics.
-struct Server {
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path, port: u16) -> Server {
-        fixture(&["start", p(dir), &port.to_string()]);
-        Server {
-            dir: dir.to_path_buf(),
-        }
-    }
-    fn start_on(datadir: &Path, port: u16) -> Server {
-        fixture(&["start-on", p(datadir), &port.to_string()]);
-        Server {
-            dir: datadir.to_path_buf(),
-        }
-    }
-    fn checksums(&self) -> BTreeMap<String, String> {
-        parse_checksums(&fixture(&["checksums", p(&self.dir)]))
-    }
-    fn sql(&self, sql: &str) -> String {
-        fixture(&["sql", p(&self.dir), sql])
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(FIXTURE)
-            .args(["stop", p(&self.dir)])
-            .output();
-    }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
-
-fn parse_checksums(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (t, c) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad checksum line {l:?}"));
-            (t.to_string(), c.to_string())
-        })
-        .collect()
-}
-
-/// Extract with xbagent; panic with its output on failure.
-fn xbagent_extract(stream: &Path, dest: &Path) {
-    let args = ["extract", "--no-progress", "-C", p(dest), p(stream)];
-    let out = Command::new(XBAGENT)
-        .args(args)
-        .output()
-        .expect("cannot run xbagent");
-    assert!(out.status.success(), "{}", describe(XBAGENT, &args, &out));
-}
-
-/// Extract with the reference `mbstream -x`.
-fn mbstream_extract(stream: &Path, dest: &Path) {
-    fs::create_dir_all(dest).unwrap();
-    let out = Command::new("mbstream")
-        .args(["-x", "-C", p(dest)])
-        .stdin(fs::File::open(stream).unwrap())
-        .output()
-        .expect("cannot run mbstream");
-    assert!(
-        out.status.success(),
-        "{}",
-        describe("mbstream", &["-x", "-C", p(dest)], &out)
-    );
-}
-
-/// Every regular file below `root` (relative path → contents) and every directory.
-fn tree(root: &Path) -> (BTreeSet<String>, BTreeMap<String, Vec<u8>>) {
-    fn walk(
-        root: &Path,
-        dir: &Path,
-        dirs: &mut BTreeSet<String>,
-        files: &mut BTreeMap<String, Vec<u8>>,
-    ) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            let ft = entry.file_type().unwrap();
-            if ft.is_dir() {
-                dirs.insert(rel);
-                walk(root, &path, dirs, files);
-            } else {
-                assert!(
-                    ft.is_file(),
-                    "unexpected non-regular file {rel} in {}",
-                    root.display()
-                );
-                let mut data = Vec::new();
-                fs::File::open(&path)
-                    .unwrap()
-                    .read_to_end(&mut data)
-                    .unwrap();
-                files.insert(rel, data);
-            }
-        }
-    }
-    let mut dirs = BTreeSet::new();
-    let mut files = BTreeMap::new();
-    walk(root, root, &mut dirs, &mut files);
-    (dirs, files)
-}
-
-/// xbagent's extraction must be byte-identical to the reference extraction of the same stream.
-fn assert_same_tree(ours: &Path, reference: &Path) {
-    let (our_dirs, our_files) = tree(ours);
-    let (ref_dirs, ref_files) = tree(reference);
-    assert_eq!(
-        our_dirs, ref_dirs,
-        "directories differ between xbagent and mbstream extraction"
-    );
-    let our_names: BTreeSet<_> = our_files.keys().collect();
-    let ref_names: BTreeSet<_> = ref_files.keys().collect();
-    assert_eq!(
-        our_names.difference(&ref_names).collect::<Vec<_>>(),
-        Vec::<&&String>::new(),
-        "files only in xbagent's extraction"
-    );
-    assert_eq!(
-        ref_names.difference(&our_names).collect::<Vec<_>>(),
-        Vec::<&&String>::new(),
-        "files only in mbstream's extraction"
-    );
-    for (name, data) in &our_files {
-        let r = &ref_files[name];
-        assert!(
-            data == r,
-            "file {name} differs: xbagent wrote {} bytes, mbstream {} bytes{}",
-            data.len(),
-            r.len(),
-            data.iter()
-                .zip(r.iter())
-                .position(|(a, b)| a != b)
-                .map(|i| format!(", first difference at byte {i}"))
-                .unwrap_or_default()
-        );
-    }
+/// Extract `stream` with xbagent into `ours` and with the reference `mbstream -x` into
+/// `reference`: both trees must be byte-identical.
+fn extract_like_mbstream(stream: &Path, ours: &Path, reference: &Path) {
+    run(xb(&["extract", "--no-progress", "-C", p(ours), p(stream)])).code(0);
+    mbstream_extract(stream, reference);
+    assert_same_tree(reference, ours);
 }
 
 /// Where the reference left holes (page-compressed tablespaces: each page's trailing zeros),
@@ -271,9 +37,12 @@ fn assert_same_tree(ours: &Path, reference: &Path) {
 /// has a PAGE_COMPRESSED table, so at least one such file must be there.
 fn assert_sparse_like_reference(ours: &Path, reference: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let (_, ref_files) = tree(reference);
+    let ref_files = tree(reference);
     let mut sparse = Vec::new();
-    for name in ref_files.keys() {
+    for (name, _) in ref_files
+        .iter()
+        .filter(|(_, e)| matches!(e, Entry::File { .. }))
+    {
         let r = std::fs::metadata(reference.join(name)).expect("stat reference file");
         let o = std::fs::metadata(ours.join(name)).expect("stat our file");
         let (r_alloc, o_alloc) = (r.blocks() * 512, o.blocks() * 512);
@@ -343,32 +112,9 @@ struct StreamStats {
     /// D chunks whose path never appeared in the stream.
     removes_of_unsent_files: u64,
     seek_examples: Vec<String>,
+    /// Only shown (through Debug) in messages.
+    #[allow(dead_code)]
     bytes: u64,
-}
-
-impl StreamStats {
-    fn summary(&self) -> String {
-        format!(
-            "{} bytes, {} chunks: P={} E={} S(seek)={} S(sparse)={} D={} R={} ignored={}; \
-             REWRITE-flagged={}; R of already-sent files={}, R of never-sent files={}, \
-             D of already-sent files={}, D of never-sent paths={}; first seeks: {:?}",
-            self.bytes,
-            self.chunks,
-            self.payload,
-            self.eof,
-            self.seek,
-            self.sparse,
-            self.remove,
-            self.rename,
-            self.ignored,
-            self.rewrite_flagged,
-            self.renames_of_sent_files,
-            self.renames_of_unsent_files,
-            self.removes_of_sent_files,
-            self.removes_of_unsent_files,
-            self.seek_examples
-        )
-    }
 }
 
 fn stream_stats(stream: &Path) -> StreamStats {
@@ -436,20 +182,39 @@ fn stream_stats(stream: &Path) -> StreamStats {
     st
 }
 
+/// `mariabackup --prepare` the extracted backup, check that no table file lost its `.frm`,
+/// start a server on it; every table must be readable. Returns the server and its checksums.
+fn prepare_and_start(restore: &Path) -> (Server, BTreeMap<String, String>) {
+    fixture(&["prepare", p(restore)]);
+    let orphans = orphan_table_files(restore);
+    assert!(
+        orphans.is_empty(),
+        "table files without a .frm after prepare: {orphans:?}"
+    );
+    let restored = Server::start_on(restore);
+    let sums = restored.checksums();
+    let nulls: Vec<_> = sums.iter().filter(|(_, c)| *c == "NULL").collect();
+    assert!(
+        nulls.is_empty(),
+        "unreadable tables after restore: {nulls:?}"
+    );
+    (restored, sums)
+}
+
 // ---------------------------------------------------------------------------------------------
 // (a) a plain backup
 
 #[test]
 fn plain_backup_extracts_prepares_and_matches_source_checksums() {
-    require_tools();
-    let tmp = short_tempdir("plain");
+    require_mariadb();
+    let tmp = short_tempdir("xbm-plain");
     let src_dir = tmp.path().join("src");
     let restore = tmp.path().join("restore");
     let reference = tmp.path().join("ref");
     let stream = tmp.path().join("plain.xb");
 
-    let src = Server::start(&src_dir, free_port());
-    fixture(&["load", p(&src_dir), "2"]);
+    let src = Server::start(&src_dir);
+    src.load("2");
     let source_sums = src.checksums();
     assert!(
         source_sums.len() >= 6,
@@ -460,34 +225,20 @@ fn plain_backup_extracts_prepares_and_matches_source_checksums() {
     // their own names (`.ibd`) rather than as files created during the backup (`.new`), so
     // the page-compressed one is recognised and extracted sparse, as mbstream does.
     drop(src);
-    let src = Server::start(&src_dir, free_port());
+    let src = Server::start(&src_dir);
 
     fixture_to_file(&["backup", p(&src_dir)], &stream);
     let st = stream_stats(&stream);
-    eprintln!("plain backup stream: {}", st.summary());
+    eprintln!("plain backup stream: {st:?}");
     assert!(
         st.payload > 0 && st.eof > 0,
         "the backup stream is empty: {st:?}"
     );
 
-    xbagent_extract(&stream, &restore);
-    mbstream_extract(&stream, &reference);
-    assert_same_tree(&restore, &reference);
+    extract_like_mbstream(&stream, &restore, &reference);
     assert_sparse_like_reference(&restore, &reference);
 
-    fixture(&["prepare", p(&restore)]);
-    let orphans = orphan_table_files(&restore);
-    assert!(
-        orphans.is_empty(),
-        "table files without a .frm after prepare: {orphans:?}"
-    );
-    let restored = Server::start_on(&restore, free_port());
-    let restored_sums = restored.checksums();
-    let nulls: Vec<_> = restored_sums.iter().filter(|(_, c)| *c == "NULL").collect();
-    assert!(
-        nulls.is_empty(),
-        "unreadable tables after restore: {nulls:?}"
-    );
+    let (restored, restored_sums) = prepare_and_start(&restore);
     assert_eq!(
         restored_sums, source_sums,
         "CHECKSUM TABLE of the restored server differs from the source"
@@ -587,15 +338,15 @@ fn ddl_rows(i: u64) -> u64 {
 
 #[test]
 fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
-    require_tools();
-    let tmp = short_tempdir("ddl");
+    require_mariadb();
+    let tmp = short_tempdir("xbm-ddl");
     let src_dir = tmp.path().join("src");
     let restore = tmp.path().join("restore");
     let reference = tmp.path().join("ref");
     let stream = tmp.path().join("ddl.xb");
 
-    let src = Server::start(&src_dir, free_port());
-    fixture(&["load", p(&src_dir), "1"]);
+    let src = Server::start(&src_dir);
+    src.load("1");
 
     // The loop starts before the backup and stops after it; see the fixture for how the
     // backup is throttled so that DDL lands inside BACKUP STAGE START .. BLOCK_DDL.
@@ -620,7 +371,7 @@ fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
     );
 
     let st = stream_stats(&stream);
-    eprintln!("DDL backup stream: {}", st.summary());
+    eprintln!("DDL backup stream: {st:?}");
     assert!(
         st.remove > 0 && st.rename > 0,
         "the DDL backup holds no D (remove) or no R (rename) chunk: {st:?}; the DDL loop did \
@@ -630,24 +381,20 @@ fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
 
     assert!(
         st.renames_of_sent_files + st.removes_of_sent_files > 0,
-        "no D or R chunk in the DDL backup touches a file sent earlier in the stream: {}; \
+        "no D or R chunk in the DDL backup touches a file sent earlier in the stream: {st:?}; \
          the fixture did not catch BACKUP STAGE FLUSH (see '# paused' lines in {}/ddl.log), \
          so this stream cannot tell whether an extractor applies D and R",
-        st.summary(),
         src_dir.display()
     );
 
     assert!(
         st.seek > 0,
-        "the DDL backup holds no S (seek) chunk: {}; no Aria log rollover after mariabackup \
+        "the DDL backup holds no S (seek) chunk: {st:?}; no Aria log rollover after mariabackup \
          listed the Aria logs (see `# aria-rollover` in {}/ddl.log, and backup.log)",
-        st.summary(),
         src_dir.display()
     );
 
-    xbagent_extract(&stream, &restore);
-    mbstream_extract(&stream, &reference);
-    assert_same_tree(&restore, &reference);
+    extract_like_mbstream(&stream, &restore, &reference);
     let orphans = orphan_table_files(&restore);
     assert!(
         orphans.is_empty(),
@@ -657,14 +404,7 @@ fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
     // The source as it is now (the loop has stopped).
     let source_sums = src.checksums();
 
-    fixture(&["prepare", p(&restore)]);
-    let orphans = orphan_table_files(&restore);
-    assert!(
-        orphans.is_empty(),
-        "table files without a .frm after prepare: {orphans:?}"
-    );
-    let restored = Server::start_on(&restore, free_port());
-    let restored_sums = restored.checksums();
+    let (restored, restored_sums) = prepare_and_start(&restore);
     let restored_set: BTreeSet<String> = restored_sums.keys().cloned().collect();
 
     // 1. The restored table set is the source's table set right after some DDL statement
@@ -690,12 +430,7 @@ fn ddl_backup_with_remove_and_rename_chunks_restores_consistently() {
         matching
     );
 
-    // 2. Every restored table is readable.
-    let nulls: Vec<_> = restored_sums.iter().filter(|(_, c)| *c == "NULL").collect();
-    assert!(
-        nulls.is_empty(),
-        "unreadable tables after restore: {nulls:?}"
-    );
+    // 2. Every restored table is readable: checked by prepare_and_start.
 
     // 3. Tables the DDL loop never touches have the source's content.
     let touched = |t: &str| {

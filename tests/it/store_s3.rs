@@ -2,17 +2,14 @@
 //! memory measured, retries through a proxy that injects 5xx answers and dropped
 //! connections, and parts spooled to disk when the memory limit is small.
 
-#[path = "support/s3_fault_proxy.rs"]
-mod s3_fault_proxy;
-#[path = "support/s3env.rs"]
-mod s3env;
-
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::Output;
 
-use s3_fault_proxy::{Fault, FaultProxy};
+use crate::support::s3_fault_proxy::{Fault, FaultProxy};
+use crate::support::trees::assert_same_tree;
+use crate::support::{s as p, s3env};
 
 const MIB: u64 = 1 << 20;
 
@@ -36,40 +33,6 @@ fn write_random(path: &Path, len: u64, seed: u64) {
     f.flush().unwrap();
 }
 
-fn digest_file(path: &Path) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    let mut f = fs::File::open(path).unwrap();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    h.finalize()
-}
-
-/// Every regular file under `dir` with its digest.
-fn tree(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.push((rel, digest_file(&p).to_hex().to_string()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn ok(out: &Output, what: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -79,6 +42,16 @@ fn ok(out: &Output, what: &str) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     err
+}
+
+/// `upload --to REPO EXTRA --dir SRC`.
+fn upload<'a>(repo: &'a str, extra: &[&'a str], src: &'a Path) -> Vec<&'a str> {
+    [&["upload", "--to", repo], extra, &["--dir", p(src)]].concat()
+}
+
+/// `restore --from FROM -C DST`.
+fn restore<'a>(from: &'a str, dst: &'a Path) -> [&'a str; 5] {
+    ["restore", "--from", from, "-C", p(dst)]
 }
 
 /// Run `cmd` under /usr/bin/time; returns its output and peak RSS in bytes.
@@ -130,15 +103,7 @@ fn four_gib_round_trip_with_bounded_memory() {
 
     let (out, up_rss) = timed(
         &env,
-        &[
-            "upload",
-            "--to",
-            &repo,
-            "--memory-limit",
-            &limit_s,
-            "--dir",
-            src.to_str().unwrap(),
-        ],
+        &upload(&repo, &["--memory-limit", &limit_s], &src),
         &work.path().join("rss-up"),
     );
     ok(&out, "upload");
@@ -149,14 +114,10 @@ fn four_gib_round_trip_with_bounded_memory() {
     let (out, down_rss) = timed(
         &env,
         &[
-            "restore",
-            "--from",
-            &format!("{repo}@latest"),
-            "-C",
-            dst.to_str().unwrap(),
-            "--memory-limit",
-            &limit_s,
-        ],
+            &restore(&format!("{repo}@latest"), &dst)[..],
+            &["--memory-limit", &limit_s],
+        ]
+        .concat(),
         &work.path().join("rss-down"),
     );
     ok(&out, "restore");
@@ -176,7 +137,7 @@ fn four_gib_round_trip_with_bounded_memory() {
         "restore peak RSS {} MiB",
         down_rss / MIB
     );
-    assert_eq!(tree(&src), tree(&dst), "restored tree differs");
+    assert_same_tree(&src, &dst);
     assert!(!dst.join(".xbagent-restore-in-progress").exists());
 }
 
@@ -210,18 +171,10 @@ fn retries_through_faults() {
             .output()
             .unwrap()
     };
-    let up = run(&[
-        "upload",
-        "--to",
-        &repo,
-        "--retry-for",
-        "2m",
-        "--dir",
-        src.to_str().unwrap(),
-    ]);
+    let up = run(&upload(&repo, &["--retry-for", "2m"], &src));
     let up_err = ok(&up, "upload through faults");
     let dst = work.path().join("dst");
-    let down = run(&["restore", "--from", &repo, "-C", dst.to_str().unwrap()]);
+    let down = run(&restore(&repo, &dst));
     let down_err = ok(&down, "restore through faults");
     let log = proxy.log_text();
     assert!(proxy.faults() >= 4, "too few faults injected: {log}");
@@ -233,7 +186,7 @@ fn retries_through_faults() {
         down_err.contains("retrying GetObject"),
         "restore retries not logged: {down_err}"
     );
-    assert_eq!(tree(&src), tree(&dst));
+    assert_same_tree(&src, &dst);
     let verify = run(&["verify", &format!("{repo}@latest")]);
     ok(&verify, "verify through faults");
 }
@@ -254,15 +207,7 @@ fn persistent_failure_gives_up_cleanly() {
     let repo = format!("s3://{bucket}/r");
     let t = std::time::Instant::now();
     let out = env
-        .xbagent(&[
-            "upload",
-            "--to",
-            &repo,
-            "--retry-for",
-            "3s",
-            "--dir",
-            src.to_str().unwrap(),
-        ])
+        .xbagent(&upload(&repo, &["--retry-for", "3s"], &src))
         .env("AWS_ENDPOINT_URL", &proxy.endpoint)
         .output()
         .unwrap();
@@ -295,20 +240,15 @@ fn small_memory_limit_spools_parts() {
     for (i, extra) in [&[][..], &["--compress", "zstd:1"][..]].iter().enumerate() {
         let repo = format!("s3://{bucket}/r{i}");
         let limit = if extra.is_empty() { "46MiB" } else { "102MiB" };
-        let mut args = vec![
-            "upload",
-            "--to",
-            &repo,
+        let spooled = [
             "--memory-limit",
             limit,
             "--part-size",
             "6MiB",
             "--spool-dir",
-            spool.to_str().unwrap(),
-            "--dir",
-            src.to_str().unwrap(),
+            p(&spool),
         ];
-        args.extend_from_slice(extra);
+        let args = upload(&repo, &[&spooled[..], extra].concat(), &src);
         let up = env.xbagent(&args).arg("-v").output().unwrap();
         let err = ok(&up, "upload with spooled parts");
         assert!(err.contains("spooling"), "no spooling logged: {err}");
@@ -318,11 +258,8 @@ fn small_memory_limit_spools_parts() {
             "spool files left behind"
         );
         let dst = work.path().join(format!("dst{i}"));
-        let down = env
-            .xbagent(&["restore", "--from", &repo, "-C", dst.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let down = env.xbagent(&restore(&repo, &dst)).output().unwrap();
         ok(&down, "restore");
-        assert_eq!(tree(&src), tree(&dst));
+        assert_same_tree(&src, &dst);
     }
 }

@@ -34,6 +34,8 @@ use bytes::BytesMut;
 use tempfile::TempDir;
 use xbagent::format::{Chunk, ChunkBody, DecodeOptions, Decoder};
 
+use crate::support::{noise, trees, XBAGENT};
+
 const MIB: usize = 1024 * 1024;
 /// The reference producers' largest payload chunk.
 const REF_CHUNK: usize = 10 * MIB;
@@ -43,10 +45,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 // ---------------------------------------------------------------------------------------------
 // Tools
 // ---------------------------------------------------------------------------------------------
-
-fn xbagent() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_xbagent"))
-}
 
 /// The real `mbstream`, or a panic that says how to get it. Never a silent skip.
 fn mbstream() -> &'static Path {
@@ -177,14 +175,24 @@ fn feed_through_pipe(p: &mut Proc, path: &Path) -> std::thread::JoinHandle<()> {
 
 /// `xbagent create -C src entries... > out`
 fn xb_create(src: &Path, entries: &[PathBuf], out: &Path) {
-    let mut cmd = Command::new(xbagent());
-    cmd.arg("create").arg("-C").arg(src).args(entries);
-    spawn(cmd, "xbagent create", Stdio::null(), file_out(out)).wait_ok();
+    xb_create_with(&[], src, entries, out);
+}
+
+/// `xbagent create ARGS -C src entries... > out`
+fn xb_create_with(args: &[&str], src: &Path, entries: &[PathBuf], out: &Path) {
+    let mut cmd = Command::new(XBAGENT);
+    cmd.arg("create")
+        .args(args)
+        .arg("-C")
+        .arg(src)
+        .args(entries);
+    let what = format!("xbagent create {}", args.join(" "));
+    spawn(cmd, &what, Stdio::null(), file_out(out)).wait_ok();
 }
 
 /// `xbagent extract -C dst [args] < stream`, the stream arriving through a pipe.
 fn xb_extract_pipe(stream: &Path, dst: &Path, args: &[&str]) {
-    let mut cmd = Command::new(xbagent());
+    let mut cmd = Command::new(XBAGENT);
     cmd.arg("extract").arg("-C").arg(dst).args(args);
     let mut p = spawn(
         cmd,
@@ -199,7 +207,7 @@ fn xb_extract_pipe(stream: &Path, dst: &Path, args: &[&str]) {
 
 /// `xbagent extract -C dst [args] STREAM`
 fn xb_extract_file(stream: &Path, dst: &Path, args: &[&str]) {
-    let mut cmd = Command::new(xbagent());
+    let mut cmd = Command::new(XBAGENT);
     cmd.arg("extract").arg("-C").arg(dst).args(args).arg(stream);
     spawn(cmd, "xbagent extract FILE", Stdio::null(), Stdio::null()).wait_ok();
 }
@@ -242,37 +250,9 @@ fn mb_extract(stream: &Path, dst: &Path) -> String {
 // Content
 // ---------------------------------------------------------------------------------------------
 
-/// xorshift64: cheap, deterministic, incompressible enough.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        let last = self.next().to_le_bytes();
-        let n = rest.len();
-        rest.copy_from_slice(&last[..n]);
-    }
-}
-
+/// Deterministic, incompressible enough; the seed is spread so that small seeds differ at once.
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    XorShift::new(seed).fill(&mut v);
-    v
+    noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), len)
 }
 
 /// The big files, generated once per test process: (relative path, content).
@@ -397,8 +377,7 @@ fn many_tree() -> Tree {
         for d in 0..10 {
             fs::create_dir(root.join(format!("db{d}"))).unwrap();
         }
-        let mut content = vec![0u8; 600];
-        XorShift::new(42).fill(&mut content);
+        let content = random_bytes(42, 600);
         for i in 0..MANY {
             let rel = format!("db{}/t{i:05}.ibd", i % 10);
             let len = i * 7 % 601;
@@ -479,111 +458,14 @@ fn names_tree_with(trailing_spaces: bool) -> Tree {
 // Tree comparison
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, PartialEq, Eq)]
-enum Kind {
-    Dir,
-    File(u64),
-    Other(String),
-}
-
-fn scan(root: &Path) -> BTreeMap<PathBuf, Kind> {
-    fn rec(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Kind>) {
-        let dir = root.join(rel);
-        let rd = fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
-        for e in rd {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            let md = fs::symlink_metadata(root.join(&r)).unwrap();
-            let ft = md.file_type();
-            if ft.is_dir() {
-                out.insert(r.clone(), Kind::Dir);
-                rec(root, &r, out);
-            } else if ft.is_file() {
-                out.insert(r, Kind::File(md.len()));
-            } else {
-                out.insert(r, Kind::Other(format!("{ft:?}")));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    rec(root, Path::new(""), &mut out);
-    out
-}
-
-/// Compare two trees: the same directories, the same regular files with the same bytes, and
-/// nothing else. Describes the first difference.
-fn diff_trees(expected: &Path, actual: &Path) -> Result<(), String> {
-    let want = scan(expected);
-    let got = scan(actual);
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-    if !missing.is_empty() || !extra.is_empty() {
-        return Err(format!(
-            "entry sets differ: expected {} entries, found {}; {} missing (first: {:?}), \
-             {} unexpected (first: {:?})",
-            want.len(),
-            got.len(),
-            missing.len(),
-            missing.first(),
-            extra.len(),
-            extra.first()
-        ));
-    }
-    for (rel, kind) in &want {
-        let other = &got[rel];
-        if kind != other {
-            return Err(format!("{rel:?}: expected {kind:?}, found {other:?}"));
-        }
-        if let Kind::File(len) = kind {
-            if let Some(at) = first_difference(&expected.join(rel), &actual.join(rel)) {
-                return Err(format!(
-                    "{rel:?} ({len} bytes): contents differ, first at byte offset {at}"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Byte offset of the first difference between two files of equal length, if any.
-fn first_difference(a: &Path, b: &Path) -> Option<u64> {
-    let mut fa = File::open(a).unwrap();
-    let mut fb = File::open(b).unwrap();
-    let mut ba = vec![0u8; MIB];
-    let mut bb = vec![0u8; MIB];
-    let mut pos = 0u64;
-    loop {
-        let na = read_full(&mut fa, &mut ba);
-        let nb = read_full(&mut fb, &mut bb);
-        if let Some(i) = ba[..na].iter().zip(&bb[..nb]).position(|(x, y)| x != y) {
-            return Some(pos + i as u64);
-        }
-        if na != nb {
-            return Some(pos + na.min(nb) as u64);
-        }
-        if na == 0 {
-            return None;
-        }
-        pos += na as u64;
-    }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    n
-}
-
 #[track_caller]
 fn assert_same_tree(expected: &Path, actual: &Path, what: &str, tool_stderr: &str) {
-    if let Err(diff) = diff_trees(expected, actual) {
+    if let Err(diff) = trees::diff(
+        &trees::tree(expected),
+        &trees::tree(actual),
+        expected,
+        actual,
+    ) {
         panic!(
             "{what}: the extracted tree differs from the source: {diff}\n  source:    {}\n  extracted: {}\n  \
              extractor stderr:\n{tool_stderr}",
@@ -662,64 +544,40 @@ fn reference_roundtrip_sanity() {
     }
 }
 
-#[test]
-fn create_then_mbstream_extract_big_files() {
-    check_create_then_mbstream(&big_tree());
+/// One test per direction and tree, named `DIRECTION::TREE`.
+macro_rules! each_tree {
+    ($($direction:ident: $check:ident, $names:ident;)*) => {$(
+        mod $direction {
+            use super::*;
+
+            #[test]
+            fn big_files() {
+                $check(&big_tree());
+            }
+
+            #[test]
+            fn deep_tree() {
+                $check(&super::deep_tree());
+            }
+
+            #[test]
+            fn many_files() {
+                $check(&many_tree());
+            }
+
+            #[test]
+            fn odd_names() {
+                $check(&$names());
+            }
+        }
+    )*};
 }
 
-#[test]
-fn create_then_mbstream_extract_deep_tree() {
-    check_create_then_mbstream(&deep_tree());
-}
-
-#[test]
-fn create_then_mbstream_extract_many_files() {
-    check_create_then_mbstream(&many_tree());
-}
-
-#[test]
-fn create_then_mbstream_extract_odd_names() {
-    check_create_then_mbstream(&names_tree());
-}
-
-#[test]
-fn mbstream_create_then_extract_big_files() {
-    check_mbstream_then_extract(&big_tree());
-}
-
-#[test]
-fn mbstream_create_then_extract_deep_tree() {
-    check_mbstream_then_extract(&deep_tree());
-}
-
-#[test]
-fn mbstream_create_then_extract_many_files() {
-    check_mbstream_then_extract(&many_tree());
-}
-
-#[test]
-fn mbstream_create_then_extract_odd_names() {
-    check_mbstream_then_extract(&names_tree_for_xbagent());
-}
-
-#[test]
-fn mbstream_create_then_parallel_extract_big_files() {
-    check_mbstream_then_parallel_extract(&big_tree());
-}
-
-#[test]
-fn mbstream_create_then_parallel_extract_deep_tree() {
-    check_mbstream_then_parallel_extract(&deep_tree());
-}
-
-#[test]
-fn mbstream_create_then_parallel_extract_many_files() {
-    check_mbstream_then_parallel_extract(&many_tree());
-}
-
-#[test]
-fn mbstream_create_then_parallel_extract_odd_names() {
-    check_mbstream_then_parallel_extract(&names_tree_for_xbagent());
+each_tree! {
+    create_then_mbstream_extract: check_create_then_mbstream, names_tree;
+    mbstream_create_then_extract: check_mbstream_then_extract, names_tree_for_xbagent;
+    mbstream_create_then_parallel_extract: check_mbstream_then_parallel_extract,
+        names_tree_for_xbagent;
 }
 
 /// Several `mbstream -c` runs concatenated are one valid stream (that is how a file list too
@@ -851,17 +709,12 @@ fn create_chunk_layout_matches_reference_limits() {
     // The default (2 MiB) stays within the limits; with --chunk-size 10MiB each file is cut
     // exactly as the reference cuts it.
     check_layout(&fs::read(&ours).unwrap(), &tree, "xbagent create");
-    let mut cmd = Command::new(xbagent());
-    cmd.args(["create", "--chunk-size", "10MiB", "-C"])
-        .arg(tree.root())
-        .args(tree.entries());
-    spawn(
-        cmd,
-        "xbagent create --chunk-size 10MiB",
-        Stdio::null(),
-        file_out(&ours),
-    )
-    .wait_ok();
+    xb_create_with(
+        &["--chunk-size", "10MiB"],
+        tree.root(),
+        &tree.entries(),
+        &ours,
+    );
 
     let our_layout = check_layout(&fs::read(&ours).unwrap(), &tree, "xbagent create");
     // The same checks hold for the reference's own output (a check of the checks).
@@ -909,7 +762,7 @@ fn list_and_verify_read_mbstream_output() {
     let chunks = decode_all(&bytes, "mbstream -c");
 
     let out = tmp.path().join("list.json");
-    let mut cmd = Command::new(xbagent());
+    let mut cmd = Command::new(XBAGENT);
     cmd.arg("list").arg("--json").arg(&theirs);
     spawn(cmd, "xbagent list --json", Stdio::null(), file_out(&out)).wait_ok();
     let text = fs::read_to_string(&out).unwrap();
@@ -948,7 +801,7 @@ fn list_and_verify_read_mbstream_output() {
         );
     }
 
-    let mut cmd = Command::new(xbagent());
+    let mut cmd = Command::new(XBAGENT);
     cmd.arg("verify").arg(&theirs);
     spawn(cmd, "xbagent verify", Stdio::null(), Stdio::null()).wait_ok();
 }
@@ -961,7 +814,7 @@ fn drop_in(name: &str) {
     let tree = names_tree();
     let tmp = scratch();
     let link = tmp.path().join(name);
-    std::os::unix::fs::symlink(xbagent(), &link).unwrap();
+    std::os::unix::fs::symlink(XBAGENT, &link).unwrap();
     let files = tree.files();
 
     // `<link> -c FILES > s` (in the source directory), then the reference extracts it.

@@ -10,12 +10,11 @@
 //! After every failed clone the tests assert a non-zero exit code and that no completion
 //! marker was written.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -25,8 +24,11 @@ use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use xbagent::clone::protocol::{self, Challenge, FrameType};
 use xbagent::clone::transport::{read_frame, write_frame};
 
-const XBAGENT: &str = env!("CARGO_BIN_EXE_xbagent");
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mariadb-fixture");
+use crate::support::mariadb::{fixture, require_mariadb, Server};
+use crate::support::proc::{Outcome, Proc};
+use crate::support::trees::{self, tree_skipping, Tree};
+use crate::support::{child_path, free_port, noise, require_tools, s, short_tempdir, xb, XBAGENT};
+
 /// The receiver's markers, as the clone contract names them.
 const COMPLETE: &str = ".xbagent-clone-complete";
 const PARTIAL: &str = ".xbagent-clone-in-progress";
@@ -40,46 +42,6 @@ const CUT_AT: u64 = 1_000_000;
 // ---------------------------------------------------------------------------------------------
 // Environment, tools, temp dirs
 // ---------------------------------------------------------------------------------------------
-
-/// PATH for child processes: the test's PATH plus the sbin directories (mariadbd, ip).
-fn child_path() -> String {
-    let cur = std::env::var("PATH").unwrap_or_default();
-    format!("{cur}:/usr/local/sbin:/usr/sbin:/sbin")
-}
-
-/// Fail (never skip) when a tool is missing; `hint` names what to install.
-fn require_tools(tools: &[&str], hint: &str) {
-    let path = child_path();
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "required tool(s) not found in PATH: {} — install {hint} (scripts/test does); this test never skips",
-        missing.join(", ")
-    );
-}
-
-/// A short temp dir under /tmp (unix socket paths are limited to ~107 bytes).
-fn tmp(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("xbc-{tag}-"))
-        .tempdir_in("/tmp")
-        .expect("cannot create a temp dir in /tmp")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("cannot find a free TCP port")
-        .port()
-}
 
 fn local(port: u16) -> String {
     format!("127.0.0.1:{port}")
@@ -114,130 +76,6 @@ fn process_alive(pid: i32) -> bool {
 // Processes
 // ---------------------------------------------------------------------------------------------
 
-/// A process started by a test; killed (and reaped) on drop. Its stdout and stderr go to one
-/// log file.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    /// `serve`: SIGTERM first, so it stops its sources (they run in their own process groups).
-    term_first: bool,
-}
-
-/// How a process ended.
-#[derive(Debug)]
-struct Outcome {
-    code: Option<i32>,
-    log: String,
-    elapsed: Duration,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf, term_first: bool) -> Proc {
-        let f = fs::File::create(&log).expect("cannot create a log file");
-        let f2 = f.try_clone().expect("cannot dup a log file");
-        let child = cmd
-            .env("PATH", child_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(f))
-            .stderr(Stdio::from(f2))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-            term_first,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn signal(&self, sig: Signal) {
-        let _ = kill_process(Pid::from_raw(self.pid()).expect("pid"), sig);
-    }
-
-    /// Wait for the exit, at most `limit` (then kill it and panic with its log).
-    fn wait(&mut self, limit: Duration) -> Outcome {
-        let start = Instant::now();
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => {
-                    return Outcome {
-                        code: st.code(),
-                        log: self.log(),
-                        elapsed: start.elapsed(),
-                    }
-                }
-                Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(20)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!(
-                        "{} did not exit within {limit:?}; killed it. Its log:\n{}",
-                        self.name,
-                        self.log()
-                    );
-                }
-                Err(e) => panic!("cannot wait for {}: {e}", self.name),
-            }
-        }
-    }
-
-    /// Wait until the log holds `needle` (the process must stay alive meanwhile).
-    fn wait_log(&mut self, needle: &str, limit: Duration) {
-        let start = Instant::now();
-        loop {
-            if self.log().contains(needle) {
-                return;
-            }
-            if !self.running() {
-                panic!(
-                    "{} exited before logging {needle:?}. Its log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{} did not log {needle:?} within {limit:?}. Its log:\n{}",
-                self.name,
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if self.term_first {
-                self.signal(Signal::TERM);
-                let deadline = Instant::now() + Duration::from_secs(8);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = self.child.try_wait() {
-                        return;
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Kills, on drop, the process group whose leader wrote its PID into `file` (a source command
 /// started by `serve`, which runs in its own process group and would outlive a killed serve).
 struct GroupGuard(Vec<PathBuf>);
@@ -255,12 +93,6 @@ impl Drop for GroupGuard {
 
 fn read_pid(f: &Path) -> Option<i32> {
     fs::read_to_string(f).ok()?.trim().parse().ok()
-}
-
-fn xb(args: &[&str]) -> Command {
-    let mut c = Command::new(XBAGENT);
-    c.args(args);
-    c
 }
 
 /// Start `xbagent serve ARGS` and wait until it listens.
@@ -295,51 +127,17 @@ fn receive(dir: &Path, name: &str, args: &[&str], limit: Duration) -> Outcome {
 // Trees, markers, streams
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, PartialEq, Eq)]
-enum Entry {
-    Dir,
-    File { len: u64, blake3: String },
-    Symlink(PathBuf),
+/// Every entry under `root`, the clone markers at the top left out.
+fn tree(root: &Path) -> Tree {
+    tree_skipping(root, &[COMPLETE, PARTIAL])
 }
 
-/// Every entry under `root` (relative paths), the clone markers at the top left out.
-fn tree(root: &Path) -> BTreeMap<String, Entry> {
-    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, Entry>) {
-        let dir = root.join(rel);
-        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {dir:?}: {e}")) {
-            let e = e.unwrap();
-            let rel_p = rel.join(e.file_name());
-            let key = rel_p.to_string_lossy().into_owned();
-            if rel.as_os_str().is_empty() && (key == COMPLETE || key == PARTIAL) {
-                continue;
-            }
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                out.insert(key, Entry::Dir);
-                walk(root, &rel_p, out);
-            } else if ft.is_symlink() {
-                out.insert(key, Entry::Symlink(fs::read_link(e.path()).unwrap()));
-            } else {
-                let data = fs::read(e.path()).unwrap();
-                out.insert(
-                    key,
-                    Entry::File {
-                        len: data.len() as u64,
-                        blake3: blake3::hash(&data).to_hex().to_string(),
-                    },
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, Path::new(""), &mut out);
-    out
-}
-
+/// The clone in `dst` is `src`, markers aside.
+#[track_caller]
 fn assert_same_tree(src: &Path, dst: &Path) {
     let (a, b) = (tree(src), tree(dst));
     assert!(!a.is_empty(), "source tree {src:?} is empty");
-    assert_eq!(a, b, "the clone in {dst:?} differs from {src:?}");
+    trees::assert_same_entries(&a, &b, src, dst);
 }
 
 fn marker(dst: &Path) -> bool {
@@ -387,20 +185,6 @@ fn assert_complete(out: &Outcome, src: &Path, dst: &Path) {
     assert_same_tree(src, dst);
 }
 
-/// Deterministic pseudo-random bytes (xorshift), incompressible enough for a stream.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// A source tree: nested directories, an empty file, small files, a 3 MiB file.
 fn make_src(src: &Path) {
     fs::create_dir_all(src.join("db1/sub")).unwrap();
@@ -428,7 +212,7 @@ struct World {
 
 impl World {
     fn new(tag: &str) -> World {
-        let t = tmp(tag);
+        let t = short_tempdir(&format!("xbc-{tag}"));
         let dir = t.path().to_path_buf();
         let src = dir.join("src");
         make_src(&src);
@@ -459,6 +243,41 @@ impl World {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// `serve --listen PORT --dir DIR` with the token and `extra`, listening.
+    fn serve_dir(&self, name: &str, dir: &Path, port: u16, extra: &[&str]) -> Proc {
+        let listen = local(port);
+        let args = [&["--listen", &listen, "--dir", s(dir)], extra].concat();
+        let tok = token_args(self);
+        start_serve(&self.dir, name, &[&args[..], &strs(&tok)].concat())
+    }
+
+    /// `receive` from PORT into `dst` with the token and `extra`, to its end.
+    fn recv(&self, name: &str, port: u16, dst: &Path, extra: &[&str]) -> Outcome {
+        self.recv_within(name, port, dst, extra, MIN)
+    }
+
+    /// `receive` from PORT into `dst` with the token and `extra`, started.
+    fn start_recv(&self, name: &str, port: u16, dst: &Path, extra: &[&str]) -> Proc {
+        start_receive(&self.dir, name, &strs(&recv_args(self, port, dst, extra)))
+    }
+
+    /// [`World::recv`] with a time limit.
+    fn recv_within(
+        &self,
+        name: &str,
+        port: u16,
+        dst: &Path,
+        extra: &[&str],
+        limit: Duration,
+    ) -> Outcome {
+        receive(
+            &self.dir,
+            name,
+            &strs(&recv_args(self, port, dst, extra)),
+            limit,
+        )
     }
 
     /// A shell command that sends CUT_AT bytes of the stream, records its PID in `pidfile`,
@@ -515,18 +334,7 @@ const MIN: Duration = Duration::from_secs(60);
 fn dir_clone_is_identical_and_a_rerun_is_a_no_op() {
     let w = World::new("dir");
     let port = free_port();
-    let mut serve = start_serve(
-        &w.dir,
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let mut serve = w.serve_dir("serve", &w.src, port, &[]);
     let dst = w.path("dst");
     let args = [
         "--from",
@@ -569,70 +377,22 @@ fn dir_clone_is_identical_and_a_rerun_is_a_no_op() {
 // 2. End to end with a real MariaDB server and mariabackup
 // ---------------------------------------------------------------------------------------------
 
-/// Run the fixture script; panic with its output on failure.
-fn fixture(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(FIXTURE)
-        .args(args)
-        .env("PATH", child_path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
-    assert!(
-        out.status.success(),
-        "mariadb-fixture {} failed with {}:\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A fixture server, stopped on drop.
-struct Mariadb(PathBuf);
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(FIXTURE)
-            .args(["stop", s(&self.0)])
-            .env("PATH", child_path())
-            .stdin(Stdio::null())
-            .output();
-    }
-}
-
 #[test]
 fn mariabackup_clone_restores_to_identical_tables() {
-    require_tools(
-        &[
-            "bash",
-            "mariadbd",
-            "mariadb-install-db",
-            "mariadb",
-            "mariadb-admin",
-            "mariabackup",
-            "setsid",
-        ],
-        "mariadb-server and mariadb-backup",
-    );
-    let t = tmp("mdb");
-    let src = t.path().join("s");
-    let dst = t.path().join("d");
-    let mbtmp = t.path().join("mbt");
+    require_mariadb();
+    let w = World::new("mdb");
+    let (src, dst, mbtmp) = (w.path("s"), w.path("d"), w.path("mbt"));
     fs::create_dir_all(&mbtmp).unwrap();
-    fixture(&["start", s(&src)]);
-    let src_server = Mariadb(src.clone());
-    fixture(&["load", s(&src), "1"]);
-    let want = fixture(&["checksums", s(&src)]);
+    let src_server = Server::start(&src);
+    src_server.load("1");
+    let want = src_server.checksums();
     assert!(
-        want.contains("fx.t_innodb") && want.contains("fx.t_myisam") && want.contains("fx.t_aria"),
-        "unexpected source tables:\n{want}"
+        ["fx.t_innodb", "fx.t_myisam", "fx.t_aria"]
+            .iter()
+            .all(|t| want.contains_key(*t)),
+        "unexpected source tables: {want:?}"
     );
 
-    let token = t.path().join("token");
-    fs::write(&token, "mariadb-clone-token\n").unwrap();
     let cmd = format!(
         "mariabackup --no-defaults --backup --stream=xbstream --parallel=2 --user=root \
          --socket='{}/sock' --datadir='{}/data' --target-dir='{}'",
@@ -640,32 +400,8 @@ fn mariabackup_clone_restores_to_identical_tables() {
         s(&src),
         s(&mbtmp)
     );
-    let port = free_port();
-    let serve = start_serve(
-        t.path(),
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--exec",
-            &cmd,
-            "--token-file",
-            s(&token),
-        ],
-    );
-    let out = receive(
-        t.path(),
-        "recv",
-        &[
-            "--from",
-            &local(port),
-            "-C",
-            s(&dst),
-            "--token-file",
-            s(&token),
-        ],
-        Duration::from_secs(180),
-    );
+    let (serve, port) = serve_exec(&w, "serve", &cmd, &[]);
+    let out = w.recv_within("recv", port, &dst, &[], Duration::from_secs(180));
     assert_eq!(
         out.code,
         Some(0),
@@ -679,43 +415,18 @@ fn mariabackup_clone_restores_to_identical_tables() {
 
     // The markers are ours, not the server's: they must not bother prepare or the server.
     fixture(&["prepare", s(&dst)]);
-    let port2 = free_port();
-    fixture(&["start-on", s(&dst), &port2.to_string()]);
-    let _dst_server = Mariadb(dst.clone());
-    let got = fixture(&["checksums", s(&dst)]);
+    let dst_server = Server::start_on(&dst);
+    let got = dst_server.checksums();
     assert_eq!(got, want, "table checksums differ between source and clone");
     drop(src_server);
 
     // Also with --dir: the restored (and now stopped) datadir served as a directory.
-    drop(_dst_server);
+    drop(dst_server);
     let _ = fs::remove_file(dst.join("sock"));
     let port3 = free_port();
-    let serve = start_serve(
-        t.path(),
-        "serve-dir",
-        &[
-            "--listen",
-            &local(port3),
-            "--dir",
-            s(&dst),
-            "--token-file",
-            s(&token),
-        ],
-    );
-    let dst2 = t.path().join("d2");
-    let out = receive(
-        t.path(),
-        "recv-dir",
-        &[
-            "--from",
-            &local(port3),
-            "-C",
-            s(&dst2),
-            "--token-file",
-            s(&token),
-        ],
-        Duration::from_secs(120),
-    );
+    let serve = w.serve_dir("serve-dir", &dst, port3, &[]);
+    let dst2 = w.path("d2");
+    let out = w.recv_within("recv-dir", port3, &dst2, &[], Duration::from_secs(120));
     assert_eq!(
         out.code,
         Some(0),
@@ -725,10 +436,7 @@ fn mariabackup_clone_restores_to_identical_tables() {
     );
     assert_same_tree(&dst, &dst2);
     drop(serve);
-    let port4 = free_port();
-    fixture(&["start-on", s(&dst2), &port4.to_string()]);
-    let _dst2_server = Mariadb(dst2.clone());
-    let got = fixture(&["checksums", s(&dst2)]);
+    let got = Server::start_on(&dst2).checksums();
     assert_eq!(got, want, "table checksums differ after the --dir clone");
 }
 
@@ -770,7 +478,7 @@ fn fault_serve_sigkilled_mid_stream() {
     let _g = GroupGuard(vec![pidf.clone()]);
     let (serve, port) = serve_exec(&w, "serve", &w.stalling_source(&pidf), &[]);
     let dst = w.path("dst");
-    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    let mut r = w.start_recv("recv", port, &dst, &[]);
     wait_data(&dst, &mut r);
     serve.signal(Signal::KILL);
     let out = r.wait(Duration::from_secs(30));
@@ -789,7 +497,7 @@ fn fault_source_killed() {
     let _g = GroupGuard(vec![pidf.clone()]);
     let (mut serve, port) = serve_exec(&w, "serve", &w.stalling_source(&pidf), &[]);
     let dst = w.path("dst");
-    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    let mut r = w.start_recv("recv", port, &dst, &[]);
     wait_data(&dst, &mut r);
     let pid = read_pid(&pidf).expect("the source wrote its pid");
     kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).expect("kill the source");
@@ -810,8 +518,25 @@ fn fault_source_exits_non_zero_after_the_whole_stream() {
     let cmd = format!("cat '{}'; exit 3", s(&w.xb));
     let (_serve, port) = serve_exec(&w, "serve", &cmd, &[]);
     let dst = w.path("dst");
-    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])), MIN);
+    let out = w.recv("recv", port, &dst, &[]);
     assert_failed(&out, EXIT_BAD_STREAM, &["exit status 3"], &dst);
+}
+
+/// The first connection to `l` within 60 s (unless `stop` is set first); else `who` panics.
+fn accept_within(l: &TcpListener, who: &str, stop: &AtomicBool) -> TcpStream {
+    l.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let c = loop {
+        match l.accept() {
+            Ok((c, _)) => break c,
+            Err(_) if Instant::now() < deadline && !stop.load(Ordering::SeqCst) => {
+                thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{who}: no peer within 60 s: {e}"),
+        }
+    };
+    c.set_nonblocking(false).unwrap();
+    c
 }
 
 /// A TCP proxy that forwards one connection to `target` and cuts it (both ways) once
@@ -820,16 +545,7 @@ fn cutting_proxy(target: u16, cut_after: u64) -> (u16, thread::JoinHandle<u64>) 
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let h = thread::spawn(move || {
-        l.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = loop {
-            match l.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                Err(e) => panic!("proxy: no client within 60 s: {e}"),
-            }
-        };
-        client.set_nonblocking(false).unwrap();
+        let client = accept_within(&l, "proxy", &AtomicBool::new(false));
         let upstream = TcpStream::connect(("127.0.0.1", target)).expect("proxy: connect");
         for sock in [&client, &upstream] {
             sock.set_read_timeout(Some(Duration::from_secs(60)))
@@ -882,7 +598,7 @@ fn fault_connection_cut_by_proxy() {
     );
     let (pport, proxy) = cutting_proxy(port, 500_000);
     let dst = w.path("dst");
-    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, pport, &dst, &[])), MIN);
+    let out = w.recv("recv", pport, &dst, &[]);
     assert_eq!(proxy.join().unwrap(), 500_000, "the proxy cut too early");
     assert_failed(&out, EXIT_PEER, &["closed the connection"], &dst);
     // The donor notices that its receiver went away and stops the source.
@@ -901,18 +617,7 @@ fn silent_donor(token: &[u8]) -> (u16, Arc<AtomicBool>, thread::JoinHandle<()>) 
     let key = protocol::derive_key(token);
     let stop2 = stop.clone();
     let h = thread::spawn(move || {
-        l.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut c = loop {
-            match l.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline && !stop2.load(Ordering::SeqCst) => {
-                    thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("fake donor: no peer: {e}"),
-            }
-        };
-        c.set_nonblocking(false).unwrap();
+        let mut c = accept_within(&l, "fake donor", &stop2);
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = Vec::new();
         let ty = read_frame(&mut c, &mut buf).expect("fake donor: HELLO");
@@ -950,12 +655,7 @@ fn fault_silent_donor_without_heartbeats_stalls() {
     let w = World::new("stall");
     let (port, stop, h) = silent_donor(&fs::read(&w.token).unwrap());
     let dst = w.path("dst");
-    let out = receive(
-        &w.dir,
-        "recv",
-        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "2s"])),
-        MIN,
-    );
+    let out = w.recv("recv", port, &dst, &["--stall-timeout", "2s"]);
     stop.store(true, Ordering::SeqCst);
     h.join().expect("the fake donor failed");
     assert_failed(&out, EXIT_PEER, &["stalled"], &dst);
@@ -972,12 +672,7 @@ fn silent_source_is_kept_alive_by_heartbeats() {
     let cmd = format!("sleep 8; cat '{}'", s(&w.xb));
     let (serve, port) = serve_exec(&w, "serve", &cmd, &["--heartbeat", "1s"]);
     let dst = w.path("dst");
-    let out = receive(
-        &w.dir,
-        "recv",
-        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "3s"])),
-        MIN,
-    );
+    let out = w.recv("recv", port, &dst, &["--stall-timeout", "3s"]);
     assert!(
         out.elapsed >= Duration::from_secs(7),
         "the clone ended after {:?}, before the source spoke",
@@ -1000,7 +695,7 @@ fn fault_corrupt_source_stream_is_never_delivered() {
     let cmd = format!("cat '{}'", s(&bad_xb));
     let (mut serve, port) = serve_exec(&w, "serve", &cmd, &[]);
     let dst = w.path("dst");
-    let out = receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])), MIN);
+    let out = w.recv("recv", port, &dst, &[]);
     assert_failed(
         &out,
         EXIT_PEER,
@@ -1020,24 +715,17 @@ fn fault_corrupt_source_stream_is_never_delivered() {
 // The donor never answers (nothing listens; a name that does not resolve): retried, then exit 4.
 #[test]
 fn unreachable_donor_fails_after_retry_for() {
-    let t = tmp("unreach");
+    let t = short_tempdir("xbc-unreach");
     for (name, from) in [
         ("refused", local(free_port())),
         ("dns", "no-such-donor.invalid:3307".to_string()),
     ] {
         let dst = t.path().join(name);
+        let args = ["--from", &from, "-C", s(&dst), "--insecure"];
         let out = receive(
             t.path(),
             name,
-            &[
-                "--from",
-                &from,
-                "-C",
-                s(&dst),
-                "--insecure",
-                "--retry-for",
-                "3s",
-            ],
+            &[&args, &["--retry-for", "3s"][..]].concat(),
             MIN,
         );
         assert_failed(&out, EXIT_PEER, &["cannot reach the donor"], &dst);
@@ -1067,7 +755,7 @@ fn receiver_killed_stops_the_source() {
         &["--heartbeat", "1s"],
     );
     let dst = w.path("dst");
-    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    let mut r = w.start_recv("recv", port, &dst, &[]);
     wait_data(&dst, &mut r);
     let pid = read_pid(&pidf).expect("the source wrote its pid");
     r.signal(Signal::KILL);
@@ -1088,49 +776,17 @@ fn a_marker_inside_the_stream_never_fakes_completion() {
     let w = World::new("chain");
     // First clone: w.src -> hop1 (now holds a completion marker).
     let port = free_port();
-    let serve1 = start_serve(
-        &w.dir,
-        "serve1",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let serve1 = w.serve_dir("serve1", &w.src, port, &[]);
     let hop1 = w.path("hop1");
-    let out = receive(
-        &w.dir,
-        "recv1",
-        &strs(&recv_args(&w, port, &hop1, &[])),
-        MIN,
-    );
+    let out = w.recv("recv1", port, &hop1, &[]);
     assert_complete(&out, &w.src, &hop1);
     drop(serve1);
 
     // Second hop, good: hop1 -> hop2; the marker is the receiver's own, about this clone.
     let port2 = free_port();
-    let _serve2 = start_serve(
-        &w.dir,
-        "serve2",
-        &[
-            "--listen",
-            &local(port2),
-            "--dir",
-            s(&hop1),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let _serve2 = w.serve_dir("serve2", &hop1, port2, &[]);
     let hop2 = w.path("hop2");
-    let out = receive(
-        &w.dir,
-        "recv2",
-        &strs(&recv_args(&w, port2, &hop2, &[])),
-        MIN,
-    );
+    let out = w.recv("recv2", port2, &hop2, &[]);
     assert_complete(&out, &w.src, &hop2);
     let m: serde_json::Value =
         serde_json::from_slice(&fs::read(hop2.join(COMPLETE)).unwrap()).unwrap();
@@ -1168,19 +824,15 @@ fn fault_wrong_token_and_junk_never_start_the_source() {
     let wrong = w.path("wrong-token");
     fs::write(&wrong, "not the token\n").unwrap();
     let dst = w.path("dst-wrong");
-    let out = receive(
-        &w.dir,
-        "recv-wrong",
-        &[
-            "--from",
-            &local(port),
-            "-C",
-            s(&dst),
-            "--token-file",
-            s(&wrong),
-        ],
-        MIN,
-    );
+    let args = [
+        "--from",
+        &local(port),
+        "-C",
+        s(&dst),
+        "--token-file",
+        s(&wrong),
+    ];
+    let out = receive(&w.dir, "recv-wrong", &args, MIN);
     assert_failed(&out, EXIT_PEER, &["authentication"], &dst);
     assert!(!started.exists(), "the source started for a wrong token");
 
@@ -1223,12 +875,7 @@ fn fault_wrong_token_and_junk_never_start_the_source() {
 
     // The next good peer is served.
     let dst = w.path("dst-good");
-    let out = receive(
-        &w.dir,
-        "recv-good",
-        &strs(&recv_args(&w, port, &dst, &[])),
-        MIN,
-    );
+    let out = w.recv("recv-good", port, &dst, &[]);
     assert_complete(&out, &w.src, &dst);
     assert!(started.exists(), "the source did not run for the good peer");
 }
@@ -1239,29 +886,14 @@ fn receive_waits_for_a_late_donor() {
     let w = World::new("late");
     let port = free_port();
     let dst = w.path("dst");
-    let mut r = start_receive(
-        &w.dir,
-        "recv",
-        &strs(&recv_args(&w, port, &dst, &["--retry-for", "60s"])),
-    );
+    let mut r = w.start_recv("recv", port, &dst, &["--retry-for", "60s"]);
     thread::sleep(Duration::from_secs(2));
     assert!(
         r.running(),
         "receive gave up before the donor came: {}",
         r.log()
     );
-    let _serve = start_serve(
-        &w.dir,
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let _serve = w.serve_dir("serve", &w.src, port, &[]);
     let out = r.wait(MIN);
     assert_complete(&out, &w.src, &dst);
     assert!(
@@ -1278,12 +910,7 @@ fn rerun_after_failure_clears_the_partial_clone() {
     let cmd = format!("cat '{}'; exit 3", s(&w.xb));
     let (bad, bad_port) = serve_exec(&w, "serve-bad", &cmd, &[]);
     let dst = w.path("dst");
-    let out = receive(
-        &w.dir,
-        "recv-bad",
-        &strs(&recv_args(&w, bad_port, &dst, &[])),
-        MIN,
-    );
+    let out = w.recv("recv-bad", bad_port, &dst, &[]);
     assert_failed(&out, EXIT_BAD_STREAM, &["exit status 3"], &dst);
     assert!(
         dst.join(PARTIAL).exists(),
@@ -1293,37 +920,16 @@ fn rerun_after_failure_clears_the_partial_clone() {
     fs::write(dst.join("stray-from-attempt-1"), b"x").unwrap();
 
     let port = free_port();
-    let mut serve = start_serve(
-        &w.dir,
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ],
-    );
+    let mut serve = w.serve_dir("serve", &w.src, port, &[]);
     // --keep-partial refuses, and touches nothing.
     let before = tree(&dst);
-    let out = receive(
-        &w.dir,
-        "recv-keep",
-        &strs(&recv_args(&w, port, &dst, &["--keep-partial"])),
-        MIN,
-    );
+    let out = w.recv("recv-keep", port, &dst, &["--keep-partial"]);
     assert_failed(&out, EXIT_LOCAL, &["partial"], &dst);
     assert_eq!(tree(&dst), before, "--keep-partial changed the directory");
     assert!(dst.join(PARTIAL).exists());
 
     // A plain re-run clears the partial clone and succeeds.
-    let out = receive(
-        &w.dir,
-        "recv-again",
-        &strs(&recv_args(&w, port, &dst, &[])),
-        MIN,
-    );
+    let out = w.recv("recv-again", port, &dst, &[]);
     assert_complete(&out, &w.src, &dst);
     assert!(!dst.join("stray-from-attempt-1").exists());
 
@@ -1334,12 +940,7 @@ fn rerun_after_failure_clears_the_partial_clone() {
     fs::write(foreign.join("ibdata1"), b"precious too").unwrap();
     let before = tree(&foreign);
     let connects = serve.log().matches("}: connected").count();
-    let out = receive(
-        &w.dir,
-        "recv-foreign",
-        &strs(&recv_args(&w, port, &foreign, &[])),
-        MIN,
-    );
+    let out = w.recv("recv-foreign", port, &foreign, &[]);
     assert_failed(&out, EXIT_LOCAL, &["not empty"], &foreign);
     assert_eq!(tree(&foreign), before, "a foreign directory was modified");
     assert!(!foreign.join(PARTIAL).exists());
@@ -1363,7 +964,7 @@ fn sigterm_stops_serve_and_its_source() {
     );
     let (mut serve, port) = serve_exec(&w, "serve", &cmd, &["--heartbeat", "1s"]);
     let dst = w.path("dst");
-    let mut r = start_receive(&w.dir, "recv", &strs(&recv_args(&w, port, &dst, &[])));
+    let mut r = w.start_recv("recv", port, &dst, &[]);
     wait_data(&dst, &mut r);
     wait_for("the grandchild's pid", Duration::from_secs(10), || {
         read_pid(&gpidf).is_some()
@@ -1409,9 +1010,9 @@ fn max_conns_queues_the_second_receiver() {
     );
     let (d1, d2) = (w.path("dst1"), w.path("dst2"));
     let start = Instant::now();
-    let mut r1 = start_receive(&w.dir, "recv1", &strs(&recv_args(&w, port, &d1, &[])));
+    let mut r1 = w.start_recv("recv1", port, &d1, &[]);
     serve.wait_log("source started", Duration::from_secs(15));
-    let mut r2 = start_receive(&w.dir, "recv2", &strs(&recv_args(&w, port, &d2, &[])));
+    let mut r2 = w.start_recv("recv2", port, &d2, &[]);
     let (o1, o2) = (r1.wait(MIN), r2.wait(MIN));
     assert_complete(&o1, &w.src, &d1);
     assert_complete(&o2, &w.src, &d2);
@@ -1436,7 +1037,7 @@ fn max_conns_queues_the_second_receiver() {
 // k. no token and no --insecure
 #[test]
 fn serve_refuses_to_run_without_a_token() {
-    let t = tmp("notok");
+    let t = short_tempdir("xbc-notok");
     let src = t.path().join("src");
     make_src(&src);
     let mut p = Proc::spawn(
@@ -1515,9 +1116,11 @@ struct Pki {
     cli_key: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// `openssl ARGS` in `dir`, ARGS split at spaces.
+fn openssl(dir: &Path, args: &str) {
+    let args: Vec<&str> = args.split(' ').collect();
     let out = Command::new("openssl")
-        .args(args)
+        .args(&args)
         .current_dir(dir)
         .env("PATH", child_path())
         .stdin(Stdio::null())
@@ -1534,27 +1137,16 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn make_pki(dir: &Path) -> Pki {
     require_tools(&["openssl"], "openssl");
     fs::create_dir_all(dir).unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
     for ca in ["ca", "other-ca"] {
-        let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
-        let subj = format!("/CN=xbagent test {ca}");
-        a.push(&subj);
-        a.extend_from_slice(&ec);
-        let (k, c) = (format!("{ca}.key"), format!("{ca}.crt"));
-        a.extend_from_slice(&["-keyout", &k, "-out", &c]);
-        a.extend_from_slice(&[
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(dir, &a);
+        // The subject is one argument: no space in it.
+        openssl(
+            dir,
+            &format!(
+                "req -x509 -days 2 -subj /CN=xbagent-test-{ca} {ec} -keyout {ca}.key -out {ca}.crt \
+                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+            ),
+        );
     }
     fs::write(
         dir.join("srv.ext"),
@@ -1567,37 +1159,17 @@ fn make_pki(dir: &Path) -> Pki {
     )
     .unwrap();
     for (n, serial) in [("srv", "1001"), ("cli", "1002")] {
-        let (k, csr, crt, ext) = (
-            format!("{n}.key"),
-            format!("{n}.csr"),
-            format!("{n}.crt"),
-            format!("{n}.ext"),
-        );
-        let subj = format!("/CN=xbagent test {n}");
-        let mut a = vec!["req", "-new", "-subj", &subj];
-        a.extend_from_slice(&ec);
-        a.extend_from_slice(&["-keyout", &k, "-out", &csr]);
-        openssl(dir, &a);
+        let subj = format!("/CN=xbagent-test-{n}");
         openssl(
             dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                serial,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &crt,
-            ],
+            &format!("req -new -subj {subj} {ec} -keyout {n}.key -out {n}.csr"),
+        );
+        openssl(
+            dir,
+            &format!(
+                "x509 -req -in {n}.csr -CA ca.crt -CAkey ca.key -set_serial {serial} -days 2 \
+                 -extfile {n}.ext -out {n}.crt"
+            ),
         );
     }
     Pki {
@@ -1633,48 +1205,19 @@ fn tls_verifies_the_donor_and_optionally_the_receiver() {
     let w = World::new("tls");
     let pki = make_pki(&w.path("pki"));
     let port = free_port();
-    let mut serve = start_serve(
-        &w.dir,
-        "serve",
-        &[
-            "--listen",
-            &local(port),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-            "--tls-cert",
-            s(&pki.srv_cert),
-            "--tls-key",
-            s(&pki.srv_key),
-        ],
-    );
+    let tls = ["--tls-cert", s(&pki.srv_cert), "--tls-key", s(&pki.srv_key)];
+    let mut serve = w.serve_dir("serve", &w.src, port, &tls);
     let dst = w.path("dst-ok");
-    let out = receive(
-        &w.dir,
-        "recv-ok",
-        &strs(&recv_args(&w, port, &dst, &["--tls-ca", s(&pki.ca)])),
-        MIN,
-    );
+    let out = w.recv("recv-ok", port, &dst, &["--tls-ca", s(&pki.ca)]);
     assert_complete(&out, &w.src, &dst);
 
     let dst = w.path("dst-wrong-ca");
-    let out = receive(
-        &w.dir,
-        "recv-wrong-ca",
-        &strs(&recv_args(&w, port, &dst, &["--tls-ca", s(&pki.other_ca)])),
-        MIN,
-    );
+    let out = w.recv("recv-wrong-ca", port, &dst, &["--tls-ca", s(&pki.other_ca)]);
     assert_tls_failure(&out, &dst);
 
     // A plaintext receiver against a TLS donor: refused, no marker.
     let dst = w.path("dst-plain");
-    let out = receive(
-        &w.dir,
-        "recv-plain",
-        &strs(&recv_args(&w, port, &dst, &["--stall-timeout", "10s"])),
-        MIN,
-    );
+    let out = w.recv("recv-plain", port, &dst, &["--stall-timeout", "10s"]);
     assert!(
         out.code.is_some_and(|c| c != 0),
         "plaintext receive against TLS serve: {}",
@@ -1685,50 +1228,18 @@ fn tls_verifies_the_donor_and_optionally_the_receiver() {
 
     // Client certificates required.
     let port2 = free_port();
-    let _serve2 = start_serve(
-        &w.dir,
-        "serve-mtls",
-        &[
-            "--listen",
-            &local(port2),
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-            "--tls-cert",
-            s(&pki.srv_cert),
-            "--tls-key",
-            s(&pki.srv_key),
-            "--tls-client-ca",
-            s(&pki.ca),
-        ],
-    );
+    let mtls = [&tls[..], &["--tls-client-ca", s(&pki.ca)]].concat();
+    let _serve2 = w.serve_dir("serve-mtls", &w.src, port2, &mtls);
     let dst = w.path("dst-no-client-cert");
-    let out = receive(
-        &w.dir,
-        "recv-no-cert",
-        &strs(&recv_args(&w, port2, &dst, &["--tls-ca", s(&pki.ca)])),
-        MIN,
-    );
+    let out = w.recv("recv-no-cert", port2, &dst, &["--tls-ca", s(&pki.ca)]);
     assert_tls_failure(&out, &dst);
     let dst = w.path("dst-client-cert");
-    let out = receive(
-        &w.dir,
+    let cli = ["--tls-ca", s(&pki.ca), "--tls-cert", s(&pki.cli_cert)];
+    let out = w.recv(
         "recv-cert",
-        &strs(&recv_args(
-            &w,
-            port2,
-            &dst,
-            &[
-                "--tls-ca",
-                s(&pki.ca),
-                "--tls-cert",
-                s(&pki.cli_cert),
-                "--tls-key",
-                s(&pki.cli_key),
-            ],
-        )),
-        MIN,
+        port2,
+        &dst,
+        &[&cli[..], &["--tls-key", s(&pki.cli_key)]].concat(),
     );
     assert_complete(&out, &w.src, &dst);
 }
@@ -1794,16 +1305,8 @@ fn clone_between_network_namespaces_over_veth() {
         panic!("ip netns add {} failed: {}", net.ns[0], err.trim());
     }
     ip_ok(&["netns", "add", &net.ns[1]]);
-    ip_ok(&[
-        "link",
-        "add",
-        &net.veth[0],
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &net.veth[1],
-    ]);
+    let (a, b) = (&net.veth[0], &net.veth[1]);
+    ip_ok(&["link", "add", a, "type", "veth", "peer", "name", b]);
     for (i, addr) in ["10.77.0.1/24", "10.77.0.2/24"].into_iter().enumerate() {
         ip_ok(&["link", "set", &net.veth[i], "netns", &net.ns[i]]);
         ip_ok(&["-n", &net.ns[i], "addr", "add", addr, "dev", &net.veth[i]]);
@@ -1812,47 +1315,26 @@ fn clone_between_network_namespaces_over_veth() {
     }
 
     let w = World::new("netns");
+    // `xbagent ARGS` in namespace `i`, with the token.
+    let in_ns = |i: usize, args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.ns[i], XBAGENT]).args(args);
+        c.args(["--token-file", s(&w.token)]);
+        c
+    };
+    let serve_args = ["serve", "--listen", "10.77.0.1:3307", "--dir", s(&w.src)];
     let mut serve = Proc::spawn(
         "serve",
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            &net.ns[0],
-            XBAGENT,
-            "serve",
-            "--listen",
-            "10.77.0.1:3307",
-            "--dir",
-            s(&w.src),
-            "--token-file",
-            s(&w.token),
-        ]),
+        &mut in_ns(0, &serve_args),
         w.path("serve.log"),
         true,
     );
     serve.wait_log("listening on", Duration::from_secs(15));
     let dst = w.path("dst");
-    let out = Proc::spawn(
-        "receive",
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            &net.ns[1],
-            XBAGENT,
-            "receive",
-            "--from",
-            "10.77.0.1:3307",
-            "-C",
-            s(&dst),
-            "--token-file",
-            s(&w.token),
-            "--retry-for",
-            "20s",
-        ]),
-        w.path("recv.log"),
-        false,
-    )
-    .wait(MIN);
+    let recv_args = ["receive", "--from", "10.77.0.1:3307", "-C", s(&dst)];
+    let mut recv = in_ns(1, &recv_args);
+    recv.args(["--retry-for", "20s"]);
+    let out = Proc::spawn("receive", &mut recv, w.path("recv.log"), false).wait(MIN);
     assert_complete(&out, &w.src, &dst);
     // The peer the donor saw is the other namespace's address: the clone crossed the veth.
     serve.wait_log("peer=10.77.0.2:", Duration::from_secs(5));

@@ -1,0 +1,19 @@
+//! The integration tests, one binary: each module is an area, run against the built
+//! `xbagent` binary and the library's public API. One binary links the library (and the AWS
+//! SDK) once instead of once per area.
+//!
+//! Shared pieces (tools, trees, the MariaDB fixture, the S3 server, running the binary,
+//! stream building) live in `tests/support/`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod clone;
+mod extract_behaviour;
+mod hostile;
+mod mariadb_backup;
+mod reference;
+mod store_conformance;
+mod store_faults;
+mod store_mariadb;
+mod store_s3;
