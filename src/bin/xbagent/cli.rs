@@ -12,9 +12,8 @@ use xbagent::format::{DecodeOptions, Dialect, CREATE_CHUNK_SIZE, DEFAULT_MAX_CHU
     name = "xbagent",
     version,
     about = "Back up, clone and restore MySQL/MariaDB data directories as xbstream streams",
-    after_help = "Exit codes: 0 success, 1 bad or incomplete stream or backup, 2 usage, \
-                  3 local problem, 4 peer or object store, 130 interrupted. What each \
-                  means and its causes: the table in README.md, section \"Exit codes\"."
+    after_help = "Exit codes: 0 on success; every other code, what it means and what \
+                  causes it: README.md, section \"Exit codes\"."
 )]
 pub struct Cli {
     #[command(subcommand)]
