@@ -6,7 +6,6 @@
 //! function with typed options; `main.rs` only parses the command line and maps errors to
 //! exit codes.
 
-pub mod cli;
 pub mod clone;
 pub mod codec;
 pub mod create;

@@ -5,19 +5,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::format::{Dialect, CREATE_CHUNK_SIZE, DEFAULT_MAX_CHUNK_SIZE};
+use xbagent::format::{DecodeOptions, Dialect, CREATE_CHUNK_SIZE, DEFAULT_MAX_CHUNK_SIZE};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "xbagent",
     version,
     about = "Back up, clone and restore MySQL/MariaDB data directories as xbstream streams",
-    after_help = "Exit codes: 0 success; 1 bad, hostile, truncated or incomplete stream (or \
-                  the donor's or producer's backup command failed, or a backup does not match \
-                  its manifest); 2 usage error; 3 local problem (target or source files, \
-                  permissions, existing files, symlinks, disk full, no such backup); 4 peer, \
-                  network or object store (unreachable, authentication failed, stalled, cut, \
-                  S3 errors after retries); 130 interrupted (an upload is aborted)."
+    after_help = "Exit codes: 0 on success; every other code, what it means and what \
+                  causes it: README.md, section \"Exit codes\"."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -436,4 +432,15 @@ pub fn default_writers() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 4)
+}
+
+impl DecodeArgs {
+    /// The decoder's options these flags ask for.
+    pub fn options(&self) -> DecodeOptions {
+        DecodeOptions {
+            dialect: self.dialect.into(),
+            max_chunk_size: self.max_chunk_size,
+            ..DecodeOptions::default()
+        }
+    }
 }

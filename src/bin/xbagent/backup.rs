@@ -1,0 +1,198 @@
+//! The repository commands: upload, restore, verify REPO, backups list and prune.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use xbagent::clone::serve::Source;
+use xbagent::error::exit;
+use xbagent::progress::Progress;
+use xbagent::store::restore::{ReadOptions, RestoreOptions};
+use xbagent::store::upload::UploadOptions;
+use xbagent::store::{retention, BackupError, BackupRef, RepoAddress, Repository, S3Settings};
+use xbagent::Error;
+
+use crate::cli::{
+    default_writers, BackupsListArgs, DecodeArgs, PruneArgs, ReadArgs, RestoreArgs, S3Args,
+    UploadArgs, VerifyArgs,
+};
+use crate::output::{print_backups, print_json_or};
+use crate::{shutdown_flag, Display};
+
+/// `verify` names a repository (`s3://...`, `file://...`, or an existing directory) rather
+/// than a stream file.
+pub fn names_a_repository(a: &VerifyArgs) -> bool {
+    a.input
+        .as_deref()
+        .is_some_and(RepoAddress::looks_like_repository)
+}
+
+/// `verify REPO[@ID]`: read a backup whole and check it against its manifest.
+pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Error> {
+    let input = a.input.as_deref().unwrap_or_default();
+    let (addr, which) = RepoAddress::parse_with_backup(input).map_err(BackupError::from)?;
+    let shutdown = shutdown_flag()?;
+    let repo = xbagent::store::open(
+        &addr,
+        &s3_settings(&a.s3, a.read.concurrency, Some(shutdown.clone())),
+        false,
+    )
+    .map_err(BackupError::from)?;
+    let progress = Arc::new(Progress::new("verify", None, d.show, d.verbose));
+    let res = xbagent::store::restore::verify(
+        repo,
+        &which.unwrap_or(BackupRef::Latest),
+        &read_opts(&a.read, &a.decode),
+        progress.clone(),
+        shutdown,
+    );
+    progress.finish();
+    let c = res?;
+    println!(
+        "ok: backup {} matches its manifest: {} files, {} chunks, {} stream bytes, {} bytes stored (blake3 {})",
+        c.id, c.totals.files, c.totals.chunks, c.totals.bytes, c.manifest.object.size, c.manifest.object.blake3
+    );
+    Ok(exit::OK)
+}
+
+/// `backups list REPO`.
+pub fn list(a: BackupsListArgs) -> Result<i32, Error> {
+    let repo = open_repo(&a.repo, &a.s3, 1, false, None)?;
+    let all = retention::list(&*repo).map_err(BackupError::from)?;
+    print_json_or(a.json, &all, |out, all: &Vec<_>| print_backups(out, all))?;
+    Ok(exit::OK)
+}
+
+fn s3_settings(a: &S3Args, concurrency: usize, cancel: Option<Arc<AtomicBool>>) -> S3Settings {
+    S3Settings {
+        endpoint: a.endpoint.clone(),
+        region: a.region.clone(),
+        retry_for: Some(a.retry_for),
+        concurrency,
+        cancel,
+    }
+}
+
+fn open_repo(
+    addr: &str,
+    s3: &S3Args,
+    concurrency: usize,
+    create: bool,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Result<Arc<dyn Repository>, Error> {
+    let addr = RepoAddress::parse(addr).map_err(BackupError::from)?;
+    Ok(
+        xbagent::store::open(&addr, &s3_settings(s3, concurrency, cancel), create)
+            .map_err(BackupError::from)?,
+    )
+}
+
+fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> ReadOptions {
+    ReadOptions {
+        concurrency: r.concurrency.clamp(1, 64),
+        memory_limit: r.memory_limit,
+        decode: d.options(),
+    }
+}
+
+pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Error> {
+    let source = match (&a.exec, &a.dir, &a.input) {
+        (Some(cmd), _, _) => Source::Exec(cmd.clone()),
+        (None, Some(d), _) => Source::Dir(d.clone()),
+        (None, None, Some(p)) if p.as_os_str() != "-" => Source::File(p.clone()),
+        _ => Source::Stdin,
+    };
+    let total = match &source {
+        Source::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+        _ => None,
+    };
+    let mut opts = UploadOptions::new(source);
+    opts.parallel = a.parallel.max(1);
+    opts.compress = a.compress;
+    opts.concurrency = a.concurrency;
+    opts.memory_limit = a.memory_limit;
+    opts.first_part = a.part_size;
+    opts.spool_dir = a.spool_dir.clone();
+    opts.id = a.id.clone();
+    opts.decode = a.decode.options();
+    opts.validate()
+        .map_err(|e| Error::Backup(BackupError::Refused(e)))?;
+    let shutdown = shutdown_flag()?;
+    let repo = open_repo(&a.to, &a.s3, a.concurrency, true, Some(shutdown.clone()))?;
+    let progress = Progress::new("upload", total, d.show, d.verbose);
+    let res = xbagent::store::upload::upload(&*repo, &opts, &progress, &shutdown);
+    progress.finish();
+    let up = res?;
+    let m = &up.manifest;
+    println!(
+        "backup {} complete in {}: {} files, {} stream bytes, {} bytes stored ({}), blake3 {}",
+        m.id,
+        repo.describe(),
+        m.stream.files,
+        m.stream.bytes,
+        m.object.size,
+        m.compression,
+        m.object.blake3
+    );
+    Ok(exit::OK)
+}
+
+pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Error> {
+    let (addr, which) = RepoAddress::parse_with_backup(&a.from).map_err(BackupError::from)?;
+    let shutdown = shutdown_flag()?;
+    let repo = xbagent::store::open(
+        &addr,
+        &s3_settings(&a.s3, a.read.concurrency, Some(shutdown.clone())),
+        false,
+    )
+    .map_err(BackupError::from)?;
+    let which = which.unwrap_or(BackupRef::Latest);
+    // The object's size, for the progress display's ETA.
+    let total = xbagent::store::restore::resolve(&*repo, &which)
+        .ok()
+        .map(|(_, m)| m.object.size);
+    let progress = Arc::new(Progress::new("restore", total, d.show, d.verbose));
+    let opts = RestoreOptions {
+        dir: a.dir.clone(),
+        force: a.force,
+        writers: a.parallel.unwrap_or_else(default_writers).max(1),
+        buffered: a.buffered,
+        read: read_opts(&a.read, &a.decode),
+    };
+    let res = xbagent::store::restore::restore(repo, &which, &opts, progress.clone(), shutdown);
+    progress.finish();
+    let c = res?;
+    println!(
+        "restored backup {} into {}: {} files, {} stream bytes; digest and file list match the manifest",
+        c.id,
+        a.dir.display(),
+        c.totals.files,
+        c.totals.bytes
+    );
+    Ok(exit::OK)
+}
+
+pub fn prune(a: PruneArgs) -> Result<i32, Error> {
+    let repo = open_repo(&a.repo, &a.s3, 1, false, Some(shutdown_flag()?))?;
+    let all = retention::scan(&*repo).map_err(BackupError::from)?;
+    let policy = retention::Policy {
+        keep_last: a.keep_last,
+        keep_within: a.keep_within,
+        grace: a.grace,
+    };
+    let doomed = retention::plan(&all, &policy, std::time::SystemTime::now());
+    let verb = if a.apply { "deleting" } else { "would delete" };
+    for d in &doomed {
+        println!("{verb} {} ({})", d.id, d.reason);
+    }
+    let kept = all.len() - doomed.len();
+    if a.apply {
+        retention::apply(&*repo, &doomed)?;
+        println!("deleted {} backup(s), kept {kept}", doomed.len());
+    } else {
+        println!(
+            "dry run: {} backup(s) would be deleted, {kept} kept; add --apply to delete",
+            doomed.len()
+        );
+    }
+    Ok(exit::OK)
+}

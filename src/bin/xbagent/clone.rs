@@ -1,0 +1,133 @@
+//! The clone commands: serve on the donor, receive in the new pod.
+
+use std::path::Path;
+
+use xbagent::clone::receive::{ReceiveOptions, Received};
+use xbagent::clone::serve::{ServeOptions, Source};
+use xbagent::clone::tls;
+use xbagent::error::exit;
+use xbagent::progress::Progress;
+use xbagent::Error;
+
+use crate::cli::{default_writers, ReceiveArgs, ServeArgs};
+use crate::{shutdown_flag, Display};
+
+fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, Error> {
+    match path {
+        Some(p) => {
+            let t = std::fs::read(p).map_err(|e| Error::Read {
+                what: format!("token file {}", p.display()),
+                source: e,
+            })?;
+            if t.trim_ascii().is_empty() {
+                return Err(Error::Refused(format!("token file {} is empty", p.display())));
+            }
+            Ok(Some(xbagent::clone::protocol::derive_key(&t)))
+        }
+        None if insecure => Ok(None),
+        None => Err(Error::Refused(
+            "no --token-file given: refusing to run unauthenticated (add --insecure to accept that risk)".into(),
+        )),
+    }
+}
+
+pub fn serve(a: ServeArgs) -> Result<i32, Error> {
+    let key = if a.raw {
+        None
+    } else {
+        read_token(a.token_file.as_deref(), a.insecure)?
+    };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(&tls::ServerTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
+    let source = match (a.exec, a.dir) {
+        (Some(cmd), _) => Source::Exec(cmd),
+        (None, Some(d)) => Source::Dir(d),
+        (None, None) => return Ok(exit::USAGE),
+    };
+    let opts = ServeOptions {
+        listen: a.listen,
+        source,
+        max_conns: a.max_conns.max(1),
+        key,
+        tls,
+        raw: a.raw,
+        heartbeat: a.heartbeat.max(std::time::Duration::from_millis(100)),
+        parallel: a.parallel,
+    };
+    xbagent::clone::serve::serve(opts, shutdown_flag()?)?;
+    Ok(exit::OK)
+}
+
+pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Error> {
+    // A restarted initContainer must succeed at once, even if its token is gone by now.
+    if a.dir.join(xbagent::clone::COMPLETE_MARKER).exists() {
+        eprintln!(
+            "xbagent: {} already holds a complete clone; nothing to do",
+            a.dir.display()
+        );
+        return Ok(exit::OK);
+    }
+    let key = if a.raw {
+        None
+    } else {
+        read_token(a.token_file.as_deref(), a.insecure)?
+    };
+    let tls = match &a.tls_ca {
+        Some(ca) => {
+            let host = a
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| host_of(&a.from).to_string());
+            let cfg = tls::client_config(&tls::ClientTls {
+                ca: ca.clone(),
+                cert: a.tls_cert.clone().zip(a.tls_key.clone()),
+            })?;
+            Some((cfg, tls::server_name(&host)?))
+        }
+        None => None,
+    };
+    let opts = ReceiveOptions {
+        from: a.from,
+        dir: a.dir,
+        key,
+        tls,
+        retry_for: a.retry_for,
+        stall_timeout: a.stall_timeout,
+        keep_partial: a.keep_partial,
+        raw: a.raw,
+        parallel: a.parallel.unwrap_or_else(default_writers).max(1),
+        buffered: a.buffered,
+    };
+    let progress = Progress::new("receive", None, d.show, d.verbose);
+    let res = xbagent::clone::receive::receive(&opts, &progress);
+    progress.finish();
+    match res? {
+        Received::AlreadyComplete => eprintln!(
+            "xbagent: {} already holds a complete clone; nothing to do",
+            opts.dir.display()
+        ),
+        Received::Complete(t) => eprintln!(
+            "xbagent: clone complete: {} files, {} chunks, {} bytes, digest {}",
+            t.files,
+            t.chunks,
+            t.bytes,
+            blake3::Hash::from(t.digest).to_hex()
+        ),
+        Received::RawUnproven { files, bytes } => eprintln!(
+            "xbagent: raw stream received ({files} files, {bytes} bytes); raw mode cannot prove the stream was whole, so no completion marker was written"
+        ),
+    }
+    Ok(exit::OK)
+}
+
+/// Host part of HOST:PORT (brackets of an IPv6 literal removed).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}

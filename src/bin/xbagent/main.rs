@@ -1,0 +1,112 @@
+//! The `xbagent` binary: parse the command line, set up logging, run one library command,
+//! turn its error into a message and an exit code.
+//!
+//! The command-line definitions (`cli.rs`) live here, not in the library: the library knows
+//! nothing of clap. Each command module turns parsed arguments into a library call with typed
+//! options and prints its result.
+
+mod archive;
+mod backup;
+mod cli;
+mod clone;
+mod output;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{BackupsCommand, Cli, Command, DropIn};
+use xbagent::Error;
+
+/// How much a command shows while it works: a progress display (`show`) and a line per file
+/// (`verbose`).
+#[derive(Clone, Copy)]
+pub struct Display {
+    pub show: bool,
+    pub verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let result = if name == "xbstream" || name == "mbstream" {
+        init_logging(false, false);
+        archive::drop_in(DropIn::parse())
+    } else {
+        let cli = Cli::parse();
+        // The clone commands are services: their connection log is wanted by default.
+        let service = matches!(
+            cli.command,
+            Command::Serve(_)
+                | Command::Receive(_)
+                | Command::Upload(_)
+                | Command::Restore(_)
+                | Command::Backups(BackupsCommand::Prune(_))
+        );
+        init_logging(cli.verbose || service, cli.quiet);
+        run(cli)
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("xbagent: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn init_logging(verbose: bool, quiet: bool) {
+    let default = if quiet {
+        "error"
+    } else if verbose {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_env("XBAGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<i32, Error> {
+    let display = Display {
+        show: !cli.quiet && !cli.no_progress,
+        verbose: cli.verbose,
+    };
+    match cli.command {
+        Command::Extract(a) => archive::extract(a, display),
+        Command::Create(a) => archive::create(a, display),
+        Command::List(a) => archive::list(a, display),
+        Command::Verify(a) if backup::names_a_repository(&a) => backup::verify(a, display),
+        Command::Verify(a) => archive::verify(a, display),
+        Command::Serve(a) => clone::serve(a),
+        Command::Receive(a) => clone::receive(a, display),
+        Command::Upload(a) => backup::upload(a, display),
+        Command::Restore(a) => backup::restore(a, display),
+        Command::Backups(BackupsCommand::List(a)) => backup::list(a),
+        Command::Backups(BackupsCommand::Prune(a)) => backup::prune(a),
+    }
+}
+
+/// A flag raised by SIGINT or SIGTERM, for the commands that stop cleanly on a signal.
+fn shutdown_flag() -> Result<Arc<AtomicBool>, Error> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, flag.clone())
+            .map_err(|e| Error::Refused(format!("cannot install a signal handler: {e}")))?;
+    }
+    Ok(flag)
+}

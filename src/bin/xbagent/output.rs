@@ -1,0 +1,86 @@
+//! What the listing commands print: tables for people, JSON for programs.
+
+use std::io::Write;
+
+use xbagent::format::FileState;
+use xbagent::inspect::Listing;
+use xbagent::store::retention;
+use xbagent::Error;
+
+pub fn print_backups(
+    out: &mut impl Write,
+    all: &[retention::BackupSummary],
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<22} {:<10} {:>14} {:>8} {:<8} {:<25} SOURCE",
+        "ID", "STATE", "STORED", "FILES", "COMPRESS", "FINISHED"
+    )?;
+    for b in all {
+        let state = match (&b.problem, b.complete) {
+            (Some(_), _) => "damaged",
+            (None, true) => "complete",
+            (None, false) => "incomplete",
+        };
+        let (files, comp, fin, src) = match &b.manifest {
+            Some(m) => (
+                m.files.to_string(),
+                m.compression.clone(),
+                m.finished.clone(),
+                m.source.clone(),
+            ),
+            None => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                b.problem.clone().unwrap_or_default(),
+            ),
+        };
+        writeln!(
+            out,
+            "{:<22} {:<10} {:>14} {:>8} {:<8} {:<25} {}",
+            b.id, state, b.stored_bytes, files, comp, fin, src
+        )?;
+    }
+    let complete = all.iter().filter(|b| b.complete).count();
+    writeln!(
+        out,
+        "{} backup(s): {complete} complete, {} incomplete",
+        all.len(),
+        all.len() - complete
+    )
+}
+
+/// Print `value` on stdout as pretty JSON, or as `table` prints it.
+pub fn print_json_or<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> std::io::Result<()>,
+) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    let res = if json {
+        serde_json::to_writer_pretty(&mut out, value)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out))
+    } else {
+        table(&mut out, value)
+    };
+    res.map_err(Error::WriteStream)
+}
+
+pub fn print_table(out: &mut impl Write, l: &Listing) -> std::io::Result<()> {
+    writeln!(out, "{:<9} {:>14} {:>7}  PATH", "STATE", "SIZE", "CHUNKS")?;
+    for f in &l.files {
+        let state = match f.state {
+            FileState::Complete => "complete",
+            FileState::Open => "open",
+            FileState::Removed => "removed",
+        };
+        writeln!(
+            out,
+            "{:<9} {:>14} {:>7}  {}",
+            state, f.size, f.chunks, f.path
+        )?;
+    }
+    Ok(())
+}
