@@ -16,7 +16,7 @@ use xbagent::cli::{
     ReceiveArgs, RestoreArgs, S3Args, ServeArgs, UploadArgs,
 };
 use xbagent::clone::receive::{receive, ReceiveOptions, Received};
-use xbagent::clone::serve::{serve, ServeOptions, Source};
+use xbagent::clone::serve::{serve, ServeOptions};
 use xbagent::clone::tls;
 use xbagent::create::{create, CreateOptions};
 use xbagent::error::exit;
@@ -27,6 +27,7 @@ use xbagent::progress::Progress;
 use xbagent::store::restore::{ReadOptions, RestoreOptions};
 use xbagent::store::upload::UploadOptions;
 use xbagent::store::{retention, BackupRef, RepoAddress, Repository, S3Settings};
+use xbagent::stream::source::Source;
 use xbagent::Error;
 
 fn main() -> ExitCode {
@@ -126,7 +127,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 sparse: a.sparse,
             };
             let progress = Progress::new("create", None, show, cli.verbose);
-            let res = create(&opts, xbagent::stdio::stdout()?, &progress);
+            let res = create(&opts, xbagent::stream::stdio::stdout()?, &progress);
             progress.finish();
             let totals = res?;
             tracing::info!(
@@ -580,7 +581,7 @@ fn drop_in(a: DropIn) -> Result<i32, Error> {
             ..CreateOptions::new(".", Vec::new())
         };
         let progress = Progress::new("create", None, false, a.verbose);
-        create(&opts, xbagent::stdio::stdout()?, &progress)?;
+        create(&opts, xbagent::stream::stdio::stdout()?, &progress)?;
         Ok(exit::OK)
     } else {
         eprintln!("xbagent: either -c or -x must be specified");

@@ -23,10 +23,10 @@ use super::transport::{read_frame, write_frame, Conn, FrameError};
 use super::CloneError;
 use crate::error::Result;
 use crate::format::DecodeOptions;
-use crate::inspect::StreamChecker;
+use crate::stream::check::StreamChecker;
 
-pub use crate::source::Source;
-use crate::source::{Piece, Running};
+pub use crate::stream::source::Source;
+use crate::stream::source::{Piece, Running};
 
 /// Settings of `serve`.
 #[derive(Clone)]

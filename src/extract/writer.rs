@@ -22,7 +22,7 @@ use super::direct::DirectWrites;
 use super::innodb;
 use crate::error::{Error, Result};
 use crate::format::{Chunk, ChunkBody, Ledger, LedgerEvent};
-use crate::sink::ChunkSink;
+use crate::stream::sink::ChunkSink;
 
 /// Settings of a [`DirWriter`].
 #[derive(Debug, Clone)]

@@ -21,9 +21,9 @@ use super::manifest::{self, Manifest, ObjectEntry, SourceInfo};
 use super::parts::{self, Holding};
 use super::{BackupError, PartBody, Repository, StoreError, Upload, MANIFEST, STARTED};
 use crate::format::{DecodeOptions, Ledger};
-use crate::inspect::StreamChecker;
 use crate::progress::Progress;
-use crate::source::{Piece, Running, Source};
+use crate::stream::check::StreamChecker;
+use crate::stream::source::{Piece, Running, Source};
 
 /// Memory kept for everything but part buffers: source buffers, the decoder's chunk, the
 /// compressor's windows and jobs, the HTTP client.
@@ -479,7 +479,14 @@ pub fn upload(
     }
 }
 
-type Streamed = (u32, u64, String, crate::sink::StreamTotals, Ledger, i32);
+type Streamed = (
+    u32,
+    u64,
+    String,
+    crate::stream::sink::StreamTotals,
+    Ledger,
+    i32,
+);
 
 #[allow(clippy::too_many_arguments)]
 fn stream_parts(

@@ -137,11 +137,12 @@ impl Running {
                 running.thread_status = Some(h);
             }
             Source::File(path) => {
-                let (f, _) = crate::stdio::open_input(Some(path)).map_err(|e| e.to_string())?;
+                let (f, _) =
+                    crate::stream::stdio::open_input(Some(path)).map_err(|e| e.to_string())?;
                 thread::spawn(move || pump(f, tx, pool_rx, headroom));
             }
             Source::Stdin => {
-                let f = crate::stdio::stdin().map_err(|e| e.to_string())?;
+                let f = crate::stream::stdio::stdin().map_err(|e| e.to_string())?;
                 thread::spawn(move || pump(f, tx, pool_rx, headroom));
             }
         }
