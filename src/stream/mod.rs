@@ -33,6 +33,7 @@
 //! means for a peer or a backup: it reports, the command decides.
 
 pub mod check;
+pub mod pump;
 pub mod reader;
 pub mod sink;
 pub mod source;
