@@ -5,8 +5,9 @@
 //! it waits) and start its source: a shell command (e.g. `mariabackup --backup
 //! --stream=xbstream`) or a directory streamed by `create`. The stream layer's checked pump
 //! ([`crate::stream::pump`]) runs it: its bytes are checked by the one decoder as they pass,
-//! framed, and sent; heartbeats fill silences; a trailer ends a good stream. A peer that goes away, a defect in the stream, or SIGTERM stops the source's
-//! whole process group: no orphaned backups.
+//! framed, and sent; heartbeats fill silences; a trailer ends a good stream. A peer that goes
+//! away, a defect in the stream, or SIGTERM stops the source's whole process group: no
+//! orphaned backups.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
