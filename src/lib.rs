@@ -21,3 +21,4 @@ pub mod stdio;
 pub use error::{Error, Result};
 pub mod source;
 pub mod store;
+pub mod workers;
