@@ -17,5 +17,6 @@ pub mod inspect;
 pub mod progress;
 pub mod store;
 pub mod stream;
+pub mod workers;
 
 pub use error::{Error, Result};
