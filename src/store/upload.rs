@@ -10,7 +10,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
@@ -27,6 +27,7 @@ use crate::stream::check::StreamChecker;
 use crate::stream::pump::{pump, CheckedPiece, Forward, PumpError, PumpSettings};
 use crate::stream::sink::StreamTotals;
 use crate::stream::source::Source;
+use crate::workers::{ByteBudget, FirstError};
 
 /// Memory kept for everything but part buffers: source buffers, the decoder's chunk, the
 /// compressor's windows and jobs, the HTTP client.
@@ -110,71 +111,39 @@ pub struct Uploaded {
     pub manifest: Manifest,
 }
 
-/// A byte budget shared by the part filler and the senders.
-struct Budget {
-    free: Mutex<u64>,
-    cv: Condvar,
-}
-
-impl Budget {
-    /// Wait for `n` bytes; `false` if `stop` was set meanwhile.
-    fn take(&self, n: u64, stop: &AtomicBool) -> bool {
-        let Ok(mut free) = self.free.lock() else {
-            return false;
-        };
-        while *free < n {
-            if stop.load(Ordering::SeqCst) {
-                return false;
-            }
-            free = match self.cv.wait_timeout(free, Duration::from_millis(100)) {
-                Ok((f, _)) => f,
-                Err(_) => return false,
-            };
-        }
-        *free -= n;
-        true
-    }
-
-    fn give(&self, n: u64) {
-        if let Ok(mut free) = self.free.lock() {
-            *free += n;
-        }
-        self.cv.notify_all();
-    }
-}
-
-/// State shared with the senders.
+/// State shared by the part filler and the senders: the part buffers' byte budget, and the
+/// first error (which stops everything).
 struct Shared {
-    budget: Budget,
-    /// Set on the first failure or on a signal: everything stops.
-    stop: AtomicBool,
-    error: Mutex<Option<StoreError>>,
+    budget: ByteBudget,
+    run: FirstError<StoreError>,
 }
 
 impl Shared {
     fn new(budget: u64) -> Self {
         Shared {
-            budget: Budget {
-                free: Mutex::new(budget),
-                cv: Condvar::new(),
-            },
-            stop: AtomicBool::new(false),
-            error: Mutex::new(None),
+            budget: ByteBudget::new(budget),
+            run: FirstError::new(),
         }
     }
 
+    /// A sender failed: keep the first error and stop everything.
     fn fail(&self, e: StoreError) {
-        if let Ok(mut slot) = self.error.lock() {
-            if slot.is_none() {
-                *slot = Some(e);
-            }
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        self.budget.cv.notify_all();
+        self.run.fail(e);
+        self.budget.close();
+    }
+
+    /// Stop everything without an error of our own (a signal, or the pump gave up).
+    fn stop(&self) {
+        self.run.stop();
+        self.budget.close();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.run.is_stopped()
     }
 
     fn take_error(&self) -> Option<StoreError> {
-        self.error.lock().ok().and_then(|mut s| s.take())
+        self.run.take()
     }
 }
 
@@ -255,7 +224,7 @@ impl PartWriter {
         let size = parts::part_size(self.first_part, number);
         let filling = match parts::holding(size, self.budget) {
             Holding::Memory => {
-                if !self.shared.budget.take(size, &self.shared.stop) {
+                if !self.shared.budget.acquire(size) {
                     return Err(stopped());
                 }
                 OpenPart {
@@ -316,9 +285,7 @@ impl PartWriter {
             held,
         };
         match &self.tx {
-            Some(tx) if !self.shared.stop.load(Ordering::SeqCst) => {
-                tx.send(part).map_err(|_| stopped())
-            }
+            Some(tx) if !self.shared.is_stopped() => tx.send(part).map_err(|_| stopped()),
             _ => Err(stopped()),
         }
     }
@@ -343,7 +310,7 @@ impl Write for PartWriter {
         if data.is_empty() {
             return Ok(0);
         }
-        if self.shared.stop.load(Ordering::SeqCst) {
+        if self.shared.is_stopped() {
             return Err(stopped());
         }
         if self.current.is_none() {
@@ -413,13 +380,13 @@ impl ObjectWriter {
 
 fn sender(up: Arc<dyn Upload>, rx: Receiver<Part>, shared: Arc<Shared>) {
     for part in rx {
-        if !shared.stop.load(Ordering::SeqCst) {
+        if !shared.is_stopped() {
             tracing::debug!(part = part.number, bytes = part.body.len(), "sending part");
             if let Err(e) = up.put_part(part.number, part.offset, &part.body) {
                 shared.fail(e);
             }
         }
-        shared.budget.give(part.held);
+        shared.budget.release(part.held);
     }
 }
 
@@ -661,7 +628,7 @@ fn stream_parts(
     let writer = PartWriter::new(shared.clone(), tx, opts, budget);
     let result = fill_parts(writer, opts, &shared, progress, shutdown);
     if result.is_err() {
-        shared.stop.store(true, Ordering::SeqCst);
+        shared.stop();
     }
     // The writer (and its queue) is gone by now: the senders finish what they hold and stop.
     for s in senders {
@@ -766,7 +733,7 @@ impl Forward for PartFiller<'_> {
     type Error = io::Error;
 
     fn check(&mut self) -> io::Result<()> {
-        if self.shared.stop.load(Ordering::SeqCst) {
+        if self.shared.is_stopped() {
             return Err(stopped());
         }
         Ok(())
@@ -781,6 +748,6 @@ impl Forward for PartFiller<'_> {
 
     fn abort(&mut self) {
         // Senders stop taking parts now, not once the source has been stopped.
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stop();
     }
 }
