@@ -1,13 +1,16 @@
 //! `list` and `verify`: read a whole stream through the decoder and the ledger, write nothing.
+//!
+//! This module only reports: it never writes a file, and it never forwards bytes (a forwarder
+//! checks what passes with [`crate::stream::check::StreamChecker`]).
 
 use std::io::Read;
 use std::path::Path;
 
-use crate::codec::ChunkReader;
 use crate::error::{Error, Result};
 use crate::format::{DecodeOptions, FileRecord, FileState, Ledger, LedgerEvent};
 use crate::progress::Progress;
-use crate::sink::StreamTotals;
+use crate::stream::reader::ChunkReader;
+use crate::stream::sink::StreamTotals;
 
 /// What a scan found: every file seen, the totals, and the first defect if any.
 pub struct Scan {
@@ -53,7 +56,7 @@ pub fn scan<R: Read>(input: R, what: &str, opts: DecodeOptions, progress: &Progr
 
 /// Scan a file, or standard input for `None` / `-`.
 pub fn scan_path(input: Option<&Path>, opts: DecodeOptions, progress: &Progress) -> Result<Scan> {
-    let (f, what) = crate::stdio::open_input(input)?;
+    let (f, what) = crate::stream::stdio::open_input(input)?;
     Ok(scan(f, &what, opts, progress))
 }
 
@@ -99,65 +102,5 @@ impl Listing {
             files: scan.ledger.records().iter().map(ListedFile::from).collect(),
             error: scan.defect.as_ref().map(|e| e.to_string()),
         }
-    }
-}
-
-/// Checks a stream pushed to it piece by piece (a forwarder's view: the bytes go elsewhere,
-/// a copy passes through here). Memory: at most one chunk is held.
-pub struct StreamChecker {
-    decoder: crate::format::Decoder,
-    buf: bytes::BytesMut,
-    ledger: Ledger,
-    totals: StreamTotals,
-}
-
-impl StreamChecker {
-    pub fn new(opts: DecodeOptions) -> Self {
-        Self::with_ledger(opts, Ledger::new())
-    }
-
-    /// A checker keeping its records in `ledger` (e.g. one that keeps per-file CRCs).
-    pub fn with_ledger(opts: DecodeOptions, ledger: Ledger) -> Self {
-        StreamChecker {
-            decoder: crate::format::Decoder::new(opts),
-            buf: bytes::BytesMut::new(),
-            ledger,
-            totals: StreamTotals::default(),
-        }
-    }
-
-    /// Check the next bytes of the stream.
-    pub fn push(&mut self, data: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(data);
-        while let Some(chunk) = self.decoder.decode(&mut self.buf)? {
-            self.account(&chunk)?;
-        }
-        Ok(())
-    }
-
-    fn account(&mut self, chunk: &crate::format::Chunk) -> Result<()> {
-        let ev = self.ledger.apply(chunk)?;
-        self.totals.chunks += 1;
-        self.totals.data_bytes += chunk.data_len();
-        if let LedgerEvent::File { closed: true, .. } = ev {
-            self.totals.files += 1;
-        }
-        Ok(())
-    }
-
-    /// The stream ended: it must end at a chunk boundary with every file complete.
-    pub fn finish(self) -> Result<StreamTotals> {
-        self.finish_with_ledger().map(|(t, _)| t)
-    }
-
-    /// [`StreamChecker::finish`], also returning the ledger with every file's record.
-    pub fn finish_with_ledger(mut self) -> Result<(StreamTotals, Ledger)> {
-        while let Some(chunk) = self.decoder.decode_eof(&mut self.buf)? {
-            self.account(&chunk)?;
-        }
-        self.ledger.finish()?;
-        self.totals.bytes = self.decoder.stream_offset();
-        self.totals.dialect = self.decoder.dialect().to_string();
-        Ok((self.totals, self.ledger))
     }
 }

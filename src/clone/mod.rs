@@ -1,7 +1,7 @@
 //! Clone over TCP: `serve` on the donor, `receive` in the new pod.
 //!
 //! `serve` authenticates a peer before it starts any source, checks the stream as it passes
-//! (the one decoder, through [`crate::inspect::StreamChecker`]), sends heartbeats while the
+//! (the one decoder, through [`crate::stream::check::StreamChecker`]), sends heartbeats while the
 //! source is silent and ends with a trailer carrying the producer's exit status, the stream's
 //! totals and its digest. `receive` extracts with the one extractor and writes its completion
 //! marker only after a good trailer and after every file and directory is fsynced.

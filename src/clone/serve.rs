@@ -3,10 +3,11 @@
 //! One thread per connection. A connection is authenticated before anything else happens; only
 //! then does it wait for a free slot (`--max-conns`, with QUEUED frames so the peer knows why
 //! it waits) and start its source: a shell command (e.g. `mariabackup --backup
-//! --stream=xbstream`) or a directory streamed by `create`. The source's bytes are checked by
-//! the one decoder as they pass, framed, and sent; heartbeats fill silences; a trailer ends a
-//! good stream. A peer that goes away, a defect in the stream, or SIGTERM stops the source's
-//! whole process group: no orphaned backups.
+//! --stream=xbstream`) or a directory streamed by `create`. The stream layer's checked pump
+//! ([`crate::stream::pump`]) runs it: its bytes are checked by the one decoder as they pass,
+//! framed, and sent; heartbeats fill silences; a trailer ends a good stream. A peer that goes
+//! away, a defect in the stream, or SIGTERM stops the source's whole process group: no
+//! orphaned backups.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,7 +16,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
 use rustls::ServerConfig;
 
 use super::protocol::{self, Challenge, FrameType, Trailer, FLAG_NO_AUTH, NONCE_LEN};
@@ -23,10 +23,9 @@ use super::transport::{read_frame, write_frame, Conn, FrameError};
 use super::CloneError;
 use crate::error::Result;
 use crate::format::DecodeOptions;
-use crate::inspect::StreamChecker;
-
-pub use crate::source::Source;
-use crate::source::{Piece, Running};
+use crate::stream::check::StreamChecker;
+use crate::stream::pump::{pump, CheckedPiece, Forward, PumpError, PumpSettings};
+use crate::stream::source::Source;
 
 /// Settings of `serve`.
 #[derive(Clone)]
@@ -178,18 +177,7 @@ fn session(
     slots: &Slots,
     shutdown: &AtomicBool,
 ) -> std::result::Result<Trailer, String> {
-    let _ = sock.set_nonblocking(false);
-    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(io_err)?;
-    sock.set_write_timeout(Some(Duration::from_secs(300)))
-        .map_err(io_err)?;
-    let mut conn = match &opts.tls {
-        Some(cfg) => {
-            let tls = rustls::ServerConnection::new(cfg.clone()).map_err(|e| e.to_string())?;
-            Conn::TlsServer(Box::new(rustls::StreamOwned::new(tls, sock)))
-        }
-        None => Conn::Plain(sock),
-    };
+    let mut conn = open_conn(sock, opts)?;
     let mut buf = Vec::new();
     if !opts.raw {
         if let Err(e) = handshake(&mut conn, opts, &mut buf) {
@@ -199,14 +187,43 @@ fn session(
         }
         tracing::info!("peer authenticated");
     }
-    // Wait for a slot, telling the peer why it waits; a peer that leaves is noticed here.
+    wait_for_slot(&mut conn, opts, slots, shutdown)?;
+    let result = stream(&mut conn, opts, shutdown);
+    slots.give_back();
+    conn.finish();
+    result
+}
+
+/// The connection with its timeouts set, wrapped in TLS if configured.
+fn open_conn(sock: TcpStream, opts: &ServeOptions) -> std::result::Result<Conn, String> {
+    let _ = sock.set_nonblocking(false);
+    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_err)?;
+    sock.set_write_timeout(Some(Duration::from_secs(300)))
+        .map_err(io_err)?;
+    Ok(match &opts.tls {
+        Some(cfg) => {
+            let tls = rustls::ServerConnection::new(cfg.clone()).map_err(|e| e.to_string())?;
+            Conn::TlsServer(Box::new(rustls::StreamOwned::new(tls, sock)))
+        }
+        None => Conn::Plain(sock),
+    })
+}
+
+/// Wait for a slot, telling the peer why it waits; a peer that leaves is noticed here.
+fn wait_for_slot(
+    conn: &mut Conn,
+    opts: &ServeOptions,
+    slots: &Slots,
+    shutdown: &AtomicBool,
+) -> std::result::Result<(), String> {
     loop {
         if shutdown.load(Ordering::SeqCst) {
-            let _ = send_error(&mut conn, opts, "donor is shutting down");
+            let _ = send_error(conn, opts, "donor is shutting down");
             return Err("shutting down before the clone started".into());
         }
         match slots.try_take(QUEUE_NOTICE) {
-            Ok(()) => break,
+            Ok(()) => return Ok(()),
             Err(running) => {
                 let msg = format!(
                     "waiting: {running} clone(s) already running (--max-conns {})",
@@ -214,17 +231,13 @@ fn session(
                 );
                 tracing::info!("{msg}");
                 if !opts.raw {
-                    write_frame(&mut conn, FrameType::Queued, msg.as_bytes())
+                    write_frame(conn, FrameType::Queued, msg.as_bytes())
                         .and_then(|()| conn.flush())
                         .map_err(|e| format!("peer left while waiting: {e}"))?;
                 }
             }
         }
     }
-    let result = stream(&mut conn, opts, shutdown);
-    slots.give_back();
-    conn.finish();
-    result
 }
 
 fn send_error(conn: &mut Conn, opts: &ServeOptions, msg: &str) -> std::io::Result<()> {
@@ -287,96 +300,113 @@ fn handshake(
 /// Room for a frame header in front of the data, so header and payload leave in one write.
 const HDR: usize = 5;
 
+/// Stream the source to the peer; on any failure, tell the peer why (the source is stopped).
 fn stream(
     conn: &mut Conn,
     opts: &ServeOptions,
     shutdown: &AtomicBool,
 ) -> std::result::Result<Trailer, String> {
-    let mut src =
-        Running::start(&opts.source, opts.parallel, HDR, DATA_FRAME).inspect_err(|e| {
-            let _ = send_error(conn, opts, e);
-        })?;
-    let r = forward(conn, opts, &mut src, shutdown);
-    match r {
-        Ok(t) => Ok(t),
-        Err(e) => {
-            src.stop();
-            let _ = send_error(conn, opts, &e);
-            Err(e)
-        }
+    let result = send_stream(conn, opts, shutdown);
+    if let Err(e) = &result {
+        let _ = send_error(conn, opts, e);
     }
+    result
 }
 
-fn forward(
+fn send_stream(
     conn: &mut Conn,
     opts: &ServeOptions,
-    src: &mut Running,
     shutdown: &AtomicBool,
 ) -> std::result::Result<Trailer, String> {
-    let desc = opts.source.describe();
-    let sent = |e: std::io::Error| format!("receiver went away: {e}");
-    if !opts.raw {
-        write_frame(conn, FrameType::Start, desc.as_bytes())
-            .and_then(|()| conn.flush())
-            .map_err(sent)?;
-    }
-    let mut checker = StreamChecker::new(DecodeOptions::default());
-    let mut digest = blake3::Hasher::new();
-    let mut bytes = 0u64;
-    loop {
-        if shutdown.load(Ordering::SeqCst) {
-            return Err("donor is shutting down (SIGTERM)".into());
-        }
-        match src.rx.recv_timeout(opts.heartbeat) {
-            Ok(Piece::Data(mut buf, n)) => {
-                let data = &buf[HDR..HDR + n];
-                checker
-                    .push(data)
-                    .map_err(|e| format!("the source's stream is defective: {e}"))?;
-                digest.update(data);
-                bytes += n as u64;
-                if opts.raw {
-                    conn.write_all(data).map_err(sent)?;
-                } else if n > 0 {
-                    buf[..HDR].copy_from_slice(&protocol::frame_header(FrameType::Data, n));
-                    conn.write_all(&buf[..HDR + n]).map_err(sent)?;
-                }
-                src.recycle(buf);
-            }
-            Ok(Piece::End) => break,
-            Ok(Piece::Failed(e)) => return Err(format!("reading the source failed: {e}")),
-            Err(RecvTimeoutError::Timeout) => {
-                if !opts.raw {
-                    write_frame(conn, FrameType::Heartbeat, &bytes.to_le_bytes())
-                        .and_then(|()| conn.flush())
-                        .map_err(sent)?;
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let status = src.status();
-    let totals = match checker.finish() {
-        Ok(t) => t,
-        Err(e) if status != 0 => {
+    let settings = PumpSettings {
+        parallel: opts.parallel,
+        headroom: HDR,
+        piece: DATA_FRAME,
+        idle: opts.heartbeat,
+        digest: true,
+    };
+    let checker = StreamChecker::new(DecodeOptions::default());
+    let mut to_peer = ToPeer {
+        conn: &mut *conn,
+        raw: opts.raw,
+        source: &opts.source,
+    };
+    let pumped =
+        pump(&opts.source, &settings, checker, &mut to_peer, shutdown).map_err(|e| match e {
+            PumpError::Start(e) | PumpError::Forward(e) => e,
+            PumpError::Interrupted => "donor is shutting down (SIGTERM)".into(),
+            PumpError::Read(e) => format!("reading the source failed: {e}"),
+            PumpError::Defective(e) => format!("the source's stream is defective: {e}"),
+        })?;
+    let totals = match pumped.checked {
+        Ok((t, _)) => t,
+        Err(e) if pumped.exit_status != 0 => {
             tracing::warn!("stream incomplete after the source failed: {e}");
             Default::default()
         }
         Err(e) => return Err(format!("the source's stream is defective: {e}")),
     };
     let trailer = Trailer {
-        exit_status: status,
+        exit_status: pumped.exit_status,
         files: totals.files,
         chunks: totals.chunks,
-        bytes,
-        digest: *digest.finalize().as_bytes(),
+        bytes: pumped.bytes,
+        digest: pumped.digest.map(|d| *d.as_bytes()).unwrap_or_default(),
     };
     if !opts.raw {
         write_frame(conn, FrameType::Trailer, &protocol::trailer(&trailer))
             .and_then(|()| conn.flush())
-            .map_err(sent)?;
+            .map_err(gone)?;
     } else {
-        conn.flush().map_err(sent)?;
+        conn.flush().map_err(gone)?;
     }
     Ok(trailer)
+}
+
+fn gone(e: std::io::Error) -> String {
+    format!("receiver went away: {e}")
+}
+
+/// The pump's consumer in serve: frames each piece (or not, with `--raw`) and writes it to the
+/// peer; a START frame first, heartbeats in silences.
+struct ToPeer<'a> {
+    conn: &'a mut Conn,
+    raw: bool,
+    source: &'a Source,
+}
+
+impl Forward for ToPeer<'_> {
+    type Error = String;
+
+    fn started(&mut self) -> std::result::Result<(), String> {
+        if !self.raw {
+            let desc = self.source.describe();
+            write_frame(self.conn, FrameType::Start, desc.as_bytes())
+                .and_then(|()| self.conn.flush())
+                .map_err(gone)?;
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, mut piece: CheckedPiece<'_>) -> std::result::Result<(), String> {
+        let n = piece.data().len();
+        if self.raw {
+            self.conn.write_all(piece.data()).map_err(gone)?;
+        } else if n > 0 {
+            let header = protocol::frame_header(FrameType::Data, n);
+            self.conn
+                .write_all(piece.with_header(&header))
+                .map_err(gone)?;
+        }
+        Ok(())
+    }
+
+    fn idle(&mut self, sent: u64) -> std::result::Result<(), String> {
+        if !self.raw {
+            write_frame(self.conn, FrameType::Heartbeat, &sent.to_le_bytes())
+                .and_then(|()| self.conn.flush())
+                .map_err(gone)?;
+        }
+        Ok(())
+    }
 }

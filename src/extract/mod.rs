@@ -22,7 +22,7 @@ pub use writer::{DirWriter, WriterOptions};
 use crate::error::Result;
 use crate::format::{DecodeOptions, Ledger};
 use crate::progress::Progress;
-use crate::sink::{self, StreamTotals};
+use crate::stream::sink::{self, StreamTotals};
 
 /// Settings of an extraction.
 #[derive(Debug, Clone)]
@@ -60,6 +60,6 @@ pub fn extract_path(
     opts: &ExtractOptions,
     progress: &Progress,
 ) -> Result<(Ledger, StreamTotals)> {
-    let (f, what) = crate::stdio::open_input(input)?;
+    let (f, what) = crate::stream::stdio::open_input(input)?;
     extract_reader(f, &what, opts, progress)
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::format::{chunk_display_path, FileState, Ledger};
-use crate::sink::StreamTotals;
+use crate::stream::sink::StreamTotals;
 
 pub const FORMAT: u32 = 1;
 /// A manifest larger than this is refused before it is parsed (a million files fit).

@@ -20,7 +20,7 @@ use super::{BackupError, BackupRef, Repository, StoreError, MANIFEST};
 use crate::extract::{DirWriter, TargetDir, WriterOptions};
 use crate::format::{DecodeOptions, Ledger, LedgerEvent};
 use crate::progress::Progress;
-use crate::sink::{self, ChunkSink, StreamTotals};
+use crate::stream::sink::{self, ChunkSink, StreamTotals};
 
 /// Marker in DIR while a restore runs; removed only when the restore is complete and checked.
 pub const IN_PROGRESS: &str = ".xbagent-restore-in-progress";

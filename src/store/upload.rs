@@ -2,28 +2,32 @@
 //! by the one decoder as it passes, optionally compressed, and written as one multipart object;
 //! the manifest is written last, and only if everything before it succeeded.
 //!
-//! Threads: the source's reader; this thread (check, digest, compress, cut into parts);
-//! `--concurrency` senders. Memory: the part buffers are bounded by a byte budget (the memory
-//! limit less a fixed reserve); parts too large for it are spooled to temporary files.
+//! Threads: the source's reader; this thread (the checked pump of [`crate::stream::pump`], then
+//! compress, digest, cut into parts); `--concurrency` senders. Memory: the part buffers are
+//! bounded by a byte budget (the memory limit less a fixed reserve); parts too large for it
+//! are spooled to temporary files.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::address::{id_for, is_valid_id};
 use super::manifest::{self, Manifest, ObjectEntry, SourceInfo};
 use super::parts::{self, Holding};
 use super::{BackupError, PartBody, Repository, StoreError, Upload, MANIFEST, STARTED};
 use crate::format::{DecodeOptions, Ledger};
-use crate::inspect::StreamChecker;
 use crate::progress::Progress;
-use crate::source::{Piece, Running, Source};
+use crate::stream::check::StreamChecker;
+use crate::stream::pump::{pump, CheckedPiece, Forward, PumpError, PumpSettings};
+use crate::stream::sink::StreamTotals;
+use crate::stream::source::Source;
+use crate::workers::{ByteBudget, FirstError};
 
 /// Memory kept for everything but part buffers: source buffers, the decoder's chunk, the
 /// compressor's windows and jobs, the HTTP client.
@@ -107,60 +111,39 @@ pub struct Uploaded {
     pub manifest: Manifest,
 }
 
-/// A byte budget shared by the part filler and the senders.
-struct Budget {
-    free: Mutex<u64>,
-    cv: Condvar,
-}
-
-impl Budget {
-    /// Wait for `n` bytes; `false` if `stop` was set meanwhile.
-    fn take(&self, n: u64, stop: &AtomicBool) -> bool {
-        let Ok(mut free) = self.free.lock() else {
-            return false;
-        };
-        while *free < n {
-            if stop.load(Ordering::SeqCst) {
-                return false;
-            }
-            free = match self.cv.wait_timeout(free, Duration::from_millis(100)) {
-                Ok((f, _)) => f,
-                Err(_) => return false,
-            };
-        }
-        *free -= n;
-        true
-    }
-
-    fn give(&self, n: u64) {
-        if let Ok(mut free) = self.free.lock() {
-            *free += n;
-        }
-        self.cv.notify_all();
-    }
-}
-
-/// State shared with the senders.
+/// State shared by the part filler and the senders: the part buffers' byte budget, and the
+/// first error (which stops everything).
 struct Shared {
-    budget: Budget,
-    /// Set on the first failure or on a signal: everything stops.
-    stop: AtomicBool,
-    error: Mutex<Option<StoreError>>,
+    budget: ByteBudget,
+    run: FirstError<StoreError>,
 }
 
 impl Shared {
-    fn fail(&self, e: StoreError) {
-        if let Ok(mut slot) = self.error.lock() {
-            if slot.is_none() {
-                *slot = Some(e);
-            }
+    fn new(budget: u64) -> Self {
+        Shared {
+            budget: ByteBudget::new(budget),
+            run: FirstError::new(),
         }
-        self.stop.store(true, Ordering::SeqCst);
-        self.budget.cv.notify_all();
+    }
+
+    /// A sender failed: keep the first error and stop everything.
+    fn fail(&self, e: StoreError) {
+        self.run.fail(e);
+        self.budget.close();
+    }
+
+    /// Stop everything without an error of our own (a signal, or the pump gave up).
+    fn stop(&self) {
+        self.run.stop();
+        self.budget.close();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.run.is_stopped()
     }
 
     fn take_error(&self) -> Option<StoreError> {
-        self.error.lock().ok().and_then(|mut s| s.take())
+        self.run.take()
     }
 }
 
@@ -177,6 +160,22 @@ enum Filling {
     Spool(tempfile::NamedTempFile, u64),
 }
 
+/// The part being filled.
+struct OpenPart {
+    filling: Filling,
+    /// Bytes it takes before it is sent.
+    size: u64,
+    /// Budget bytes it holds.
+    held: u64,
+}
+
+/// What the part writer wrote: the object's parts, size and blake3 (hex).
+struct Written {
+    parts: u32,
+    size: u64,
+    digest: String,
+}
+
 /// Cuts the object's bytes into parts and hands them to the senders; digests them on the way.
 struct PartWriter {
     shared: Arc<Shared>,
@@ -189,7 +188,7 @@ struct PartWriter {
     offset: u64,
     /// Offset where the part being filled starts.
     part_start: u64,
-    current: Option<(Filling, u64, u64)>, // (buffer, size, held)
+    current: Option<OpenPart>,
     digest: blake3::Hasher,
 }
 
@@ -198,6 +197,21 @@ fn stopped() -> io::Error {
 }
 
 impl PartWriter {
+    fn new(shared: Arc<Shared>, tx: Sender<Part>, opts: &UploadOptions, budget: u64) -> Self {
+        PartWriter {
+            shared,
+            tx: Some(tx),
+            first_part: opts.first_part,
+            budget,
+            spool_dir: opts.spool_dir.clone(),
+            number: 0,
+            offset: 0,
+            part_start: 0,
+            current: None,
+            digest: blake3::Hasher::new(),
+        }
+    }
+
     fn open_part(&mut self) -> io::Result<()> {
         let number = self.number + 1;
         if number > parts::MAX_PARTS {
@@ -210,14 +224,14 @@ impl PartWriter {
         let size = parts::part_size(self.first_part, number);
         let filling = match parts::holding(size, self.budget) {
             Holding::Memory => {
-                if !self.shared.budget.take(size, &self.shared.stop) {
+                if !self.shared.budget.acquire(size) {
                     return Err(stopped());
                 }
-                (
-                    Filling::Memory(Vec::with_capacity(size as usize)),
+                OpenPart {
+                    filling: Filling::Memory(Vec::with_capacity(size as usize)),
                     size,
-                    size,
-                )
+                    held: size,
+                }
             }
             Holding::Spool => {
                 let dir = self.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -240,7 +254,11 @@ impl PartWriter {
                         dir.display()
                     );
                 }
-                (Filling::Spool(f, 0), size, 0)
+                OpenPart {
+                    filling: Filling::Spool(f, 0),
+                    size,
+                    held: 0,
+                }
             }
         };
         self.number = number;
@@ -250,7 +268,7 @@ impl PartWriter {
     }
 
     fn send_current(&mut self) -> io::Result<()> {
-        let Some((filling, _, held)) = self.current.take() else {
+        let Some(OpenPart { filling, held, .. }) = self.current.take() else {
             return Ok(());
         };
         let body = match filling {
@@ -267,25 +285,23 @@ impl PartWriter {
             held,
         };
         match &self.tx {
-            Some(tx) if !self.shared.stop.load(Ordering::SeqCst) => {
-                tx.send(part).map_err(|_| stopped())
-            }
+            Some(tx) if !self.shared.is_stopped() => tx.send(part).map_err(|_| stopped()),
             _ => Err(stopped()),
         }
     }
 
     /// Send the last part (an empty object still gets one part) and close the senders' queue.
-    fn finish(mut self) -> io::Result<(u32, u64, String)> {
+    fn finish(mut self) -> io::Result<Written> {
         if self.current.is_none() && self.number == 0 {
             self.open_part()?;
         }
         self.send_current()?;
         self.tx = None;
-        Ok((
-            self.number,
-            self.offset,
-            self.digest.finalize().to_hex().to_string(),
-        ))
+        Ok(Written {
+            parts: self.number,
+            size: self.offset,
+            digest: self.digest.finalize().to_hex().to_string(),
+        })
     }
 }
 
@@ -294,13 +310,13 @@ impl Write for PartWriter {
         if data.is_empty() {
             return Ok(0);
         }
-        if self.shared.stop.load(Ordering::SeqCst) {
+        if self.shared.is_stopped() {
             return Err(stopped());
         }
         if self.current.is_none() {
             self.open_part()?;
         }
-        let Some((filling, size, _)) = &mut self.current else {
+        let Some(OpenPart { filling, size, .. }) = &mut self.current else {
             return Err(stopped());
         };
         let filled = self.offset - self.part_start;
@@ -326,36 +342,51 @@ impl Write for PartWriter {
 }
 
 /// Where the object's bytes go: straight to the parts, or through zstd first.
-enum Sink {
+enum ObjectWriter {
     Plain(PartWriter),
     Zstd(zstd::stream::write::Encoder<'static, PartWriter>),
 }
 
-impl Sink {
+impl ObjectWriter {
+    fn new(writer: PartWriter, compress: Option<i32>) -> Result<Self, BackupError> {
+        let Some(level) = compress else {
+            return Ok(ObjectWriter::Plain(writer));
+        };
+        let zstd_err = |e: io::Error| StoreError::Setup(format!("zstd: {e}"));
+        let mut z = zstd::stream::write::Encoder::new(writer, level).map_err(zstd_err)?;
+        z.multithread(zstd_threads() as u32).map_err(zstd_err)?;
+        z.include_checksum(true).map_err(zstd_err)?;
+        // 2 MiB jobs instead of zstd's default (4 windows, 8 MiB at level 3): each
+        // worker holds a few jobs' input and output, so this bounds its memory.
+        z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB as u32))
+            .map_err(zstd_err)?;
+        Ok(ObjectWriter::Zstd(z))
+    }
+
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            Sink::Plain(w) => w.write_all(data),
-            Sink::Zstd(z) => z.write_all(data),
+            ObjectWriter::Plain(w) => w.write_all(data),
+            ObjectWriter::Zstd(z) => z.write_all(data),
         }
     }
 
-    fn finish(self) -> io::Result<(u32, u64, String)> {
+    fn finish(self) -> io::Result<Written> {
         match self {
-            Sink::Plain(w) => w.finish(),
-            Sink::Zstd(z) => z.finish()?.finish(),
+            ObjectWriter::Plain(w) => w.finish(),
+            ObjectWriter::Zstd(z) => z.finish()?.finish(),
         }
     }
 }
 
 fn sender(up: Arc<dyn Upload>, rx: Receiver<Part>, shared: Arc<Shared>) {
     for part in rx {
-        if !shared.stop.load(Ordering::SeqCst) {
+        if !shared.is_stopped() {
             tracing::debug!(part = part.number, bytes = part.body.len(), "sending part");
             if let Err(e) = up.put_part(part.number, part.offset, &part.body) {
                 shared.fail(e);
             }
         }
-        shared.budget.give(part.held);
+        shared.budget.release(part.held);
     }
 }
 
@@ -378,275 +409,345 @@ pub fn upload(
     progress: &Progress,
     shutdown: &AtomicBool,
 ) -> Result<Uploaded, BackupError> {
-    opts.validate().map_err(BackupError::Refused)?;
-    let started_at = SystemTime::now();
-    let id = opts.id.clone().unwrap_or_else(|| id_for(started_at));
-    if !is_valid_id(&id) {
-        return Err(BackupError::Refused(format!(
-            "'{id}' is not a backup id (YYYYMMDDTHHMMSS.mmmZ)"
-        )));
-    }
-    if !repo.list(&format!("{id}/"))?.is_empty() {
-        return Err(BackupError::Exists {
-            id,
-            repo: repo.describe(),
-        });
-    }
-    let started = now_rfc3339();
-    let source_info = SourceInfo {
-        kind: opts.source.kind().to_string(),
-        detail: opts.source.describe(),
-    };
-    let marker = serde_json::json!({
-        "id": id,
-        "tool": format!("xbagent {}", env!("CARGO_PKG_VERSION")),
-        "started": started,
-        "source": source_info,
-    });
-    repo.put(
-        &format!("{id}/{STARTED}"),
-        Bytes::from(marker.to_string().into_bytes()),
-    )?;
-    let object = if opts.compress.is_some() {
-        super::STREAM_ZSTD
-    } else {
-        super::STREAM
-    };
-    let key = format!("{id}/{object}");
-    tracing::info!(
-        "uploading backup {id} to {} ({})",
-        repo.describe(),
-        source_info.detail
-    );
-
-    let up: Arc<dyn Upload> = match repo.start_upload(&key) {
+    let backup = Backup::begin(repo, opts)?;
+    let up: Arc<dyn Upload> = match repo.start_upload(&backup.key) {
         Ok(u) => Arc::from(u),
         Err(e) => {
-            let _ = repo.delete(&format!("{id}/{STARTED}"));
+            let _ = repo.delete(&backup.started_key());
             return Err(e.into());
         }
     };
-    match stream_parts(repo, opts, &id, &key, up.clone(), progress, shutdown) {
-        Ok((parts_n, size, digest, totals, ledger, status)) => {
-            let manifest = Manifest {
-                format: manifest::FORMAT,
-                tool: format!("xbagent {}", env!("CARGO_PKG_VERSION")),
-                id: id.clone(),
-                started,
-                finished: now_rfc3339(),
-                source: source_info,
-                producer_exit_status: status,
-                compression: match opts.compress {
-                    Some(l) => format!("zstd:{l}"),
-                    None => "none".into(),
-                },
-                object: ObjectEntry {
-                    key: object.to_string(),
-                    size,
-                    blake3: digest,
-                    parts: parts_n,
-                },
-                stream: manifest::stream_entry(&totals),
-                files: manifest::files_of(&ledger),
-            };
-            let body = serde_json::to_vec_pretty(&manifest)
-                .map_err(|e| StoreError::Setup(format!("cannot encode the manifest: {e}")))?;
-            // Written last: until this succeeds the backup is incomplete.
-            repo.put(&format!("{id}/{MANIFEST}"), Bytes::from(body))?;
-            let _ = repo.delete(&format!("{id}/{STARTED}"));
-            tracing::info!(
-                "backup {id} complete: {} files, {} stream bytes, {size} bytes stored in {parts_n} parts",
-                manifest.stream.files,
-                manifest.stream.bytes
-            );
-            Ok(Uploaded { manifest })
-        }
+    let dest = Destination {
+        repo,
+        id: &backup.id,
+        key: &backup.key,
+        up,
+    };
+    match stream_parts(&dest, opts, progress, shutdown) {
+        Ok(sent) => backup.write_manifest(repo, opts, sent),
         Err(e) => {
-            tracing::warn!("upload of {id} failed: {e}; aborting it");
-            match up.abort() {
-                // A failed upload leaves nothing behind (a killed one leaves started.json,
-                // which `list` shows as incomplete and `prune` removes).
-                Ok(()) => {
-                    let _ = repo.delete(&format!("{id}/{STARTED}"));
-                }
-                // Keep started.json so that `prune` finds the backup and aborts the upload.
-                Err(ae) => tracing::warn!(
-                    "could not abort the multipart upload of {key}: {ae} (`xbagent backups prune` removes it later)"
-                ),
-            }
+            dest.abort(&e);
             Err(e)
         }
     }
 }
 
-type Streamed = (u32, u64, String, crate::sink::StreamTotals, Ledger, i32);
+/// A backup being made: its id, its stream object and the `started.json` it announced.
+struct Backup {
+    id: String,
+    /// Name of the stream object within the backup (plain or zstd).
+    object: &'static str,
+    /// The stream object's key in the repository.
+    key: String,
+    started: String,
+    source: SourceInfo,
+}
 
-#[allow(clippy::too_many_arguments)]
-fn stream_parts(
-    repo: &dyn Repository,
-    opts: &UploadOptions,
-    id: &str,
-    key: &str,
+impl Backup {
+    /// Check the settings and the id, refuse an existing backup, and write `started.json`.
+    fn begin(repo: &dyn Repository, opts: &UploadOptions) -> Result<Backup, BackupError> {
+        opts.validate().map_err(BackupError::Refused)?;
+        let id = opts.id.clone().unwrap_or_else(|| id_for(SystemTime::now()));
+        if !is_valid_id(&id) {
+            return Err(BackupError::Refused(format!(
+                "'{id}' is not a backup id (YYYYMMDDTHHMMSS.mmmZ)"
+            )));
+        }
+        if !repo.list(&format!("{id}/"))?.is_empty() {
+            return Err(BackupError::Exists {
+                id,
+                repo: repo.describe(),
+            });
+        }
+        let object = if opts.compress.is_some() {
+            super::STREAM_ZSTD
+        } else {
+            super::STREAM
+        };
+        let backup = Backup {
+            key: format!("{id}/{object}"),
+            id,
+            object,
+            started: now_rfc3339(),
+            source: SourceInfo {
+                kind: opts.source.kind().to_string(),
+                detail: opts.source.describe(),
+            },
+        };
+        let marker = serde_json::json!({
+            "id": backup.id,
+            "tool": format!("xbagent {}", env!("CARGO_PKG_VERSION")),
+            "started": backup.started,
+            "source": backup.source,
+        });
+        repo.put(
+            &backup.started_key(),
+            Bytes::from(marker.to_string().into_bytes()),
+        )?;
+        tracing::info!(
+            "uploading backup {} to {} ({})",
+            backup.id,
+            repo.describe(),
+            backup.source.detail
+        );
+        Ok(backup)
+    }
+
+    fn started_key(&self) -> String {
+        format!("{}/{STARTED}", self.id)
+    }
+
+    /// Write the manifest (last: until it is written the backup is incomplete), then drop
+    /// `started.json`.
+    fn write_manifest(
+        self,
+        repo: &dyn Repository,
+        opts: &UploadOptions,
+        sent: Sent,
+    ) -> Result<Uploaded, BackupError> {
+        let id = self.id.clone();
+        let started_key = self.started_key();
+        let manifest = Manifest {
+            format: manifest::FORMAT,
+            tool: format!("xbagent {}", env!("CARGO_PKG_VERSION")),
+            id: self.id,
+            started: self.started,
+            finished: now_rfc3339(),
+            source: self.source,
+            producer_exit_status: sent.exit_status,
+            compression: match opts.compress {
+                Some(l) => format!("zstd:{l}"),
+                None => "none".into(),
+            },
+            object: ObjectEntry {
+                key: self.object.to_string(),
+                size: sent.object.size,
+                blake3: sent.object.digest,
+                parts: sent.object.parts,
+            },
+            stream: manifest::stream_entry(&sent.totals),
+            files: manifest::files_of(&sent.ledger),
+        };
+        let body = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| StoreError::Setup(format!("cannot encode the manifest: {e}")))?;
+        repo.put(&format!("{id}/{MANIFEST}"), Bytes::from(body))?;
+        let _ = repo.delete(&started_key);
+        tracing::info!(
+            "backup {id} complete: {} files, {} stream bytes, {} bytes stored in {} parts",
+            manifest.stream.files,
+            manifest.stream.bytes,
+            manifest.object.size,
+            manifest.object.parts
+        );
+        Ok(Uploaded { manifest })
+    }
+}
+
+/// Where the object goes: which backup, which key, through which multipart upload.
+struct Destination<'a> {
+    repo: &'a dyn Repository,
+    id: &'a str,
+    key: &'a str,
     up: Arc<dyn Upload>,
+}
+
+impl Destination<'_> {
+    /// The upload failed with `e`: abort the multipart upload.
+    fn abort(&self, e: &BackupError) {
+        tracing::warn!("upload of {} failed: {e}; aborting it", self.id);
+        match self.up.abort() {
+            // A failed upload leaves nothing behind (a killed one leaves started.json,
+            // which `list` shows as incomplete and `prune` removes).
+            Ok(()) => {
+                let _ = self.repo.delete(&format!("{}/{STARTED}", self.id));
+            }
+            // Keep started.json so that `prune` finds the backup and aborts the upload.
+            Err(ae) => tracing::warn!(
+                "could not abort the multipart upload of {}: {ae} (`xbagent backups prune` removes it later)",
+                self.key
+            ),
+        }
+    }
+
+    /// Complete the multipart upload and check that the store holds all `size` bytes.
+    fn complete(&self, parts: u32, size: u64) -> Result<(), BackupError> {
+        if let Err(e) = self.up.complete(parts, size) {
+            // A retried completion whose first answer was lost fails with NoSuchUpload although
+            // the object is whole: believe the store if it holds an object of exactly our size.
+            match self.repo.size(self.key) {
+                Ok(Some(s)) if s == size => {
+                    tracing::warn!("completing the upload reported '{e}', but the object is there with all {size} bytes: continuing")
+                }
+                _ => return Err(e.into()),
+            }
+        }
+        // The store must hold what we sent, byte for byte in length, before a manifest says so.
+        match self.repo.size(self.key)? {
+            Some(s) if s == size => Ok(()),
+            other => Err(StoreError::Remote {
+                op: "HeadObject",
+                key: self.key.to_string(),
+                repo: self.repo.describe(),
+                message: format!(
+                    "backup {}: stored object has {other:?} bytes, {size} were sent",
+                    self.id
+                ),
+            }
+            .into()),
+        }
+    }
+}
+
+/// What a good upload sent: the object, what the checker saw in the stream, and the
+/// producer's exit status.
+struct Sent {
+    object: Written,
+    totals: StreamTotals,
+    ledger: Ledger,
+    exit_status: i32,
+}
+
+/// Run the source through the pump into parts, send them with `--concurrency` senders, and
+/// complete the object.
+fn stream_parts(
+    dest: &Destination,
+    opts: &UploadOptions,
     progress: &Progress,
     shutdown: &AtomicBool,
-) -> Result<Streamed, BackupError> {
+) -> Result<Sent, BackupError> {
     let budget = opts.memory_limit - opts.reserve();
-    let shared = Arc::new(Shared {
-        budget: Budget {
-            free: Mutex::new(budget),
-            cv: Condvar::new(),
-        },
-        stop: AtomicBool::new(false),
-        error: Mutex::new(None),
-    });
+    let shared = Arc::new(Shared::new(budget));
     let (tx, rx) = bounded::<Part>(0);
     let senders: Vec<_> = (0..opts.concurrency)
         .map(|_| {
-            let (up, rx, sh) = (up.clone(), rx.clone(), shared.clone());
+            let (up, rx, sh) = (dest.up.clone(), rx.clone(), shared.clone());
             thread::spawn(move || sender(up, rx, sh))
         })
         .collect();
     drop(rx);
-    let writer = PartWriter {
-        shared: shared.clone(),
-        tx: Some(tx),
-        first_part: opts.first_part,
-        budget,
-        spool_dir: opts.spool_dir.clone(),
-        number: 0,
-        offset: 0,
-        part_start: 0,
-        current: None,
-        digest: blake3::Hasher::new(),
-    };
-    let result = (|| {
-        let mut sink = match opts.compress {
-            None => Sink::Plain(writer),
-            Some(level) => {
-                let mut z = zstd::stream::write::Encoder::new(writer, level)
-                    .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
-                let threads = zstd_threads();
-                z.multithread(threads as u32)
-                    .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
-                z.include_checksum(true)
-                    .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
-                // 2 MiB jobs instead of zstd's default (4 windows, 8 MiB at level 3): each
-                // worker holds a few jobs' input and output, so this bounds its memory.
-                z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB as u32))
-                    .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
-                Sink::Zstd(z)
-            }
-        };
-        let mut src = Running::start(&opts.source, opts.parallel, 0, 1 << 20)
-            .map_err(BackupError::SourceFailed)?;
-        let mut checker = StreamChecker::with_ledger(opts.decode, Ledger::with_crcs());
-        let mut read = 0u64;
-        let io_fail = |e: io::Error, shared: &Shared| -> BackupError {
-            match shared.take_error() {
-                Some(se) => se.into(),
-                None if shutdown.load(Ordering::SeqCst) => {
-                    BackupError::Interrupted("SIGINT/SIGTERM received".into())
-                }
-                None => StoreError::Setup(format!("writing the object: {e}")).into(),
-            }
-        };
-        loop {
-            if shutdown.load(Ordering::SeqCst) {
-                shared.stop.store(true, Ordering::SeqCst);
-                src.stop();
-                return Err(BackupError::Interrupted("SIGINT/SIGTERM received".into()));
-            }
-            if shared.stop.load(Ordering::SeqCst) {
-                src.stop();
-                return Err(io_fail(stopped(), &shared));
-            }
-            match src.rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(Piece::Data(buf, n)) => {
-                    let data = &buf[..n];
-                    if let Err(e) = checker.push(data) {
-                        src.stop();
-                        return Err(BackupError::BadSource(e.to_string()));
-                    }
-                    if let Err(e) = sink.write_all(data) {
-                        src.stop();
-                        shared.stop.store(true, Ordering::SeqCst);
-                        return Err(io_fail(e, &shared));
-                    }
-                    read += n as u64;
-                    progress.set_position(read);
-                    src.recycle(buf);
-                }
-                Ok(Piece::End) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(Piece::Failed(e)) => {
-                    src.stop();
-                    return Err(BackupError::SourceFailed(format!(
-                        "reading the source: {e}"
-                    )));
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-        }
-        let status = src.status();
-        if status != 0 {
-            return Err(match &opts.source {
-                Source::Exec(_) => BackupError::ProducerFailed(status),
-                _ => BackupError::SourceFailed(format!(
-                    "streaming {} failed",
-                    opts.source.describe()
-                )),
-            });
-        }
-        let (totals, ledger) = checker
-            .finish_with_ledger()
-            .map_err(|e| BackupError::BadSource(e.to_string()))?;
-        if totals.bytes == 0 {
-            return Err(BackupError::BadSource(format!(
-                "{} produced no bytes: nothing to back up",
-                opts.source.describe()
-            )));
-        }
-        let (parts_n, size, digest) = sink.finish().map_err(|e| io_fail(e, &shared))?;
-        Ok((parts_n, size, digest, totals, ledger, status))
-    })();
+    let writer = PartWriter::new(shared.clone(), tx, opts, budget);
+    let result = fill_parts(writer, opts, &shared, progress, shutdown);
     if result.is_err() {
-        shared.stop.store(true, Ordering::SeqCst);
+        shared.stop();
     }
     // The writer (and its queue) is gone by now: the senders finish what they hold and stop.
     for s in senders {
         let _ = s.join();
     }
-    let (parts_n, size, digest, totals, ledger, status) = result?;
+    let sent = result?;
     if let Some(e) = shared.take_error() {
         return Err(e.into());
     }
     if shutdown.load(Ordering::SeqCst) {
-        return Err(BackupError::Interrupted("SIGINT/SIGTERM received".into()));
+        return Err(interrupted());
     }
-    if let Err(e) = up.complete(parts_n, size) {
-        // A retried completion whose first answer was lost fails with NoSuchUpload although the
-        // object is whole: believe the store if it holds an object of exactly our size.
-        match repo.size(key) {
-            Ok(Some(s)) if s == size => {
-                tracing::warn!("completing the upload reported '{e}', but the object is there with all {size} bytes: continuing")
-            }
-            _ => return Err(e.into()),
+    dest.complete(sent.object.parts, sent.object.size)?;
+    Ok(sent)
+}
+
+fn interrupted() -> BackupError {
+    BackupError::Interrupted("SIGINT/SIGTERM received".into())
+}
+
+/// A write into the parts failed: the senders' error if one of them failed first (it is the
+/// cause), the signal if there was one, else the write's own error.
+fn write_failed(e: io::Error, shared: &Shared, shutdown: &AtomicBool) -> BackupError {
+    match shared.take_error() {
+        Some(se) => se.into(),
+        None if shutdown.load(Ordering::SeqCst) => interrupted(),
+        None => StoreError::Setup(format!("writing the object: {e}")).into(),
+    }
+}
+
+/// Pump the source into the parts (through zstd if asked); check what the stream and the
+/// producer's exit status say; close the last part.
+fn fill_parts(
+    writer: PartWriter,
+    opts: &UploadOptions,
+    shared: &Shared,
+    progress: &Progress,
+    shutdown: &AtomicBool,
+) -> Result<Sent, BackupError> {
+    let mut filler = PartFiller {
+        object: ObjectWriter::new(writer, opts.compress)?,
+        shared,
+        progress,
+        read: 0,
+    };
+    let settings = PumpSettings {
+        parallel: opts.parallel,
+        headroom: 0,
+        piece: 1 << 20,
+        idle: Duration::from_millis(200),
+        // The manifest's digest is the stored object's (compressed or not): the part writer
+        // computes it.
+        digest: false,
+    };
+    let checker = StreamChecker::with_ledger(opts.decode, Ledger::with_crcs());
+    let pumped =
+        pump(&opts.source, &settings, checker, &mut filler, shutdown).map_err(|e| match e {
+            PumpError::Start(e) => BackupError::SourceFailed(e),
+            PumpError::Interrupted => interrupted(),
+            PumpError::Read(e) => BackupError::SourceFailed(format!("reading the source: {e}")),
+            PumpError::Defective(e) => BackupError::BadSource(e.to_string()),
+            PumpError::Forward(e) => write_failed(e, shared, shutdown),
+        })?;
+    if pumped.exit_status != 0 {
+        return Err(match &opts.source {
+            Source::Exec(_) => BackupError::ProducerFailed(pumped.exit_status),
+            _ => BackupError::SourceFailed(format!("streaming {} failed", opts.source.describe())),
+        });
+    }
+    let (totals, ledger) = pumped
+        .checked
+        .map_err(|e| BackupError::BadSource(e.to_string()))?;
+    if totals.bytes == 0 {
+        return Err(BackupError::BadSource(format!(
+            "{} produced no bytes: nothing to back up",
+            opts.source.describe()
+        )));
+    }
+    let object = filler
+        .object
+        .finish()
+        .map_err(|e| write_failed(e, shared, shutdown))?;
+    Ok(Sent {
+        object,
+        totals,
+        ledger,
+        exit_status: pumped.exit_status,
+    })
+}
+
+/// The pump's consumer in upload: writes each checked piece into the object and shows
+/// progress; stops the pump once a sender has failed.
+struct PartFiller<'a> {
+    object: ObjectWriter,
+    shared: &'a Shared,
+    progress: &'a Progress,
+    /// Stream bytes read so far.
+    read: u64,
+}
+
+impl Forward for PartFiller<'_> {
+    type Error = io::Error;
+
+    fn check(&mut self) -> io::Result<()> {
+        if self.shared.is_stopped() {
+            return Err(stopped());
         }
+        Ok(())
     }
-    // The store must hold what we sent, byte for byte in length, before a manifest says so.
-    match repo.size(key)? {
-        Some(s) if s == size => {}
-        other => {
-            return Err(StoreError::Remote {
-                op: "HeadObject",
-                key: key.to_string(),
-                repo: repo.describe(),
-                message: format!(
-                    "backup {id}: stored object has {other:?} bytes, {size} were sent"
-                ),
-            }
-            .into())
-        }
+
+    fn forward(&mut self, piece: CheckedPiece<'_>) -> io::Result<()> {
+        self.object.write_all(piece.data())?;
+        self.read += piece.data().len() as u64;
+        self.progress.set_position(self.read);
+        Ok(())
     }
-    Ok((parts_n, size, digest, totals, ledger, status))
+
+    fn abort(&mut self) {
+        // Senders stop taking parts now, not once the source has been stopped.
+        self.shared.stop();
+    }
 }

@@ -52,7 +52,7 @@ pub fn create(a: CreateArgs, d: Display) -> Result<i32, Error> {
         sparse: a.sparse,
     };
     let progress = Progress::new("create", None, d.show, d.verbose);
-    let res = xbagent::create::create(&opts, xbagent::stdio::stdout()?, &progress);
+    let res = xbagent::create::create(&opts, xbagent::stream::stdio::stdout()?, &progress);
     progress.finish();
     let totals = res?;
     tracing::info!(
@@ -125,7 +125,7 @@ pub fn drop_in(a: DropIn) -> Result<i32, Error> {
             ..CreateOptions::new(".", Vec::new())
         };
         let progress = Progress::new("create", None, false, a.verbose);
-        xbagent::create::create(&opts, xbagent::stdio::stdout()?, &progress)?;
+        xbagent::create::create(&opts, xbagent::stream::stdio::stdout()?, &progress)?;
         Ok(exit::OK)
     } else {
         eprintln!("xbagent: either -c or -x must be specified");

@@ -3,12 +3,12 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use xbagent::clone::serve::Source;
 use xbagent::error::exit;
 use xbagent::progress::Progress;
 use xbagent::store::restore::{ReadOptions, RestoreOptions};
 use xbagent::store::upload::UploadOptions;
 use xbagent::store::{retention, BackupError, BackupRef, RepoAddress, Repository, S3Settings};
+use xbagent::stream::source::Source;
 use xbagent::Error;
 
 use crate::cli::{

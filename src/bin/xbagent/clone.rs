@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use xbagent::clone::receive::{ReceiveOptions, Received};
-use xbagent::clone::serve::{ServeOptions, Source};
+use xbagent::clone::serve::ServeOptions;
 use xbagent::clone::tls;
 use xbagent::error::exit;
 use xbagent::progress::Progress;
+use xbagent::stream::source::Source;
 use xbagent::Error;
 
 use crate::cli::{default_writers, ReceiveArgs, ServeArgs};

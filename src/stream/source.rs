@@ -4,10 +4,13 @@
 //! A [`Running`] source delivers its bytes as [`Piece`]s on a bounded channel, read into
 //! buffers from a fixed pool (so memory is bounded whatever the stream's size), and can be
 //! stopped: a command runs in its own process group, and stopping it stops everything it started.
+//!
+//! A source only delivers bytes: it never parses them (the pump's checker does) and never
+//! decides what its failure means (the exit status goes to the caller).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::create::{create, CreateOptions};
 use crate::progress::Progress;
+use crate::stream::stdio;
 
 /// Where a stream comes from.
 #[derive(Debug, Clone)]
@@ -63,7 +67,7 @@ pub enum Piece {
 /// [`Running::recycle`]; [`Running::stop`] ends it and everything it started.
 pub struct Running {
     pub rx: Receiver<Piece>,
-    /// Buffers go back to the pump after use: allocated once.
+    /// Buffers go back to the reader thread after use: allocated once.
     pool: Sender<Vec<u8>>,
     child: Option<Child>,
     thread_status: Option<thread::JoinHandle<i32>>,
@@ -92,58 +96,21 @@ impl Running {
             child: None,
             thread_status: None,
         };
+        let reader = PieceReader {
+            tx,
+            pool: pool_rx,
+            headroom,
+        };
         match source {
-            Source::Exec(cmd) => {
-                let mut child = Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    // Its own process group, so stopping it stops what it started.
-                    .process_group(0)
-                    .spawn()
-                    .map_err(|e| format!("cannot start the source command: {e}"))?;
-                tracing::info!(pid = child.id(), "source started: {cmd}");
-                if let Some(err) = child.stderr.take() {
-                    let span = tracing::Span::current();
-                    thread::spawn(move || {
-                        let _g = span.enter();
-                        for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
-                            tracing::info!(target: "source", "{line}");
-                        }
-                    });
-                }
-                if let Some(out) = child.stdout.take() {
-                    // A larger pipe lets each read carry up to a piece, not 64 KiB.
-                    let _ = rustix::pipe::fcntl_setpipe_size(&out, piece.min(1 << 20));
-                    thread::spawn(move || pump(out, tx, pool_rx, headroom));
-                }
-                running.child = Some(child);
-            }
+            Source::Exec(cmd) => running.child = Some(start_command(cmd, reader, piece)?),
             Source::Dir(dir) => {
-                let (r, w) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
-                let mut copts = CreateOptions::new(dir.clone(), vec![PathBuf::from(".")]);
-                copts.parallel = parallel.max(1);
-                let h = thread::spawn(move || match create(&copts, w, &Progress::hidden()) {
-                    Ok(_) => 0,
-                    Err(e) => {
-                        tracing::warn!("streaming the directory failed: {e}");
-                        1
-                    }
-                });
-                let _ = rustix::pipe::fcntl_setpipe_size(&r, piece.min(1 << 20));
-                thread::spawn(move || pump(r, tx, pool_rx, headroom));
-                running.thread_status = Some(h);
+                running.thread_status = Some(start_dir(dir, parallel, reader, piece)?)
             }
             Source::File(path) => {
-                let (f, _) = crate::stdio::open_input(Some(path)).map_err(|e| e.to_string())?;
-                thread::spawn(move || pump(f, tx, pool_rx, headroom));
+                let (f, _) = stdio::open_input(Some(path)).map_err(|e| e.to_string())?;
+                reader.spawn(f);
             }
-            Source::Stdin => {
-                let f = crate::stdio::stdin().map_err(|e| e.to_string())?;
-                thread::spawn(move || pump(f, tx, pool_rx, headroom));
-            }
+            Source::Stdin => reader.spawn(stdio::stdin().map_err(|e| e.to_string())?),
         }
         Ok(running)
     }
@@ -195,24 +162,90 @@ impl Running {
     }
 }
 
-fn pump(mut r: impl Read, tx: Sender<Piece>, pool: Receiver<Vec<u8>>, headroom: usize) {
-    for mut buf in pool {
-        match r.read(&mut buf[headroom..]) {
-            Ok(0) => {
-                let _ = tx.send(Piece::End);
-                return;
+/// Run `sh -c cmd` in its own process group, its stderr logged line by line.
+fn start_command(cmd: &str, reader: PieceReader, piece: usize) -> Result<Child, String> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so stopping it stops what it started.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the source command: {e}"))?;
+    tracing::info!(pid = child.id(), "source started: {cmd}");
+    if let Some(err) = child.stderr.take() {
+        let span = tracing::Span::current();
+        thread::spawn(move || {
+            let _g = span.enter();
+            for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+                tracing::info!(target: "source", "{line}");
             }
-            Ok(n) => {
-                if tx.send(Piece::Data(buf, n)).is_err() {
+        });
+    }
+    if let Some(out) = child.stdout.take() {
+        // A larger pipe lets each read carry up to a piece, not 64 KiB.
+        let _ = rustix::pipe::fcntl_setpipe_size(&out, piece.min(1 << 20));
+        reader.spawn(out);
+    }
+    Ok(child)
+}
+
+/// Stream `dir` with `create` on a thread, through a pipe; the thread returns the exit status.
+fn start_dir(
+    dir: &Path,
+    parallel: usize,
+    reader: PieceReader,
+    piece: usize,
+) -> Result<thread::JoinHandle<i32>, String> {
+    let (r, w) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let mut copts = CreateOptions::new(dir.to_path_buf(), vec![PathBuf::from(".")]);
+    copts.parallel = parallel.max(1);
+    let h = thread::spawn(move || match create(&copts, w, &Progress::hidden()) {
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::warn!("streaming the directory failed: {e}");
+            1
+        }
+    });
+    let _ = rustix::pipe::fcntl_setpipe_size(&r, piece.min(1 << 20));
+    reader.spawn(r);
+    Ok(h)
+}
+
+/// The thread that reads a source into pooled buffers and sends them on as [`Piece`]s.
+struct PieceReader {
+    tx: Sender<Piece>,
+    pool: Receiver<Vec<u8>>,
+    headroom: usize,
+}
+
+impl PieceReader {
+    fn spawn(self, r: impl Read + Send + 'static) {
+        thread::spawn(move || self.run(r));
+    }
+
+    /// Read into each free buffer until the end, an error, or the receiver is gone.
+    fn run(self, mut r: impl Read) {
+        for mut buf in self.pool {
+            match r.read(&mut buf[self.headroom..]) {
+                Ok(0) => {
+                    let _ = self.tx.send(Piece::End);
                     return;
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                let _ = tx.send(Piece::Data(buf, 0));
-            }
-            Err(e) => {
-                let _ = tx.send(Piece::Failed(e.to_string()));
-                return;
+                Ok(n) => {
+                    if self.tx.send(Piece::Data(buf, n)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    let _ = self.tx.send(Piece::Data(buf, 0));
+                }
+                Err(e) => {
+                    let _ = self.tx.send(Piece::Failed(e.to_string()));
+                    return;
+                }
             }
         }
     }

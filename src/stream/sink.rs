@@ -6,10 +6,10 @@
 
 use std::io::Read;
 
-use crate::codec::ChunkReader;
 use crate::error::Result;
 use crate::format::{Chunk, DecodeOptions, Ledger, LedgerEvent};
 use crate::progress::Progress;
+use crate::stream::reader::ChunkReader;
 
 /// A consumer of decoded chunks: a disk writer, a verifier, an uploader, a forwarder.
 pub trait ChunkSink {

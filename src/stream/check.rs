@@ -1,0 +1,72 @@
+//! The checker a forwarder runs beside its bytes: the stream passes through it piece by piece
+//! (as the source delivers it, cut anywhere), and it says at the first defect, or at the end,
+//! whether what went past was a whole, CRC-checked xbstream with every file complete.
+//!
+//! It never holds more than one chunk, never writes anything, and never decides what to do
+//! about a defect: the caller (the pump) stops the source and tells its peer.
+
+use bytes::BytesMut;
+
+use crate::error::Result;
+use crate::format::{Chunk, DecodeOptions, Decoder, Ledger, LedgerEvent};
+use crate::stream::sink::StreamTotals;
+
+/// Checks a stream pushed to it piece by piece (a forwarder's view: the bytes go elsewhere,
+/// a copy passes through here). Memory: at most one chunk is held.
+pub struct StreamChecker {
+    decoder: Decoder,
+    buf: BytesMut,
+    ledger: Ledger,
+    totals: StreamTotals,
+}
+
+impl StreamChecker {
+    pub fn new(opts: DecodeOptions) -> Self {
+        Self::with_ledger(opts, Ledger::new())
+    }
+
+    /// A checker keeping its records in `ledger` (e.g. one that keeps per-file CRCs).
+    pub fn with_ledger(opts: DecodeOptions, ledger: Ledger) -> Self {
+        StreamChecker {
+            decoder: Decoder::new(opts),
+            buf: BytesMut::new(),
+            ledger,
+            totals: StreamTotals::default(),
+        }
+    }
+
+    /// Check the next bytes of the stream.
+    pub fn push(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        while let Some(chunk) = self.decoder.decode(&mut self.buf)? {
+            self.account(&chunk)?;
+        }
+        Ok(())
+    }
+
+    fn account(&mut self, chunk: &Chunk) -> Result<()> {
+        let ev = self.ledger.apply(chunk)?;
+        self.totals.chunks += 1;
+        self.totals.data_bytes += chunk.data_len();
+        if let LedgerEvent::File { closed: true, .. } = ev {
+            self.totals.files += 1;
+        }
+        Ok(())
+    }
+
+    /// The stream ended: it must end at a chunk boundary with every file complete.
+    pub fn finish(self) -> Result<StreamTotals> {
+        self.finish_with_ledger().map(|(t, _)| t)
+    }
+
+    /// [`StreamChecker::finish`], also returning the ledger with every file's record.
+    pub fn finish_with_ledger(mut self) -> Result<(StreamTotals, Ledger)> {
+        while let Some(chunk) = self.decoder.decode_eof(&mut self.buf)? {
+            self.account(&chunk)?;
+        }
+        self.ledger.finish()?;
+        self.totals.bytes = self.decoder.stream_offset();
+        self.totals.dialect = self.decoder.dialect().to_string();
+        Ok((self.totals, self.ledger))
+    }
+}
