@@ -15,8 +15,10 @@ pub mod extract;
 pub mod format;
 pub mod inspect;
 pub mod progress;
+pub mod retry;
 pub mod sink;
 pub mod stdio;
+pub mod stream;
 
 pub use error::{Error, Result};
 pub mod source;
