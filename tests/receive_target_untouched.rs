@@ -127,9 +127,15 @@ impl Donor {
             .contains("listening on")
         {
             if let Ok(Some(st)) = donor.child.try_wait() {
-                panic!("serve exited with {st}: {}", fs::read_to_string(&log).unwrap());
+                panic!(
+                    "serve exited with {st}: {}",
+                    fs::read_to_string(&log).unwrap()
+                );
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "serve never listened");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "serve never listened"
+            );
             thread::sleep(Duration::from_millis(50));
         }
         donor
@@ -245,7 +251,13 @@ fn an_unreachable_donor_leaves_the_target_as_it_was() {
     let t = tmp("unreach");
     let (good, _) = tokens(t.path());
     let from = format!("127.0.0.1:{}", free_port());
-    assert_untouched(t.path(), "unreachable", &from, &good, "cannot reach the donor");
+    assert_untouched(
+        t.path(),
+        "unreachable",
+        &from,
+        &good,
+        "cannot reach the donor",
+    );
 }
 
 #[test]
@@ -253,7 +265,10 @@ fn an_impostor_leaves_the_target_as_it_was() {
     let t = tmp("impostor");
     let (good, _) = tokens(t.path());
     for (name, reply) in [
-        ("http", &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..]),
+        (
+            "http",
+            &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..],
+        ),
         ("xbstream", &b"XBSTCK01\x00\x00\x00\x00"[..]),
         ("silent-close", &b""[..]),
     ] {
