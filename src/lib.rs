@@ -23,3 +23,4 @@ pub mod stream;
 pub use error::{Error, Result};
 pub mod source;
 pub mod store;
+pub mod workers;

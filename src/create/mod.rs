@@ -22,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::format::{encode_header_into, sparse_crc, ChunkHeader, SparseEntry, CREATE_CHUNK_SIZE};
 use crate::progress::Progress;
+use crate::workers::FirstError;
 pub use walk::{walk, SourceFile};
 
 /// Settings of a `create` run.
@@ -100,14 +101,13 @@ fn stream_files<W: Write + Send>(
         hdr: Vec::with_capacity(1024),
         turn: 0,
         totals: CreateTotals::default(),
-        failed: None,
     });
     let turn = Condvar::new();
     let shared = Shared {
         sched: &sched,
         out: &out,
         turn: &turn,
-        stop: AtomicBool::new(false),
+        errors: FirstError::new(),
         chunk_size,
         sparse: opts.sparse,
         progress,
@@ -117,10 +117,10 @@ fn stream_files<W: Write + Send>(
             s.spawn(|| shared.work());
         }
     });
-    let mut o = out.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let Some(e) = o.failed.take() {
+    if let Some(e) = shared.errors.take() {
         return Err(e);
     }
+    let mut o = out.into_inner().unwrap_or_else(|e| e.into_inner());
     o.w.flush().map_err(Error::WriteStream)?;
     Ok(o.totals)
 }
@@ -217,16 +217,15 @@ struct Output<W: Write> {
     /// The ticket whose chunk goes out next.
     turn: u64,
     totals: CreateTotals,
-    /// The first error in stream order; everyone stops once it is set.
-    failed: Option<Error>,
 }
 
 struct Shared<'a, W: Write> {
     sched: &'a Mutex<Scheduler>,
     out: &'a Mutex<Output<W>>,
     turn: &'a Condvar,
-    /// Set with `failed`: claims stop and waiting workers leave.
-    stop: AtomicBool,
+    /// The first error in stream order (only the worker whose turn it is fails the run);
+    /// once set, claims stop and waiting workers leave.
+    errors: FirstError<Error>,
     chunk_size: usize,
     sparse: bool,
     progress: &'a Progress,
@@ -250,7 +249,7 @@ impl<W: Write + Send> Shared<'_, W> {
         let _guard = WakeOnPanic(self);
         // Zeroed once, at the first block; read into in place afterwards.
         let mut buf = Vec::new();
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.errors.is_stopped() {
             let claim = match self.sched.lock() {
                 Ok(mut s) => s.claim(),
                 Err(_) => None,
@@ -274,8 +273,8 @@ impl<W: Write + Send> Shared<'_, W> {
                 }
             };
             if let Err(e) = res {
-                out.failed = Some(e);
-                self.stop.store(true, Ordering::SeqCst);
+                // Under the output lock, so that no worker is between its check and its wait.
+                self.errors.fail(e);
             }
             out.turn += 1;
             drop(out);
@@ -287,7 +286,7 @@ impl<W: Write + Send> Shared<'_, W> {
     fn wait_turn(&self, ticket: u64) -> Option<MutexGuard<'_, Output<W>>> {
         let mut out = self.out.lock().ok()?;
         loop {
-            if out.failed.is_some() || self.stop.load(Ordering::SeqCst) {
+            if self.errors.is_stopped() {
                 return None;
             }
             if out.turn == ticket {
@@ -390,7 +389,7 @@ struct WakeOnPanic<'a, 'b, W: Write>(&'a Shared<'b, W>);
 impl<W: Write> Drop for WakeOnPanic<'_, '_, W> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.stop.store(true, Ordering::SeqCst);
+            self.0.errors.stop();
             // Under the lock, so that no worker is between its check and its wait.
             let _out = self.0.out.lock();
             self.0.turn.notify_all();

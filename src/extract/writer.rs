@@ -10,8 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use super::innodb;
 use crate::error::{Error, Result};
 use crate::format::{Chunk, ChunkBody, Ledger, LedgerEvent};
 use crate::sink::ChunkSink;
+use crate::workers::{ByteBudget, FirstError};
 
 /// Settings of a [`DirWriter`].
 #[derive(Debug, Clone)]
@@ -69,46 +69,19 @@ enum Job {
     Quiesce(Sender<()>),
 }
 
-/// Bytes in flight between the dispatcher and the writers.
-struct Budget {
-    cap: u64,
-    used: Mutex<u64>,
-    freed: Condvar,
-}
-
-impl Budget {
-    fn acquire(&self, n: u64, failed: &AtomicBool) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        // One chunk larger than the whole budget still goes through, alone.
-        while *used > 0 && *used + n > self.cap && !failed.load(Ordering::Relaxed) {
-            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
-        }
-        *used += n;
-    }
-    fn release(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(n);
-        self.freed.notify_all();
-    }
-}
-
+/// What the dispatcher and the writer threads share.
 struct Shared {
-    budget: Budget,
-    failed: AtomicBool,
-    error: Mutex<Option<Error>>,
+    /// Bytes of chunk data sent to the writers and not yet written.
+    budget: ByteBudget,
+    errors: FirstError<Error>,
 }
 
 impl Shared {
     fn fail(&self, e: Error) {
-        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(e);
-        }
-        self.failed.store(true, Ordering::SeqCst);
-        self.budget.freed.notify_all();
-    }
-    fn take_error(&self) -> Option<Error> {
-        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.errors.fail(e);
+        // A dispatcher waiting for room must see the failure, not wait for writes that the
+        // writers now skip.
+        self.budget.close();
     }
 }
 
@@ -134,13 +107,8 @@ impl DirWriter {
     pub fn new(target: &TargetDir, opts: &WriterOptions) -> Result<Self> {
         let threads = opts.threads.max(1);
         let shared = Arc::new(Shared {
-            budget: Budget {
-                cap: opts.queue_bytes,
-                used: Mutex::new(0),
-                freed: Condvar::new(),
-            },
-            failed: AtomicBool::new(false),
-            error: Mutex::new(None),
+            budget: ByteBudget::new(opts.queue_bytes),
+            errors: FirstError::new(),
         });
         let per_thread = (opts.max_open_files / threads).max(4);
         let mut senders = Vec::new();
@@ -185,12 +153,7 @@ impl DirWriter {
     }
 
     fn check_failed(&self) -> Result<()> {
-        if self.shared.failed.load(Ordering::SeqCst) {
-            if let Some(e) = self.shared.take_error() {
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.shared.errors.check()
     }
 
     /// Wait until every writer has drained its queue and dropped its directory cache.
@@ -265,7 +228,10 @@ impl ChunkSink for DirWriter {
                     return w.write(chunk, event);
                 }
                 let n = chunk.data_len();
-                self.shared.budget.acquire(n, &self.shared.failed);
+                if !self.shared.budget.acquire(n) {
+                    // A writer failed: its error is reported here, the chunk dropped.
+                    return self.check_failed();
+                }
                 let i = (self.hasher.hash_one(&chunk.path) % self.senders.len() as u64) as usize;
                 if self.senders[i]
                     .send(Job::Chunk(chunk, event.clone()))
@@ -283,7 +249,7 @@ impl ChunkSink for DirWriter {
         if let Some(w) = self.inline.take() {
             resolvers.push(w.resolver);
         }
-        if let Some(e) = self.shared.take_error() {
+        if let Some(e) = self.shared.errors.take() {
             return Err(e);
         }
         if self.sync {
@@ -341,7 +307,8 @@ impl DirWriter {
 impl Drop for DirWriter {
     fn drop(&mut self) {
         // On an early error the workers must still stop; their errors are already reported.
-        self.shared.failed.store(true, Ordering::SeqCst);
+        self.shared.errors.stop();
+        self.shared.budget.close();
         self.stop_workers();
     }
 }
@@ -449,7 +416,7 @@ impl Worker {
                 }
                 Job::Chunk(chunk, event) => {
                     let n = chunk.data_len();
-                    if !shared.failed.load(Ordering::Relaxed) {
+                    if !shared.errors.is_stopped() {
                         if let Err(e) = self.write(chunk, &event) {
                             shared.fail(e);
                         }
