@@ -20,6 +20,7 @@ use crate::format::{DecodeOptions, Ledger, LedgerEvent};
 use crate::progress::Progress;
 use crate::sink::{self, ChunkSink, StreamTotals};
 use crate::stream::target::{Markers, Target};
+use crate::workers::FirstError;
 
 /// Marker in DIR while a restore runs; removed only when the restore is complete and checked.
 pub const IN_PROGRESS: &str = ".xbagent-restore-in-progress";
@@ -111,13 +112,14 @@ struct FetchState {
     next_fetch: u64,
     /// Next range the reader needs.
     next_read: u64,
-    error: Option<StoreError>,
-    stop: bool,
 }
 
 struct FetchShared {
     state: Mutex<FetchState>,
     cv: Condvar,
+    /// The first failed GET, which stops every fetcher; stopped without an error once the
+    /// reader is done. Raised under `state`'s lock, so a waiter on `cv` cannot miss it.
+    run: FirstError<StoreError>,
     /// Range buffers, allocated once: read-ahead can never hold more than these.
     pool_tx: Sender<Vec<u8>>,
     pool_rx: Receiver<Vec<u8>>,
@@ -160,10 +162,9 @@ impl FetchReader {
                 ready: BTreeMap::new(),
                 next_fetch: 0,
                 next_read: 0,
-                error: None,
-                stop: false,
             }),
             cv: Condvar::new(),
+            run: FirstError::new(),
         });
         let threads = (0..opts.concurrency.max(1))
             .map(|_| {
@@ -184,16 +185,13 @@ impl FetchReader {
     }
 
     fn take_error(&self) -> Option<StoreError> {
-        self.shared
-            .state
-            .lock()
-            .ok()
-            .and_then(|mut s| s.error.take())
+        self.shared.run.take()
     }
 
     fn stop(&mut self) {
-        if let Ok(mut s) = self.shared.state.lock() {
-            s.stop = true;
+        {
+            let _s = self.shared.state.lock();
+            self.shared.run.stop();
         }
         self.shared.cv.notify_all();
         for t in self.threads.drain(..) {
@@ -225,7 +223,7 @@ fn fetcher(
                     let Ok(s) = shared.state.lock() else {
                         return;
                     };
-                    if s.stop || s.error.is_some() || s.next_fetch >= ranges {
+                    if shared.run.is_stopped() || s.next_fetch >= ranges {
                         return;
                     }
                 }
@@ -237,7 +235,7 @@ fn fetcher(
                 return;
             };
             loop {
-                if s.stop || s.error.is_some() || s.next_fetch >= ranges {
+                if shared.run.is_stopped() || s.next_fetch >= ranges {
                     return;
                 }
                 if s.next_fetch < s.next_read + window {
@@ -262,9 +260,7 @@ fn fetcher(
                 s.ready.insert(idx, (buf, len));
             }
             Err(e) => {
-                if s.error.is_none() {
-                    s.error = Some(e);
-                }
+                shared.run.fail(e);
             }
         }
         shared.cv.notify_all();
@@ -281,8 +277,9 @@ impl Read for FetchReader {
                 return Ok(0);
             }
             loop {
-                if let Some(e) = &s.error {
-                    return Err(io::Error::other(e.to_string()));
+                // The GET's own error is taken by the caller (`take_error`), not this one.
+                if self.shared.run.is_stopped() {
+                    return Err(io::Error::other("a ranged GET failed"));
                 }
                 if self.shutdown.load(Ordering::SeqCst) {
                     return Err(io::Error::other("interrupted"));
