@@ -14,6 +14,7 @@ pub mod extract;
 pub mod format;
 pub mod inspect;
 pub mod progress;
+pub mod retry;
 pub mod store;
 pub mod stream;
 pub mod workers;

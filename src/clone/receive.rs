@@ -1,21 +1,25 @@
 //! `xbagent receive`: the new pod's side of a clone.
 //!
 //! Order of work, each step a guard for the next:
-//! 1. DIR holds the completion marker: done already (initContainers restart), exit 0.
-//! 2. DIR holds a partial clone (our in-progress marker): cleared, or refused with
-//!    `--keep-partial`. DIR holding anything else: refused (it is not ours to delete).
-//! 3. Connect, retrying with backoff (DNS failures too) until `--retry-for` runs out.
-//! 4. Authenticate both ways; wait while the donor is busy.
+//! 1. Look at DIR, changing nothing. The completion marker: done already (initContainers
+//!    restart), exit 0 without connecting. A partial clone (our in-progress marker) with
+//!    `--keep-partial`, or anything not ours: refused, the donor never contacted.
+//! 2. Connect, retrying with backoff (DNS failures too) until `--retry-for` runs out.
+//! 3. Authenticate both ways; wait while the donor is busy.
+//! 4. Only now take DIR (the donor has proved it knows the token): create it if missing, clear
+//!    a partial clone of ours, write the in-progress marker. A wrong token, an impostor or an
+//!    unreachable donor leave DIR exactly as it was.
 //! 5. Extract with the one extractor; a silence longer than `--stall-timeout` (no data, no
-//!    heartbeat) fails the clone. Then one `syncfs` puts every file and directory on disk
-//!    (one call instead of an fsync per file: 10,000 small files took 7 s with fsyncs).
+//!    heartbeat) fails the clone. Then one `syncfs` puts every file and directory on disk.
 //! 6. Check the trailer: producer exit status 0, digest, byte, file and chunk counts.
 //! 7. Only then write the completion marker (and fsync it).
+//!
+//! DIR's markers and their durability are [`crate::stream::target`]'s; this module decides
+//! what DIR may hold and says so in clone terms.
 
-use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,23 @@ use crate::error::{Error, Result};
 use crate::extract::{extract_reader, ExtractOptions, WriterOptions};
 use crate::format::DecodeOptions;
 use crate::progress::Progress;
+use crate::retry::{self, Jitter, Schedule};
+use crate::stream::sink::StreamTotals;
+use crate::stream::target::{self, Found, Markers, Target};
+
+/// The clone's markers in DIR.
+const MARKERS: Markers = Markers {
+    in_progress: PARTIAL_MARKER,
+    complete: Some(COMPLETE_MARKER),
+};
+
+/// Waits between connection attempts: from 0.5 s, doubling to at most 15 s, plus up to 0.5 s
+/// (documented in format-spec/clone-protocol.md §12).
+const CONNECT_BACKOFF: Schedule = Schedule {
+    base: Duration::from_millis(500),
+    cap: Duration::from_secs(15),
+    jitter: Jitter::Added(Duration::from_millis(500)),
+};
 
 /// Settings of `receive`.
 #[derive(Clone)]
@@ -64,122 +85,96 @@ fn refused(msg: String) -> Error {
     Error::Refused(msg)
 }
 
-/// Make DIR ready for a clone (steps 1 and 2). `Ok(false)`: already complete.
-fn prepare_dir(opts: &ReceiveOptions) -> Result<bool> {
+/// What to do with DIR, decided from what it holds.
+enum Plan {
+    AlreadyComplete,
+    Fresh,
+    ClearPartial,
+}
+
+/// Steps 1 and 4: DIR may be empty, missing, complete, or a partial clone of ours (unless
+/// `--keep-partial`); anything else is not ours to delete.
+fn plan(opts: &ReceiveOptions, found: &Found) -> Result<Plan> {
     let dir = &opts.dir;
-    let tdir = |e| Error::TargetDir {
-        dir: dir.clone(),
-        source: e,
-    };
-    fs::create_dir_all(dir).map_err(tdir)?;
-    if dir.join(COMPLETE_MARKER).exists() {
-        return Ok(false);
+    if found.complete {
+        return Ok(Plan::AlreadyComplete);
     }
-    let entries: Vec<_> = fs::read_dir(dir)
-        .map_err(tdir)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    if !entries.is_empty() {
-        if !dir.join(PARTIAL_MARKER).exists() {
-            return Err(refused(format!(
-                "{} is not empty and holds no xbagent clone (no {PARTIAL_MARKER}); refusing to delete its contents — empty it yourself if it is really disposable",
-                dir.display()
-            )));
-        }
-        if opts.keep_partial {
-            return Err(refused(format!(
-                "{} holds a partial clone and --keep-partial was given; not starting over",
-                dir.display()
-            )));
-        }
-        tracing::warn!(
-            "{} holds a partial clone from an earlier attempt; clearing it and starting again",
+    if found.empty {
+        return Ok(Plan::Fresh);
+    }
+    if !found.in_progress {
+        return Err(refused(format!(
+            "{} is not empty and holds no xbagent clone (no {PARTIAL_MARKER}); refusing to delete its contents — empty it yourself if it is really disposable",
             dir.display()
-        );
-        clear_dir(dir)?;
+        )));
     }
-    write_synced(
-        &dir.join(PARTIAL_MARKER),
-        b"xbagent clone in progress\n",
-        dir,
-    )?;
-    Ok(true)
+    if opts.keep_partial {
+        return Err(refused(format!(
+            "{} holds a partial clone and --keep-partial was given; not starting over",
+            dir.display()
+        )));
+    }
+    Ok(Plan::ClearPartial)
 }
 
-/// Remove everything inside `dir` without following symlinks (the D-chunk machinery).
-fn clear_dir(dir: &Path) -> Result<()> {
-    let target = crate::extract::TargetDir::open(dir)?;
-    let mut r = target.resolver();
-    for e in fs::read_dir(dir).map_err(|e| Error::TargetDir {
-        dir: dir.to_path_buf(),
-        source: e,
-    })? {
-        let e = e.map_err(|e| Error::TargetDir {
-            dir: dir.to_path_buf(),
-            source: e,
-        })?;
-        use std::os::unix::ffi::OsStrExt;
-        r.remove(e.file_name().as_bytes(), 0)?;
+/// Step 4: take DIR for this clone. It is looked at again, since it may have changed while
+/// the donor kept us waiting. `None`: a clone completed meanwhile.
+fn claim(opts: &ReceiveOptions) -> Result<Option<Target>> {
+    let target = Target::open(&opts.dir, MARKERS)?;
+    match plan(opts, &target.found()?)? {
+        Plan::AlreadyComplete => return Ok(None),
+        Plan::Fresh => {}
+        Plan::ClearPartial => {
+            tracing::warn!(
+                "{} holds a partial clone from an earlier attempt; clearing it and starting again",
+                opts.dir.display()
+            );
+            target.clear()?;
+        }
     }
-    Ok(())
+    target.mark(b"xbagent clone in progress\n")?;
+    Ok(Some(target))
 }
 
-/// Write a small file and make it durable: the file, then its directory.
-fn write_synced(path: &Path, data: &[u8], dir: &Path) -> Result<()> {
-    let io = |e| Error::TargetDir {
-        dir: dir.to_path_buf(),
-        source: e,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    Ok(())
+/// Try every address of `from` once.
+fn connect_once(from: &str) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in from.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Connect, retrying until the deadline: the donor's pod (and its DNS record) may appear late.
 fn connect(opts: &ReceiveOptions) -> std::result::Result<TcpStream, CloneError> {
     let start = Instant::now();
-    let mut delay = Duration::from_millis(500);
+    let mut attempt = 0;
     loop {
-        let attempt = (|| -> io::Result<TcpStream> {
-            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-            for addr in opts.from.to_socket_addrs()? {
-                match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        })();
-        match attempt {
+        let e = match connect_once(&opts.from) {
             Ok(s) => return Ok(s),
-            Err(e) => {
-                let waited = start.elapsed();
-                if waited >= opts.retry_for {
-                    return Err(CloneError::Unreachable {
-                        addr: opts.from.clone(),
-                        waited: humantime::format_duration(round(waited)).to_string(),
-                        last: e.to_string(),
-                    });
-                }
-                let mut jitter = [0u8; 2];
-                let _ = rustix::rand::getrandom(&mut jitter, rustix::rand::GetRandomFlags::empty());
-                let sleep = (delay
-                    + Duration::from_millis(u16::from_le_bytes(jitter) as u64 % 500))
-                .min(opts.retry_for.saturating_sub(waited));
-                tracing::warn!(
-                    "donor {} not reachable yet ({e}); retrying in {}",
-                    opts.from,
-                    humantime::format_duration(round(sleep))
-                );
-                std::thread::sleep(sleep);
-                delay = (delay * 2).min(Duration::from_secs(15));
-            }
+            Err(e) => e,
+        };
+        let waited = start.elapsed();
+        if waited >= opts.retry_for {
+            return Err(CloneError::Unreachable {
+                addr: opts.from.clone(),
+                waited: humantime::format_duration(round(waited)).to_string(),
+                last: e.to_string(),
+            });
         }
+        attempt += 1;
+        let sleep = CONNECT_BACKOFF
+            .delay(attempt, retry::random_u64())
+            .min(opts.retry_for.saturating_sub(waited));
+        tracing::warn!(
+            "donor {} not reachable yet ({e}); retrying in {}",
+            opts.from,
+            humantime::format_duration(round(sleep))
+        );
+        std::thread::sleep(sleep);
     }
 }
 
@@ -187,18 +182,9 @@ fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
-/// Receive a clone into `opts.dir`.
-pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
-    if !prepare_dir(opts)? {
-        return Ok(Received::AlreadyComplete);
-    }
-    let tdir = |e: io::Error| Error::TargetDir {
-        dir: opts.dir.clone(),
-        source: e,
-    };
-    // Opened before anything is written: syncfs on it reports write-back errors from then on.
-    let dir_fd = fs::File::open(&opts.dir).map_err(tdir)?;
-    let peer = opts.from.clone();
+/// Steps 2 and 3: a connection to a donor that proved it knows the token (or a raw one).
+fn reach_donor(opts: &ReceiveOptions) -> std::result::Result<Conn, CloneError> {
+    let peer = &opts.from;
     let ioerr = |e: io::Error| CloneError::Io {
         peer: peer.clone(),
         source: e,
@@ -222,8 +208,45 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
     } else {
         handshake(&mut conn, opts)?;
     }
+    Ok(conn)
+}
+
+/// Receive a clone into `opts.dir`.
+pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
+    // Looking only: nothing in DIR changes before the donor has proved itself.
+    if let Plan::AlreadyComplete = plan(opts, &target::inspect(&opts.dir, &MARKERS)?)? {
+        return Ok(Received::AlreadyComplete);
+    }
+    let conn = reach_donor(opts)?;
+    let Some(target) = claim(opts)? else {
+        return Ok(Received::AlreadyComplete);
+    };
+    let (reader, totals) = extract(opts, conn, &target, progress)?;
+    target.sync()?;
+    if opts.raw {
+        return Ok(Received::RawUnproven {
+            files: totals.files,
+            bytes: totals.bytes,
+        });
+    }
+    let trailer = check_trailer(reader, &totals, &opts.from)?;
+    let record = completion_record(&opts.from, &trailer);
+    // `finish` syncs again (nothing is dirty by now), writes the marker, drops the other one.
+    target.finish(Some(format!("{record:#}\n").as_bytes()))?;
+    Ok(Received::Complete(trailer))
+}
+
+/// Step 5: run the extractor over the frames. Returns the reader (its trailer, digest and
+/// byte count) and the extractor's totals.
+fn extract(
+    opts: &ReceiveOptions,
+    conn: Conn,
+    target: &Target,
+    progress: &Progress,
+) -> Result<(FrameReader, StreamTotals)> {
+    let peer = opts.from.clone();
     let failure = Arc::new(Mutex::new(None));
-    let reader = FrameReader {
+    let mut reader = FrameReader {
         conn,
         raw: opts.raw,
         left: 0,
@@ -236,20 +259,15 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
         failure: failure.clone(),
     };
     let xopts = ExtractOptions {
-        dir: opts.dir.clone(),
+        dir: target.dir().to_path_buf(),
         decode: DecodeOptions::default(),
         writer: WriterOptions {
             threads: opts.parallel.max(1),
             direct: !opts.buffered,
-            reserved: [COMPLETE_MARKER, PARTIAL_MARKER]
-                .iter()
-                .flat_map(|m| [m.to_string(), format!("{m}.tmp")])
-                .map(bytes::Bytes::from)
-                .collect(),
+            reserved: target.reserved(),
             ..WriterOptions::default()
         },
     };
-    let mut reader = reader;
     let res = extract_reader(
         &mut reader,
         &format!("the stream from {peer}"),
@@ -258,26 +276,27 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
     );
     // A network failure inside the extractor's reads surfaces as a read error: report the
     // real cause.
-    let (_, totals) = match res {
-        Ok(v) => v,
+    match res {
+        Ok((_, totals)) => Ok((reader, totals)),
         Err(e @ Error::Read { .. }) => {
             let cause = failure.lock().ok().and_then(|mut f| f.take());
-            return Err(cause.map(Error::Clone).unwrap_or(e));
+            Err(cause.map(Error::Clone).unwrap_or(e))
         }
-        Err(e) => return Err(e),
-    };
-    rustix::fs::syncfs(&dir_fd).map_err(|e| tdir(e.into()))?;
-    if opts.raw {
-        return Ok(Received::RawUnproven {
-            files: totals.files,
-            bytes: totals.bytes,
-        });
+        Err(e) => Err(e),
     }
+}
+
+/// Step 6: the donor's trailer must report success and match what arrived.
+fn check_trailer(
+    mut reader: FrameReader,
+    totals: &StreamTotals,
+    peer: &str,
+) -> std::result::Result<Trailer, CloneError> {
     let Some(trailer) = reader.trailer.take() else {
-        return Err(CloneError::Cut { peer }.into());
+        return Err(CloneError::Cut { peer: peer.into() });
     };
     if trailer.exit_status != 0 {
-        return Err(CloneError::ProducerFailed(trailer.exit_status).into());
+        return Err(CloneError::ProducerFailed(trailer.exit_status));
     }
     let ours = *reader.digest.finalize().as_bytes();
     let mut bad = Vec::new();
@@ -303,9 +322,14 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
         ));
     }
     if !bad.is_empty() {
-        return Err(CloneError::TrailerMismatch(bad.join("; ")).into());
+        return Err(CloneError::TrailerMismatch(bad.join("; ")));
     }
-    let marker = serde_json::json!({
+    Ok(trailer)
+}
+
+/// The completion marker's content (format-spec/clone-protocol.md §10).
+fn completion_record(peer: &str, trailer: &Trailer) -> serde_json::Value {
+    serde_json::json!({
         "from": peer,
         "completed_unix": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -313,94 +337,118 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
             .unwrap_or(0),
         "trailer": trailer,
         "xbagent": env!("CARGO_PKG_VERSION"),
-    });
-    write_synced(
-        &opts.dir.join(COMPLETE_MARKER),
-        format!("{marker:#}\n").as_bytes(),
-        &opts.dir,
-    )?;
-    let _ = fs::remove_file(opts.dir.join(PARTIAL_MARKER));
-    dir_fd.sync_all().map_err(tdir)?;
-    Ok(Received::Complete(trailer))
+    })
 }
 
+/// The handshake's errors, in clone terms, for one peer.
+struct Peer<'a>(&'a str);
+
+impl Peer<'_> {
+    fn io(&self, e: io::Error) -> CloneError {
+        CloneError::Io {
+            peer: self.0.into(),
+            source: e,
+        }
+    }
+
+    fn proto(&self, e: protocol::ProtocolError) -> CloneError {
+        CloneError::Protocol {
+            peer: self.0.into(),
+            source: e,
+        }
+    }
+
+    fn frame(&self, e: FrameError) -> CloneError {
+        match e {
+            FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => CloneError::Cut {
+                peer: self.0.into(),
+            },
+            FrameError::Io(e) => self.io(e),
+            // A raw donor sends xbstream at once: its first byte is the 'X' of "XBSTCK01".
+            FrameError::Protocol(protocol::ProtocolError::UnknownFrame(b'X')) => {
+                self.proto(protocol::ProtocolError::BadMagic)
+            }
+            // 0x15/0x16: a TLS alert or handshake record.
+            FrameError::Protocol(protocol::ProtocolError::UnknownFrame(0x15 | 0x16)) => {
+                self.proto(protocol::ProtocolError::TlsPeer)
+            }
+            FrameError::Protocol(p) => self.proto(p),
+        }
+    }
+}
+
+/// Step 3: HELLO, the donor's CHALLENGE (its proof checked), our PROOF, then wait for START.
 fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> std::result::Result<(), CloneError> {
-    let peer = opts.from.clone();
-    let io = |e: io::Error| CloneError::Io {
-        peer: peer.clone(),
-        source: e,
-    };
-    let proto = |e| CloneError::Protocol {
-        peer: peer.clone(),
-        source: e,
-    };
-    let frame_err = |e: FrameError| match e {
-        FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            CloneError::Cut { peer: peer.clone() }
-        }
-        FrameError::Io(e) => io(e),
-        // A raw donor sends xbstream at once: its first byte is the 'X' of "XBSTCK01".
-        FrameError::Protocol(protocol::ProtocolError::UnknownFrame(b'X')) => {
-            proto(protocol::ProtocolError::BadMagic)
-        }
-        // 0x15/0x16: a TLS alert or handshake record.
-        FrameError::Protocol(protocol::ProtocolError::UnknownFrame(0x15 | 0x16)) => {
-            proto(protocol::ProtocolError::TlsPeer)
-        }
-        FrameError::Protocol(p) => proto(p),
-    };
+    let peer = Peer(&opts.from);
     let mut nonce = [0u8; NONCE_LEN];
     rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty())
         .map_err(|e| CloneError::Setup(format!("no randomness: {e}")))?;
     write_frame(conn, FrameType::Hello, &protocol::hello(&nonce))
         .and_then(|()| conn.flush())
-        .map_err(io)?;
+        .map_err(|e| peer.io(e))?;
     let mut buf = Vec::new();
-    let ty = read_frame(conn, &mut buf).map_err(frame_err)?;
+    let ty = read_frame(conn, &mut buf).map_err(|e| peer.frame(e))?;
     if ty == FrameType::Error {
         return Err(CloneError::Donor(
             String::from_utf8_lossy(&buf).into_owned(),
         ));
     }
     if ty != FrameType::Challenge {
-        return Err(proto(protocol::ProtocolError::Unexpected {
+        return Err(peer.proto(protocol::ProtocolError::Unexpected {
             expected: "CHALLENGE",
             got: ty,
         }));
     }
-    let c = protocol::parse_challenge(&buf).map_err(proto)?;
-    let reply = if c.flags & FLAG_NO_AUTH != 0 {
-        if opts.key.is_some() {
+    let c = protocol::parse_challenge(&buf).map_err(|e| peer.proto(e))?;
+    let reply = answer(conn, opts.key.as_ref(), &nonce, &c, &peer)?;
+    write_frame(conn, FrameType::Proof, &reply)
+        .and_then(|()| conn.flush())
+        .map_err(|e| peer.io(e))?;
+    wait_for_start(conn, &peer)
+}
+
+/// Our PROOF for challenge `c`, once the donor has proved it knows the token (or, without a
+/// token on either side, that it does not authenticate at all).
+fn answer(
+    conn: &mut Conn,
+    key: Option<&[u8; 32]>,
+    nonce: &[u8; NONCE_LEN],
+    c: &protocol::Challenge,
+    peer: &Peer,
+) -> std::result::Result<[u8; 32], CloneError> {
+    if c.flags & FLAG_NO_AUTH != 0 {
+        if key.is_some() {
             let msg = "the donor does not authenticate (serve --insecure) but a token was given; refusing";
             let _ = write_frame(conn, FrameType::Error, msg.as_bytes());
-            return Err(proto(protocol::ProtocolError::AuthFailed(
+            return Err(peer.proto(protocol::ProtocolError::AuthFailed(
                 "donor runs without authentication",
             )));
         }
-        [0u8; 32]
-    } else {
-        let Some(key) = &opts.key else {
-            return Err(proto(protocol::ProtocolError::AuthFailed(
-                "the donor requires a token (--token-file)",
-            )));
-        };
-        if !protocol::proof_matches(&protocol::server_proof(key, &nonce, &c.nonce), &c.proof) {
-            let _ = write_frame(
-                conn,
-                FrameType::Error,
-                b"authentication failed: wrong token",
-            );
-            return Err(proto(protocol::ProtocolError::AuthFailed(
-                "the donor does not know the token",
-            )));
-        }
-        protocol::client_proof(key, &nonce, &c.nonce)
+        return Ok([0u8; 32]);
+    }
+    let Some(key) = key else {
+        return Err(peer.proto(protocol::ProtocolError::AuthFailed(
+            "the donor requires a token (--token-file)",
+        )));
     };
-    write_frame(conn, FrameType::Proof, &reply)
-        .and_then(|()| conn.flush())
-        .map_err(io)?;
+    if !protocol::proof_matches(&protocol::server_proof(key, nonce, &c.nonce), &c.proof) {
+        let _ = write_frame(
+            conn,
+            FrameType::Error,
+            b"authentication failed: wrong token",
+        );
+        return Err(peer.proto(protocol::ProtocolError::AuthFailed(
+            "the donor does not know the token",
+        )));
+    }
+    Ok(protocol::client_proof(key, nonce, &c.nonce))
+}
+
+/// Wait while the donor is busy (QUEUED, heartbeats) until it sends START.
+fn wait_for_start(conn: &mut Conn, peer: &Peer) -> std::result::Result<(), CloneError> {
+    let mut buf = Vec::new();
     loop {
-        let ty = read_frame(conn, &mut buf).map_err(frame_err)?;
+        let ty = read_frame(conn, &mut buf).map_err(|e| peer.frame(e))?;
         match ty {
             FrameType::Start => {
                 tracing::info!("clone started: {}", String::from_utf8_lossy(&buf));
@@ -414,7 +462,7 @@ fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> std::result::Result<(), 
                 ))
             }
             other => {
-                return Err(proto(protocol::ProtocolError::Unexpected {
+                return Err(peer.proto(protocol::ProtocolError::Unexpected {
                     expected: "START",
                     got: other,
                 }))

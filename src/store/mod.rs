@@ -15,9 +15,11 @@ pub mod manifest;
 pub mod parts;
 pub mod restore;
 pub mod retention;
-pub mod retry;
 pub mod s3;
 pub mod upload;
+
+/// Retries live in [`crate::retry`], shared with `receive`; the old path stays for callers here.
+pub use crate::retry;
 
 use std::io;
 use std::path::PathBuf;

@@ -4,15 +4,13 @@
 //! manifest.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::manifest::{self, Manifest};
@@ -21,6 +19,8 @@ use crate::extract::{DirWriter, TargetDir, WriterOptions};
 use crate::format::{DecodeOptions, Ledger, LedgerEvent};
 use crate::progress::Progress;
 use crate::stream::sink::{self, ChunkSink, StreamTotals};
+use crate::stream::target::{Markers, Target};
+use crate::workers::FirstError;
 
 /// Marker in DIR while a restore runs; removed only when the restore is complete and checked.
 pub const IN_PROGRESS: &str = ".xbagent-restore-in-progress";
@@ -112,13 +112,14 @@ struct FetchState {
     next_fetch: u64,
     /// Next range the reader needs.
     next_read: u64,
-    error: Option<StoreError>,
-    stop: bool,
 }
 
 struct FetchShared {
     state: Mutex<FetchState>,
     cv: Condvar,
+    /// The first failed GET, which stops every fetcher; stopped without an error once the
+    /// reader is done. Raised under `state`'s lock, so a waiter on `cv` cannot miss it.
+    run: FirstError<StoreError>,
     /// Range buffers, allocated once: read-ahead can never hold more than these.
     pool_tx: Sender<Vec<u8>>,
     pool_rx: Receiver<Vec<u8>>,
@@ -161,10 +162,9 @@ impl FetchReader {
                 ready: BTreeMap::new(),
                 next_fetch: 0,
                 next_read: 0,
-                error: None,
-                stop: false,
             }),
             cv: Condvar::new(),
+            run: FirstError::new(),
         });
         let threads = (0..opts.concurrency.max(1))
             .map(|_| {
@@ -185,16 +185,13 @@ impl FetchReader {
     }
 
     fn take_error(&self) -> Option<StoreError> {
-        self.shared
-            .state
-            .lock()
-            .ok()
-            .and_then(|mut s| s.error.take())
+        self.shared.run.take()
     }
 
     fn stop(&mut self) {
-        if let Ok(mut s) = self.shared.state.lock() {
-            s.stop = true;
+        {
+            let _s = self.shared.state.lock();
+            self.shared.run.stop();
         }
         self.shared.cv.notify_all();
         for t in self.threads.drain(..) {
@@ -226,7 +223,7 @@ fn fetcher(
                     let Ok(s) = shared.state.lock() else {
                         return;
                     };
-                    if s.stop || s.error.is_some() || s.next_fetch >= ranges {
+                    if shared.run.is_stopped() || s.next_fetch >= ranges {
                         return;
                     }
                 }
@@ -238,7 +235,7 @@ fn fetcher(
                 return;
             };
             loop {
-                if s.stop || s.error.is_some() || s.next_fetch >= ranges {
+                if shared.run.is_stopped() || s.next_fetch >= ranges {
                     return;
                 }
                 if s.next_fetch < s.next_read + window {
@@ -263,9 +260,7 @@ fn fetcher(
                 s.ready.insert(idx, (buf, len));
             }
             Err(e) => {
-                if s.error.is_none() {
-                    s.error = Some(e);
-                }
+                shared.run.fail(e);
             }
         }
         shared.cv.notify_all();
@@ -282,8 +277,9 @@ impl Read for FetchReader {
                 return Ok(0);
             }
             loop {
-                if let Some(e) = &s.error {
-                    return Err(io::Error::other(e.to_string()));
+                // The GET's own error is taken by the caller (`take_error`), not this one.
+                if self.shared.run.is_stopped() {
+                    return Err(io::Error::other("a ranged GET failed"));
                 }
                 if self.shutdown.load(Ordering::SeqCst) {
                     return Err(io::Error::other("interrupted"));
@@ -333,102 +329,133 @@ impl ChunkSink for Discard {
     }
 }
 
-/// Read the backup's object through `sink`, then check length, digest and the file list
-/// against the manifest.
-#[allow(clippy::too_many_arguments)]
-fn read_through(
+/// One read of a backup's object: where it is, what it must match, and how to read it.
+struct ReadJob<'a> {
     repo: Arc<dyn Repository>,
-    id: &str,
-    m: &Manifest,
-    opts: &ReadOptions,
-    sink: &mut dyn ChunkSink,
+    id: &'a str,
+    manifest: &'a Manifest,
+    opts: &'a ReadOptions,
     progress: Arc<Progress>,
     shutdown: Arc<AtomicBool>,
-    on_error: &dyn Fn(crate::error::Error) -> BackupError,
-) -> Result<StreamTotals, BackupError> {
-    let key = format!("{id}/{}", m.object.key);
-    match repo.size(&key)? {
-        Some(s) if s == m.object.size => {}
-        Some(s) => {
-            return Err(BackupError::Mismatch {
-                id: id.into(),
-                reason: format!(
-                    "{} has {s} bytes, the manifest says {}",
-                    m.object.key, m.object.size
-                ),
-            })
-        }
-        None => {
-            return Err(BackupError::Mismatch {
-                id: id.into(),
-                reason: format!("{} is missing", m.object.key),
-            })
+}
+
+impl ReadJob<'_> {
+    fn mismatch(&self, reason: String) -> BackupError {
+        BackupError::Mismatch {
+            id: self.id.into(),
+            reason,
         }
     }
-    let what = format!("{}/{key}", repo.describe());
-    let mut fetch = FetchReader::start(repo, key, m.object.size, opts, progress, shutdown.clone());
-    let run = {
-        // The decoder reads the object as stored, through zstd when it was compressed.
-        let input: Box<dyn Read + '_> = if m.is_compressed() {
-            let mut dec = zstd::stream::read::Decoder::new(&mut fetch)
-                .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
-            // Our compressor's windows are at most 8 MiB; refuse frames asking for more than 32.
-            dec.window_log_max(25)
-                .map_err(|e| StoreError::Setup(format!("zstd: {e}")))?;
-            Box::new(dec)
-        } else {
-            Box::new(&mut fetch)
-        };
-        sink::run_with(
-            input,
-            &what,
-            opts.decode,
-            sink,
-            &Progress::hidden(),
-            Ledger::with_crcs(),
-        )
-    };
-    let (ledger, totals) = match run {
+
+    /// The object is there, with the size the manifest gives.
+    fn check_size(&self, key: &str) -> Result<(), BackupError> {
+        let m = self.manifest;
+        match self.repo.size(key)? {
+            Some(s) if s == m.object.size => Ok(()),
+            Some(s) => Err(self.mismatch(format!(
+                "{} has {s} bytes, the manifest says {}",
+                m.object.key, m.object.size
+            ))),
+            None => Err(self.mismatch(format!("{} is missing", m.object.key))),
+        }
+    }
+}
+
+/// Read the backup's object through `sink`, then check length, digest and the file list
+/// against the manifest. `on_error` classifies what the decoder or the sink reported.
+fn read_through(
+    job: &ReadJob,
+    sink: &mut dyn ChunkSink,
+    on_error: &dyn Fn(crate::error::Error) -> BackupError,
+) -> Result<StreamTotals, BackupError> {
+    let m = job.manifest;
+    let key = format!("{}/{}", job.id, m.object.key);
+    job.check_size(&key)?;
+    let what = format!("{}/{key}", job.repo.describe());
+    let mut fetch = FetchReader::start(
+        job.repo.clone(),
+        key,
+        m.object.size,
+        job.opts,
+        job.progress.clone(),
+        job.shutdown.clone(),
+    );
+    let (ledger, totals) = match decode(&mut fetch, m, &what, job.opts, sink) {
         Ok(r) => r,
-        Err(e) => {
+        Err(Decoded::Setup(se)) => return Err(se.into()),
+        // The store's or a signal's doing, when it was: the decoder only saw the read fail.
+        Err(Decoded::Stream(e)) => {
             if let Some(se) = fetch.take_error() {
                 return Err(se.into());
             }
-            if shutdown.load(Ordering::SeqCst) {
+            if job.shutdown.load(Ordering::SeqCst) {
                 return Err(BackupError::Interrupted("SIGINT/SIGTERM received".into()));
             }
             return Err(on_error(e));
         }
     };
+    check_object_end(job, &mut fetch, &what)?;
+    manifest::compare(m, &totals, &manifest::files_of(&ledger)).map_err(|r| job.mismatch(r))?;
+    Ok(totals)
+}
+
+/// Why [`decode`] stopped.
+enum Decoded {
+    /// The decompressor could not be set up.
+    Setup(StoreError),
+    /// The decoder or the sink failed.
+    Stream(crate::error::Error),
+}
+
+/// The object as stored, through zstd when it was compressed, decoded into `sink`.
+fn decode(
+    fetch: &mut FetchReader,
+    m: &Manifest,
+    what: &str,
+    opts: &ReadOptions,
+    sink: &mut dyn ChunkSink,
+) -> Result<(Ledger, StreamTotals), Decoded> {
+    let zstd_err = |e: io::Error| Decoded::Setup(StoreError::Setup(format!("zstd: {e}")));
+    let input: Box<dyn Read + '_> = if m.is_compressed() {
+        let mut dec = zstd::stream::read::Decoder::new(fetch).map_err(zstd_err)?;
+        // Our compressor's windows are at most 8 MiB; refuse frames asking for more than 32.
+        dec.window_log_max(25).map_err(zstd_err)?;
+        Box::new(dec)
+    } else {
+        Box::new(fetch)
+    };
+    sink::run_with(
+        input,
+        what,
+        opts.decode,
+        sink,
+        &Progress::hidden(),
+        Ledger::with_crcs(),
+    )
+    .map_err(Decoded::Stream)
+}
+
+/// After the stream's end: nothing may follow it, and the object's length and digest must be
+/// the manifest's.
+fn check_object_end(job: &ReadJob, fetch: &mut FetchReader, what: &str) -> Result<(), BackupError> {
+    let m = job.manifest;
     // Anything after the stream's end is still part of the object and of its digest.
-    let trailing = io::copy(&mut fetch, &mut io::sink());
+    let trailing = io::copy(fetch, &mut io::sink());
     if let Some(se) = fetch.take_error() {
         return Err(se.into());
     }
     let trailing = trailing.map_err(|e| StoreError::Setup(format!("reading {what}: {e}")))?;
     if trailing > 0 {
-        return Err(BackupError::Mismatch {
-            id: id.into(),
-            reason: format!("{trailing} bytes follow the end of the stream"),
-        });
+        return Err(job.mismatch(format!("{trailing} bytes follow the end of the stream")));
     }
     let digest = fetch.digest.finalize().to_hex().to_string();
     if fetch.delivered != m.object.size || digest != m.object.blake3 {
-        return Err(BackupError::Mismatch {
-            id: id.into(),
-            reason: format!(
-                "object digest {digest} ({} bytes) differs from the manifest's {} ({} bytes)",
-                fetch.delivered, m.object.blake3, m.object.size
-            ),
-        });
+        return Err(job.mismatch(format!(
+            "object digest {digest} ({} bytes) differs from the manifest's {} ({} bytes)",
+            fetch.delivered, m.object.blake3, m.object.size
+        )));
     }
-    manifest::compare(m, &totals, &manifest::files_of(&ledger)).map_err(|reason| {
-        BackupError::Mismatch {
-            id: id.into(),
-            reason,
-        }
-    })?;
-    Ok(totals)
+    Ok(())
 }
 
 /// Stream a backup and check every CRC, completeness, the digest and the manifest; write nothing.
@@ -441,24 +468,68 @@ pub fn verify(
 ) -> Result<Checked, BackupError> {
     let (id, manifest) = resolve(&*repo, r)?;
     tracing::info!("verifying backup {id} of {}", repo.describe());
-    let totals = read_through(
+    let job = ReadJob {
         repo,
-        &id,
-        &manifest,
+        id: &id,
+        manifest: &manifest,
         opts,
-        &mut Discard,
         progress,
         shutdown,
-        &|e| BackupError::BadStream {
-            id: id.clone(),
-            source: Box::new(e),
-        },
-    )?;
+    };
+    let totals = read_through(&job, &mut Discard, &|e| BackupError::BadStream {
+        id: id.clone(),
+        source: Box::new(e),
+    })?;
     Ok(Checked {
         id,
         manifest,
         totals,
     })
+}
+
+/// The restore's markers in DIR: in progress only; its absence (with exit 0) is completion.
+const MARKERS: Markers = Markers {
+    in_progress: IN_PROGRESS,
+    complete: None,
+};
+
+/// A problem with DIR itself.
+fn target_error(id: &str, dir: &Path, e: crate::error::Error) -> BackupError {
+    BackupError::Restore {
+        id: id.into(),
+        dir: dir.to_path_buf(),
+        source: Box::new(e),
+    }
+}
+
+/// What went wrong while restoring: the stored stream (exit 1) or writing DIR.
+fn restore_error(id: &str, dir: &Path, e: crate::error::Error) -> BackupError {
+    match e {
+        crate::error::Error::Format(_)
+        | crate::error::Error::Ledger(_)
+        | crate::error::Error::Read { .. } => BackupError::BadStream {
+            id: id.into(),
+            source: Box::new(e),
+        },
+        other => target_error(id, dir, other),
+    }
+}
+
+/// Take DIR for backup `id`: it must hold nothing but our marker, unless `--force`.
+fn claim(id: &str, opts: &RestoreOptions) -> Result<Target, BackupError> {
+    let dir = &opts.dir;
+    let local = |e| target_error(id, dir, e);
+    let target = Target::open(dir, MARKERS).map_err(local)?;
+    if target.found().map_err(local)?.others && !opts.force {
+        return Err(BackupError::Refused(format!(
+            "{} is not empty: restore into an empty directory, or add --force to overwrite files in it",
+            dir.display()
+        )));
+    }
+    target
+        .mark(format!("restoring backup {id}\n").as_bytes())
+        .map_err(local)?;
+    Ok(target)
 }
 
 /// Restore a backup into `opts.dir`.
@@ -471,36 +542,7 @@ pub fn restore(
 ) -> Result<Checked, BackupError> {
     let (id, manifest) = resolve(&*repo, r)?;
     let dir = &opts.dir;
-    let local = |e: io::Error| -> BackupError {
-        BackupError::Restore {
-            id: id.clone(),
-            dir: dir.clone(),
-            source: Box::new(crate::error::Error::TargetDir {
-                dir: dir.clone(),
-                source: e,
-            }),
-        }
-    };
-    fs::create_dir_all(dir).map_err(local)?;
-    // Opened before anything is written: syncfs on it reports write-back errors from then on
-    // (a descriptor opened at the end would miss those that happened earlier).
-    let dir_fd = fs::File::open(dir).map_err(local)?;
-    let busy = fs::read_dir(dir)
-        .map_err(local)?
-        .filter_map(|e| e.ok())
-        .any(|e| e.file_name() != IN_PROGRESS);
-    if busy && !opts.force {
-        return Err(BackupError::Refused(format!(
-            "{} is not empty: restore into an empty directory, or add --force to overwrite files in it",
-            dir.display()
-        )));
-    }
-    write_synced(
-        dir,
-        IN_PROGRESS,
-        format!("restoring backup {id}\n").as_bytes(),
-    )
-    .map_err(local)?;
+    let target = claim(&id, opts)?;
     tracing::info!(
         "restoring backup {id} ({} bytes stored, {} files) from {} into {}",
         manifest.object.size,
@@ -508,60 +550,31 @@ pub fn restore(
         repo.describe(),
         dir.display()
     );
-    let wrap = |e: crate::error::Error| -> BackupError {
-        match e {
-            crate::error::Error::Format(_)
-            | crate::error::Error::Ledger(_)
-            | crate::error::Error::Read { .. } => BackupError::BadStream {
-                id: id.clone(),
-                source: Box::new(e),
-            },
-            other => BackupError::Restore {
-                id: id.clone(),
-                dir: dir.clone(),
-                source: Box::new(other),
-            },
-        }
-    };
-    let target = TargetDir::open(dir).map_err(wrap)?;
+    let wrap = |e| restore_error(&id, dir, e);
+    let extract_dir = TargetDir::open(dir).map_err(wrap)?;
     let wopts = WriterOptions {
         threads: opts.writers.max(1),
         force: opts.force,
         direct: !opts.buffered,
-        reserved: [IN_PROGRESS.to_string(), format!("{IN_PROGRESS}.tmp")]
-            .into_iter()
-            .map(Bytes::from)
-            .collect(),
+        reserved: target.reserved(),
         ..WriterOptions::default()
     };
-    let mut writer = DirWriter::new(&target, &wopts).map_err(wrap)?;
-    let totals = read_through(
+    let mut writer = DirWriter::new(&extract_dir, &wopts).map_err(wrap)?;
+    let job = ReadJob {
         repo,
-        &id,
-        &manifest,
-        &opts.read,
-        &mut writer,
+        id: &id,
+        manifest: &manifest,
+        opts: &opts.read,
         progress,
         shutdown,
-        &wrap,
-    )?;
+    };
+    let totals = read_through(&job, &mut writer, &wrap)?;
     drop(writer);
-    // Every restored byte on disk before the marker goes: one syncfs flushes the filesystem.
-    rustix::fs::syncfs(&dir_fd).map_err(|e| local(e.into()))?;
-    fs::remove_file(dir.join(IN_PROGRESS)).map_err(local)?;
-    dir_fd.sync_all().map_err(local)?;
+    // Every restored byte on disk before the marker goes: `finish` syncs the filesystem first.
+    target.finish(None).map_err(|e| target_error(&id, dir, e))?;
     Ok(Checked {
         id,
         manifest,
         totals,
     })
-}
-
-fn write_synced(dir: &std::path::Path, name: &str, data: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(name))?;
-    fs::File::open(dir)?.sync_all()
 }

@@ -21,7 +21,9 @@
 //!   [`pump::Forward`] consumer unchanged. The pump stops the source at the first defect, error
 //!   or signal, and reports the producer's exit status at the end.
 //!
-//! `stdio.rs` opens standard input and output as plain files for both.
+//! `stdio.rs` opens standard input and output as plain files for both. `target.rs` guards the
+//! target directory of `receive` and `restore`: claimed before the first write, marked in
+//! progress, synced, and marked complete only at the end.
 //!
 //! (*) A network peer (`clone::receive`) and a repository object (`store::restore`) are
 //! sources too, but they are implemented where their protocol lives: to this layer they are
@@ -38,3 +40,4 @@ pub mod reader;
 pub mod sink;
 pub mod source;
 pub mod stdio;
+pub mod target;

@@ -12,6 +12,7 @@ mod clone;
 mod extract_behaviour;
 mod hostile;
 mod mariadb_backup;
+mod receive_target_untouched;
 mod reference;
 mod store_conformance;
 mod store_faults;

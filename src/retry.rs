@@ -1,4 +1,9 @@
-//! Retries with exponential backoff and full jitter, bounded by a total time.
+//! Retries bounded by a total time: the schedule of waits between attempts (exponential,
+//! capped, jittered) and the loop that runs a request under it.
+//!
+//! Used by the object store's requests and by `receive`'s connection to its donor, which is why
+//! it lives here and not in either: `clone/` and `store/` never depend on each other. It must
+//! never know what is being retried; callers say what is transient and what to log.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,18 +33,53 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How the wait between attempts grows: from `base`, doubling with each retry up to `cap`,
+/// jittered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub base: Duration,
+    pub cap: Duration,
+    pub jitter: Jitter,
+}
+
+/// How a [`Schedule`] spreads its waits, so that clients failing together do not come back in
+/// step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    /// Uniform in `[0, ceiling]` ("full jitter").
+    Full,
+    /// The ceiling plus up to this much (less than it).
+    Added(Duration),
+}
+
+impl Schedule {
+    /// The wait before retry `attempt` (1 = first retry), from a random `u64`. The ceiling is
+    /// `min(cap, base·2^(attempt-1))`.
+    pub fn delay(&self, attempt: u32, random: u64) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(
+                1u32.checked_shl(attempt.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
+            .min(self.cap);
+        let below = |ms: u64| if ms == 0 { 0 } else { random % ms };
+        match self.jitter {
+            Jitter::Full => Duration::from_millis(below(ceiling.as_millis() as u64 + 1)),
+            Jitter::Added(max) => ceiling + Duration::from_millis(below(max.as_millis() as u64)),
+        }
+    }
+}
+
 /// Backoff before retry `attempt` (1 = first retry): uniform in `[0, min(cap, base·2^(attempt-1))]`
 /// ("full jitter"), from a random `u64`.
 pub fn backoff(policy: &RetryPolicy, attempt: u32, random: u64) -> Duration {
-    let ceiling = policy
-        .base
-        .saturating_mul(
-            1u32.checked_shl(attempt.saturating_sub(1))
-                .unwrap_or(u32::MAX),
-        )
-        .min(policy.cap);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(if ms == 0 { 0 } else { random % (ms + 1) })
+    Schedule {
+        base: policy.base,
+        cap: policy.cap,
+        jitter: Jitter::Full,
+    }
+    .delay(attempt, random)
 }
 
 /// What one attempt's failure means.
@@ -103,7 +143,9 @@ pub fn run<T, E: std::fmt::Display>(
     }
 }
 
-fn random_u64() -> u64 {
+/// A random `u64` for jitter; zero if the system has no randomness to give (the waits are then
+/// only less spread).
+pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
     u64::from_le_bytes(b)
@@ -129,6 +171,20 @@ mod tests {
         assert!(backoff(&p, 3, 12345) <= Duration::from_millis(400));
         assert!(backoff(&p, 40, 12345) <= Duration::from_secs(2));
         assert_eq!(backoff(&p, 5, 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn added_jitter_lies_above_the_ceiling() {
+        let s = Schedule {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(15),
+            jitter: Jitter::Added(Duration::from_millis(500)),
+        };
+        assert_eq!(s.delay(1, 0), Duration::from_millis(500));
+        assert_eq!(s.delay(2, 499), Duration::from_millis(1499));
+        assert_eq!(s.delay(3, 500), Duration::from_millis(2000));
+        assert_eq!(s.delay(10, 0), Duration::from_secs(15));
+        assert!(s.delay(40, u64::MAX) < Duration::from_millis(15_500));
     }
 
     #[test]
