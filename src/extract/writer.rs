@@ -20,7 +20,7 @@ use super::dir::{OpenMode, Resolver, TargetDir};
 use super::direct::DirectWrites;
 use super::innodb;
 use crate::error::{Error, Result};
-use crate::format::{Chunk, ChunkBody, Ledger, LedgerEvent};
+use crate::format::{Chunk, ChunkBody, Ledger, LedgerEvent, SparseEntry};
 use crate::stream::sink::ChunkSink;
 use crate::workers::{ByteBudget, FirstError};
 
@@ -395,6 +395,92 @@ struct OpenFile {
     logical_end: u64,
 }
 
+impl OpenFile {
+    /// Write a payload at `offset`; the first one decides whether the file is a
+    /// page-compressed tablespace whose pages' trailing zeros are left as holes.
+    fn write_payload(
+        &mut self,
+        direct: &mut DirectWrites,
+        sync: bool,
+        path: &[u8],
+        offset: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        if !self.checked_pages {
+            self.checked_pages = true;
+            self.pages = innodb::page_compressed(path, data);
+        }
+        let end = offset + data.len() as u64;
+        if let Some(f) = &self.file {
+            match self.pages {
+                None => direct.write_at(f, &mut self.direct, data, offset)?,
+                Some(page) => {
+                    let written_end = write_with_holes(
+                        direct,
+                        f,
+                        &mut self.direct,
+                        data,
+                        offset,
+                        page,
+                        self.written_end,
+                    )?;
+                    self.written_end = self.written_end.max(written_end);
+                }
+            }
+            if sync {
+                start_writeback(f, offset, data.len() as u64);
+            }
+        }
+        if self.pages.is_none() {
+            self.written_end = self.written_end.max(end);
+        }
+        self.logical_end = self.logical_end.max(end);
+        Ok(())
+    }
+
+    /// Write the data runs of a sparse chunk starting at `offset`, leaving its holes.
+    fn write_sparse(
+        &mut self,
+        direct: &mut DirectWrites,
+        offset: u64,
+        map: &[SparseEntry],
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let mut pos = offset;
+        let mut at_data = 0usize;
+        for e in map {
+            pos += e.skip as u64;
+            let len = e.len as usize;
+            if len > 0 {
+                if let Some(f) = &self.file {
+                    direct.write_at(f, &mut self.direct, &data[at_data..at_data + len], pos)?;
+                }
+                self.written_end = self.written_end.max(pos + len as u64);
+            }
+            at_data += len;
+            pos += len as u64;
+        }
+        self.logical_end = self.logical_end.max(pos);
+        Ok(())
+    }
+
+    /// The file's last chunk: give it its full length and, with `sync`, flush it. The error
+    /// comes with the operation that failed.
+    fn end(mut self, sync: bool) -> std::result::Result<(), (&'static str, std::io::Error)> {
+        let Some(f) = self.file.take() else {
+            return Ok(());
+        };
+        if self.logical_end > self.written_end {
+            // A trailing hole: extend the file without writing.
+            f.set_len(self.logical_end).map_err(|e| ("extend", e))?;
+        }
+        if sync {
+            f.sync_all().map_err(|e| ("fsync", e))?;
+        }
+        Ok(())
+    }
+}
+
 struct Worker {
     resolver: Resolver,
     files: HashMap<Bytes, OpenFile>,
@@ -428,6 +514,8 @@ impl Worker {
         self.resolver
     }
 
+    /// Apply one chunk of a file: open (or create) the file as the ledger says, then write
+    /// its data or end it.
     fn write(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<()> {
         let LedgerEvent::File {
             created, truncate, ..
@@ -435,133 +523,97 @@ impl Worker {
         else {
             return Ok(());
         };
-        let at = chunk.stream_offset;
         if created {
-            let mode = if truncate || self.force {
-                OpenMode::CreateOrTruncate
-            } else {
-                OpenMode::CreateNew
-            };
-            // A REWRITE of a file this thread still tracks replaces it.
-            if let Some(old) = self.files.remove(&chunk.path) {
-                if old.file.is_some() {
-                    self.open_fds -= 1;
-                }
-            }
-            self.make_room();
-            let file = self.resolver.open_file(&chunk.path, mode, at)?;
-            self.open_fds += 1;
-            self.files.insert(
-                chunk.path.clone(),
-                OpenFile {
-                    file: Some(file),
-                    direct: false,
-                    pages: None,
-                    checked_pages: !self.punch_holes,
-                    written_end: 0,
-                    logical_end: 0,
-                },
-            );
+            self.create(&chunk, truncate)?;
         }
         let needs_fd = matches!(
             chunk.body,
             ChunkBody::Payload { .. } | ChunkBody::Sparse { .. } | ChunkBody::Eof
         );
-        if needs_fd
-            && self
-                .files
-                .get(&chunk.path)
-                .is_some_and(|f| f.file.is_none())
-        {
-            self.make_room();
-            let file = self.resolver.open_file(&chunk.path, OpenMode::Reopen, at)?;
-            self.open_fds += 1;
-            if let Some(f) = self.files.get_mut(&chunk.path) {
-                f.file = Some(file);
-                f.direct = false;
-            }
+        if needs_fd {
+            self.reopen(&chunk)?;
         }
-        let Some(entry) = self.files.get_mut(&chunk.path) else {
-            // Seek chunks of an unknown file cannot happen: the ledger creates it first.
-            return Ok(());
-        };
         let werr = |op, e| Error::Target {
             op,
             path: chunk.display_path(),
             dir: self.resolver.display().to_path_buf(),
-            offset: at,
+            offset: chunk.stream_offset,
             source: e,
         };
+        let Some(entry) = self.files.get_mut(&chunk.path) else {
+            // Seek chunks of an unknown file cannot happen: the ledger creates it first.
+            return Ok(());
+        };
         match &chunk.body {
-            ChunkBody::Payload { offset, data } => {
-                if !entry.checked_pages {
-                    entry.checked_pages = true;
-                    entry.pages = innodb::page_compressed(&chunk.path, data);
-                }
-                let end = offset + data.len() as u64;
-                if let Some(f) = &entry.file {
-                    match entry.pages {
-                        None => self
-                            .direct
-                            .write_at(f, &mut entry.direct, data, *offset)
-                            .map_err(|e| werr("write", e))?,
-                        Some(page) => {
-                            let written_end = write_with_holes(
-                                &mut self.direct,
-                                f,
-                                &mut entry.direct,
-                                data,
-                                *offset,
-                                page,
-                                entry.written_end,
-                            )
-                            .map_err(|e| werr("write", e))?;
-                            entry.written_end = entry.written_end.max(written_end);
-                        }
-                    }
-                    if self.sync {
-                        start_writeback(f, *offset, data.len() as u64);
-                    }
-                }
-                if entry.pages.is_none() {
-                    entry.written_end = entry.written_end.max(end);
-                }
-                entry.logical_end = entry.logical_end.max(end);
-            }
-            ChunkBody::Sparse { offset, map, data } => {
-                let mut pos = *offset;
-                let mut at_data = 0usize;
-                for e in map {
-                    pos += e.skip as u64;
-                    let len = e.len as usize;
-                    if len > 0 {
-                        if let Some(f) = &entry.file {
-                            self.direct
-                                .write_at(f, &mut entry.direct, &data[at_data..at_data + len], pos)
-                                .map_err(|e| werr("write", e))?;
-                        }
-                        entry.written_end = entry.written_end.max(pos + len as u64);
-                    }
-                    at_data += len;
-                    pos += len as u64;
-                }
-                entry.logical_end = entry.logical_end.max(pos);
-            }
+            ChunkBody::Payload { offset, data } => entry
+                .write_payload(&mut self.direct, self.sync, &chunk.path, *offset, data)
+                .map_err(|e| werr("write", e)),
+            ChunkBody::Sparse { offset, map, data } => entry
+                .write_sparse(&mut self.direct, *offset, map, data)
+                .map_err(|e| werr("write", e)),
             ChunkBody::Eof => {
-                if let Some(mut e) = self.files.remove(&chunk.path) {
-                    if let Some(f) = e.file.take() {
-                        self.open_fds -= 1;
-                        if e.logical_end > e.written_end {
-                            // A trailing hole: extend the file without writing.
-                            f.set_len(e.logical_end).map_err(|e| werr("extend", e))?;
-                        }
-                        if self.sync {
-                            f.sync_all().map_err(|e| werr("fsync", e))?;
-                        }
-                    }
+                let Some(e) = self.files.remove(&chunk.path) else {
+                    return Ok(());
+                };
+                if e.file.is_some() {
+                    self.open_fds -= 1;
                 }
+                e.end(self.sync).map_err(|(op, e)| werr(op, e))
             }
-            _ => {}
+            _ => Ok(()),
+        }
+    }
+
+    /// The chunk's file is new to the stream (or rewritten): create it, replacing whatever
+    /// this thread still tracks under its name.
+    fn create(&mut self, chunk: &Chunk, truncate: bool) -> Result<()> {
+        let mode = if truncate || self.force {
+            OpenMode::CreateOrTruncate
+        } else {
+            OpenMode::CreateNew
+        };
+        // A REWRITE of a file this thread still tracks replaces it.
+        if let Some(old) = self.files.remove(&chunk.path) {
+            if old.file.is_some() {
+                self.open_fds -= 1;
+            }
+        }
+        self.make_room();
+        let file = self
+            .resolver
+            .open_file(&chunk.path, mode, chunk.stream_offset)?;
+        self.open_fds += 1;
+        self.files.insert(
+            chunk.path.clone(),
+            OpenFile {
+                file: Some(file),
+                direct: false,
+                pages: None,
+                checked_pages: !self.punch_holes,
+                written_end: 0,
+                logical_end: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Open again a file whose descriptor was closed to make room for others'.
+    fn reopen(&mut self, chunk: &Chunk) -> Result<()> {
+        let closed = self
+            .files
+            .get(&chunk.path)
+            .is_some_and(|f| f.file.is_none());
+        if !closed {
+            return Ok(());
+        }
+        self.make_room();
+        let file = self
+            .resolver
+            .open_file(&chunk.path, OpenMode::Reopen, chunk.stream_offset)?;
+        self.open_fds += 1;
+        if let Some(f) = self.files.get_mut(&chunk.path) {
+            f.file = Some(file);
+            f.direct = false;
         }
         Ok(())
     }
