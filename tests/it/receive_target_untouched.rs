@@ -12,11 +12,12 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{free_port, s, XBAGENT};
+use crate::support::cli::{run_timed, Out};
+use crate::support::proc::Proc;
+use crate::support::{free_port, s, xb};
 const PARTIAL: &str = ".xbagent-clone-in-progress";
 /// Exit status of `receive` for the peer or the network.
 const EXIT_PEER: i32 = 4;
@@ -88,54 +89,26 @@ fn targets(root: &Path, case: &str) -> Vec<PathBuf> {
     vec![empty, partial, root.join(format!("{case}-missing"))]
 }
 
-/// `serve --dir` with a token file, killed when dropped.
-struct Donor {
-    child: Child,
-    port: u16,
-}
-
-impl Donor {
-    fn start(root: &Path, token: &Path) -> Donor {
-        let src = root.join("src");
-        fs::create_dir_all(src.join("db")).unwrap();
-        fs::write(src.join("ibdata1"), vec![1u8; 300_000]).unwrap();
-        fs::write(src.join("db/t.ibd"), vec![2u8; 50_000]).unwrap();
-        let port = free_port();
-        let log = root.join("serve.log");
-        let child = Command::new(XBAGENT)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--dir", s(&src), "--token-file", s(token)])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("cannot start xbagent serve");
-        let mut donor = Donor { child, port };
-        let start = Instant::now();
-        while !fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("listening on")
-        {
-            if let Ok(Some(st)) = donor.child.try_wait() {
-                panic!(
-                    "serve exited with {st}: {}",
-                    fs::read_to_string(&log).unwrap()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "serve never listened"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        donor
-    }
-}
-
-impl Drop for Donor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `serve --dir` with a token file on a free port, killed when dropped.
+fn donor(root: &Path, token: &Path) -> (Proc, u16) {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("db")).unwrap();
+    fs::write(src.join("ibdata1"), vec![1u8; 300_000]).unwrap();
+    fs::write(src.join("db/t.ibd"), vec![2u8; 50_000]).unwrap();
+    let port = free_port();
+    let mut serve = Proc::spawn(
+        "serve",
+        xb(&["serve", "--listen", &format!("127.0.0.1:{port}")]).args([
+            "--dir",
+            s(&src),
+            "--token-file",
+            s(token),
+        ]),
+        root.join("serve.log"),
+        true,
+    );
+    serve.wait_log("listening on", Duration::from_secs(20));
+    (serve, port)
 }
 
 /// A listener that answers every connection with `reply` and closes it: something else
@@ -155,35 +128,18 @@ fn impostor(reply: &'static [u8]) -> u16 {
     port
 }
 
-/// Run `receive` into `dir` to its end (at most a minute) and return its exit code and log.
-fn receive(from: &str, dir: &Path, token: &Path) -> (Option<i32>, String) {
-    let mut child = Command::new(XBAGENT)
-        .args(["receive", "--from", from, "-C", s(dir)])
-        .args(["--token-file", s(token), "--retry-for", "2s"])
-        .args(["--stall-timeout", "10s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start xbagent receive");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let reader = thread::spawn(move || {
-        let mut log = String::new();
-        let _ = err.read_to_string(&mut log);
-        log
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for receive") {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("receive did not end within a minute");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    (status.code(), reader.join().unwrap_or_default())
+/// Run `receive` into `dir` to its end (at most a minute).
+fn receive(from: &str, dir: &Path, token: &Path) -> Out {
+    let mut cmd = xb(&["receive", "--from", from, "-C", s(dir)]);
+    cmd.args([
+        "--token-file",
+        s(token),
+        "--retry-for",
+        "2s",
+        "--stall-timeout",
+        "10s",
+    ]);
+    run_timed(cmd, None, Duration::from_secs(60))
 }
 
 /// Receive from `from` into every target of `case`; each must fail with exit 4 and leave its
@@ -193,20 +149,13 @@ fn assert_untouched(root: &Path, case: &str, from: &str, token: &Path, words: &s
         let before = listing(&dir);
         // A write a moment from now would have a later mtime, even on a coarse clock.
         thread::sleep(Duration::from_millis(20));
-        let (code, log) = receive(from, &dir, token);
-        assert_eq!(
-            code,
-            Some(EXIT_PEER),
-            "{case}: receive into {dir:?} should exit {EXIT_PEER}; its log:\n{log}"
-        );
-        assert!(
-            log.to_lowercase().contains(words),
-            "{case}: the message should say '{words}':\n{log}"
-        );
+        let out = receive(from, &dir, token);
+        out.code(EXIT_PEER).says(words);
         assert_eq!(
             listing(&dir),
             before,
-            "{case}: receive changed {dir:?}; its log:\n{log}"
+            "{case}: receive changed {dir:?}: {}",
+            out.describe()
         );
     }
 }
@@ -227,8 +176,8 @@ fn tmp(tag: &str) -> tempfile::TempDir {
 fn a_wrong_token_leaves_the_target_as_it_was() {
     let t = tmp("wrong");
     let (good, wrong) = tokens(t.path());
-    let donor = Donor::start(t.path(), &good);
-    let from = format!("127.0.0.1:{}", donor.port);
+    let (_donor, port) = donor(t.path(), &good);
+    let from = format!("127.0.0.1:{port}");
     assert_untouched(t.path(), "wrong-token", &from, &wrong, "authentication");
 }
 
