@@ -6,9 +6,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::error::{Error, Result};
 use crate::format::{DecodeOptions, FileRecord, FileState, Ledger, LedgerEvent};
 use crate::progress::Progress;
+use crate::stream::error::StreamError;
 use crate::stream::reader::ChunkReader;
 use crate::stream::sink::StreamTotals;
 
@@ -16,7 +16,7 @@ use crate::stream::sink::StreamTotals;
 pub struct Scan {
     pub ledger: Ledger,
     pub totals: StreamTotals,
-    pub defect: Option<Error>,
+    pub defect: Option<StreamError>,
 }
 
 /// Read the whole stream, checking every CRC, every offset and completeness. Stops at the
@@ -41,7 +41,7 @@ pub fn scan<R: Read>(input: R, what: &str, opts: DecodeOptions, progress: &Progr
                     Err(e) => break Some(e.into()),
                 }
             }
-            Ok(None) => break ledger.finish().err().map(Error::from),
+            Ok(None) => break ledger.finish().err().map(StreamError::from),
             Err(e) => break Some(e),
         }
     };
@@ -55,7 +55,11 @@ pub fn scan<R: Read>(input: R, what: &str, opts: DecodeOptions, progress: &Progr
 }
 
 /// Scan a file, or standard input for `None` / `-`.
-pub fn scan_path(input: Option<&Path>, opts: DecodeOptions, progress: &Progress) -> Result<Scan> {
+pub fn scan_path(
+    input: Option<&Path>,
+    opts: DecodeOptions,
+    progress: &Progress,
+) -> Result<Scan, StreamError> {
     let (f, what) = crate::stream::stdio::open_input(input)?;
     Ok(scan(f, &what, opts, progress))
 }

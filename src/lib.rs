@@ -9,7 +9,6 @@
 
 pub mod clone;
 pub mod create;
-pub mod error;
 pub mod extract;
 pub mod format;
 pub mod inspect;
@@ -18,5 +17,3 @@ pub mod retry;
 pub mod store;
 pub mod stream;
 pub mod workers;
-
-pub use error::{Error, Result};

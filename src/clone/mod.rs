@@ -64,4 +64,13 @@ pub enum CloneError {
         #[source]
         source: std::io::Error,
     },
+    /// DIR holds something that is not a clone of ours: never deleted.
+    #[error("{} is not empty and holds no xbagent clone (no {PARTIAL_MARKER}); refusing to delete its contents — empty it yourself if it is really disposable", dir.display())]
+    NotOurs { dir: std::path::PathBuf },
+    /// DIR holds a partial clone and the operator asked to keep it.
+    #[error("{} holds a partial clone and --keep-partial was given; not starting over", dir.display())]
+    KeepPartial { dir: std::path::PathBuf },
+    /// The target directory or the extraction into it failed, or the stream was defective.
+    #[error(transparent)]
+    Extract(#[from] crate::extract::ExtractError),
 }

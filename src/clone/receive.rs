@@ -14,7 +14,7 @@
 //! 6. Check the trailer: producer exit status 0, digest, byte, file and chunk counts.
 //! 7. Only then write the completion marker (and fsync it).
 //!
-//! DIR's markers and their durability are [`crate::stream::target`]'s; this module decides
+//! DIR's markers and their durability are [`crate::extract::target`]'s; this module decides
 //! what DIR may hold and says so in clone terms.
 
 use std::io::{self, Read, Write};
@@ -29,13 +29,16 @@ use rustls::ClientConfig;
 use super::protocol::{self, FrameType, Trailer, FLAG_NO_AUTH, NONCE_LEN};
 use super::transport::{read_frame, read_header, read_payload, write_frame, Conn, FrameError};
 use super::{CloneError, COMPLETE_MARKER, PARTIAL_MARKER};
-use crate::error::{Error, Result};
+use crate::extract::ExtractError;
+use crate::stream::error::StreamError;
+
+type Result<T, E = CloneError> = std::result::Result<T, E>;
+use crate::extract::target::{self, Found, Markers, Target};
 use crate::extract::{extract_reader, ExtractOptions, WriterOptions};
 use crate::format::DecodeOptions;
 use crate::progress::Progress;
 use crate::retry::{self, Jitter, Schedule};
 use crate::stream::sink::StreamTotals;
-use crate::stream::target::{self, Found, Markers, Target};
 
 /// The clone's markers in DIR.
 const MARKERS: Markers = Markers {
@@ -81,10 +84,6 @@ pub enum Received {
     RawUnproven { files: u64, bytes: u64 },
 }
 
-fn refused(msg: String) -> Error {
-    Error::Refused(msg)
-}
-
 /// What to do with DIR, decided from what it holds.
 enum Plan {
     AlreadyComplete,
@@ -103,16 +102,10 @@ fn plan(opts: &ReceiveOptions, found: &Found) -> Result<Plan> {
         return Ok(Plan::Fresh);
     }
     if !found.in_progress {
-        return Err(refused(format!(
-            "{} is not empty and holds no xbagent clone (no {PARTIAL_MARKER}); refusing to delete its contents — empty it yourself if it is really disposable",
-            dir.display()
-        )));
+        return Err(CloneError::NotOurs { dir: dir.clone() });
     }
     if opts.keep_partial {
-        return Err(refused(format!(
-            "{} holds a partial clone and --keep-partial was given; not starting over",
-            dir.display()
-        )));
+        return Err(CloneError::KeepPartial { dir: dir.clone() });
     }
     Ok(Plan::ClearPartial)
 }
@@ -149,7 +142,7 @@ fn connect_once(from: &str) -> io::Result<TcpStream> {
 }
 
 /// Connect, retrying until the deadline: the donor's pod (and its DNS record) may appear late.
-fn connect(opts: &ReceiveOptions) -> std::result::Result<TcpStream, CloneError> {
+fn connect(opts: &ReceiveOptions) -> Result<TcpStream> {
     let start = Instant::now();
     let mut attempt = 0;
     loop {
@@ -183,7 +176,7 @@ fn round(d: Duration) -> Duration {
 }
 
 /// Steps 2 and 3: a connection to a donor that proved it knows the token (or a raw one).
-fn reach_donor(opts: &ReceiveOptions) -> std::result::Result<Conn, CloneError> {
+fn reach_donor(opts: &ReceiveOptions) -> Result<Conn> {
     let peer = &opts.from;
     let ioerr = |e: io::Error| CloneError::Io {
         peer: peer.clone(),
@@ -278,20 +271,16 @@ fn extract(
     // real cause.
     match res {
         Ok((_, totals)) => Ok((reader, totals)),
-        Err(e @ Error::Read { .. }) => {
+        Err(e @ ExtractError::Stream(StreamError::Read { .. })) => {
             let cause = failure.lock().ok().and_then(|mut f| f.take());
-            Err(cause.map(Error::Clone).unwrap_or(e))
+            Err(cause.unwrap_or(CloneError::Extract(e)))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Step 6: the donor's trailer must report success and match what arrived.
-fn check_trailer(
-    mut reader: FrameReader,
-    totals: &StreamTotals,
-    peer: &str,
-) -> std::result::Result<Trailer, CloneError> {
+fn check_trailer(mut reader: FrameReader, totals: &StreamTotals, peer: &str) -> Result<Trailer> {
     let Some(trailer) = reader.trailer.take() else {
         return Err(CloneError::Cut { peer: peer.into() });
     };
@@ -378,7 +367,7 @@ impl Peer<'_> {
 }
 
 /// Step 3: HELLO, the donor's CHALLENGE (its proof checked), our PROOF, then wait for START.
-fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> std::result::Result<(), CloneError> {
+fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> Result<()> {
     let peer = Peer(&opts.from);
     let mut nonce = [0u8; NONCE_LEN];
     rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty())
@@ -415,7 +404,7 @@ fn answer(
     nonce: &[u8; NONCE_LEN],
     c: &protocol::Challenge,
     peer: &Peer,
-) -> std::result::Result<[u8; 32], CloneError> {
+) -> Result<[u8; 32]> {
     if c.flags & FLAG_NO_AUTH != 0 {
         if key.is_some() {
             let msg = "the donor does not authenticate (serve --insecure) but a token was given; refusing";
@@ -445,7 +434,7 @@ fn answer(
 }
 
 /// Wait while the donor is busy (QUEUED, heartbeats) until it sends START.
-fn wait_for_start(conn: &mut Conn, peer: &Peer) -> std::result::Result<(), CloneError> {
+fn wait_for_start(conn: &mut Conn, peer: &Peer) -> Result<()> {
     let mut buf = Vec::new();
     loop {
         let ty = read_frame(conn, &mut buf).map_err(|e| peer.frame(e))?;

@@ -21,7 +21,7 @@ use rustls::ServerConfig;
 use super::protocol::{self, Challenge, FrameType, Trailer, FLAG_NO_AUTH, NONCE_LEN};
 use super::transport::{read_frame, write_frame, Conn, FrameError};
 use super::CloneError;
-use crate::error::Result;
+type Result<T, E = CloneError> = std::result::Result<T, E>;
 use crate::format::DecodeOptions;
 use crate::stream::check::StreamChecker;
 use crate::stream::pump::{pump, CheckedPiece, Forward, PumpError, PumpSettings};
@@ -167,8 +167,45 @@ fn handle(
     }
 }
 
-fn io_err(e: std::io::Error) -> String {
-    e.to_string()
+/// Why one connection's session ended without a clone. Sent to the peer (an ERROR frame)
+/// where it still listens, and logged; it never stops the donor.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Socket(#[source] std::io::Error),
+    #[error("{0}")]
+    Tls(#[source] rustls::Error),
+    #[error("handshake: {0}")]
+    Handshake(#[source] FrameError),
+    #[error("handshake: {0}")]
+    HandshakeSend(#[source] std::io::Error),
+    #[error("handshake: expected {expected}, got {got:?}")]
+    Unexpected {
+        expected: &'static str,
+        got: FrameType,
+    },
+    #[error("{0}")]
+    Hello(#[source] protocol::ProtocolError),
+    #[error("no randomness: {0}")]
+    Randomness(#[source] rustix::io::Errno),
+    #[error("peer refused: {0}")]
+    PeerRefused(String),
+    #[error("authentication failed: wrong token")]
+    WrongToken,
+    #[error("shutting down before the clone started")]
+    ShuttingDown,
+    #[error("peer left while waiting: {0}")]
+    LeftWhileQueued(#[source] std::io::Error),
+    #[error("{0}")]
+    SourceStart(#[source] crate::stream::source::SourceError),
+    #[error("donor is shutting down (SIGTERM)")]
+    Interrupted,
+    #[error("reading the source failed: {0}")]
+    SourceRead(#[source] std::io::Error),
+    #[error("the source's stream is defective: {0}")]
+    Defective(#[source] crate::stream::error::StreamError),
+    #[error("receiver went away: {0}")]
+    ReceiverGone(#[source] std::io::Error),
 }
 
 fn session(
@@ -176,12 +213,12 @@ fn session(
     opts: &ServeOptions,
     slots: &Slots,
     shutdown: &AtomicBool,
-) -> std::result::Result<Trailer, String> {
+) -> std::result::Result<Trailer, SessionError> {
     let mut conn = open_conn(sock, opts)?;
     let mut buf = Vec::new();
     if !opts.raw {
         if let Err(e) = handshake(&mut conn, opts, &mut buf) {
-            let _ = write_frame(&mut conn, FrameType::Error, e.as_bytes());
+            let _ = write_frame(&mut conn, FrameType::Error, e.to_string().as_bytes());
             conn.finish();
             return Err(e);
         }
@@ -195,15 +232,15 @@ fn session(
 }
 
 /// The connection with its timeouts set, wrapped in TLS if configured.
-fn open_conn(sock: TcpStream, opts: &ServeOptions) -> std::result::Result<Conn, String> {
+fn open_conn(sock: TcpStream, opts: &ServeOptions) -> std::result::Result<Conn, SessionError> {
     let _ = sock.set_nonblocking(false);
     sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(io_err)?;
+        .map_err(SessionError::Socket)?;
     sock.set_write_timeout(Some(Duration::from_secs(300)))
-        .map_err(io_err)?;
+        .map_err(SessionError::Socket)?;
     Ok(match &opts.tls {
         Some(cfg) => {
-            let tls = rustls::ServerConnection::new(cfg.clone()).map_err(|e| e.to_string())?;
+            let tls = rustls::ServerConnection::new(cfg.clone()).map_err(SessionError::Tls)?;
             Conn::TlsServer(Box::new(rustls::StreamOwned::new(tls, sock)))
         }
         None => Conn::Plain(sock),
@@ -216,11 +253,11 @@ fn wait_for_slot(
     opts: &ServeOptions,
     slots: &Slots,
     shutdown: &AtomicBool,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), SessionError> {
     loop {
         if shutdown.load(Ordering::SeqCst) {
             let _ = send_error(conn, opts, "donor is shutting down");
-            return Err("shutting down before the clone started".into());
+            return Err(SessionError::ShuttingDown);
         }
         match slots.try_take(QUEUE_NOTICE) {
             Ok(()) => return Ok(()),
@@ -233,7 +270,7 @@ fn wait_for_slot(
                 if !opts.raw {
                     write_frame(conn, FrameType::Queued, msg.as_bytes())
                         .and_then(|()| conn.flush())
-                        .map_err(|e| format!("peer left while waiting: {e}"))?;
+                        .map_err(SessionError::LeftWhileQueued)?;
                 }
             }
         }
@@ -252,20 +289,18 @@ fn handshake(
     conn: &mut Conn,
     opts: &ServeOptions,
     buf: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    let frame = |r: std::result::Result<FrameType, FrameError>| match r {
-        Ok(t) => Ok(t),
-        Err(FrameError::Io(e)) => Err(format!("handshake: {e}")),
-        Err(FrameError::Protocol(e)) => Err(format!("handshake: {e}")),
-    };
-    let ty = frame(read_frame(conn, buf))?;
+) -> std::result::Result<(), SessionError> {
+    let ty = read_frame(conn, buf).map_err(SessionError::Handshake)?;
     if ty != FrameType::Hello {
-        return Err(format!("handshake: expected HELLO, got {ty:?}"));
+        return Err(SessionError::Unexpected {
+            expected: "HELLO",
+            got: ty,
+        });
     }
-    let client_nonce = protocol::parse_hello(buf).map_err(|e| e.to_string())?;
+    let client_nonce = protocol::parse_hello(buf).map_err(SessionError::Hello)?;
     let mut server_nonce = [0u8; NONCE_LEN];
     rustix::rand::getrandom(&mut server_nonce, rustix::rand::GetRandomFlags::empty())
-        .map_err(|e| format!("no randomness: {e}"))?;
+        .map_err(SessionError::Randomness)?;
     let c = match &opts.key {
         Some(k) => Challenge {
             flags: 0,
@@ -280,18 +315,23 @@ fn handshake(
     };
     write_frame(conn, FrameType::Challenge, &protocol::challenge(&c))
         .and_then(|()| conn.flush())
-        .map_err(|e| format!("handshake: {e}"))?;
-    let ty = frame(read_frame(conn, buf))?;
+        .map_err(SessionError::HandshakeSend)?;
+    let ty = read_frame(conn, buf).map_err(SessionError::Handshake)?;
     if ty == FrameType::Error {
-        return Err(format!("peer refused: {}", String::from_utf8_lossy(buf)));
+        return Err(SessionError::PeerRefused(
+            String::from_utf8_lossy(buf).into_owned(),
+        ));
     }
     if ty != FrameType::Proof {
-        return Err(format!("handshake: expected PROOF, got {ty:?}"));
+        return Err(SessionError::Unexpected {
+            expected: "PROOF",
+            got: ty,
+        });
     }
     if let Some(k) = &opts.key {
         let want = protocol::client_proof(k, &client_nonce, &server_nonce);
         if !protocol::proof_matches(&want, buf) {
-            return Err("authentication failed: wrong token".into());
+            return Err(SessionError::WrongToken);
         }
     }
     Ok(())
@@ -305,10 +345,10 @@ fn stream(
     conn: &mut Conn,
     opts: &ServeOptions,
     shutdown: &AtomicBool,
-) -> std::result::Result<Trailer, String> {
+) -> std::result::Result<Trailer, SessionError> {
     let result = send_stream(conn, opts, shutdown);
     if let Err(e) = &result {
-        let _ = send_error(conn, opts, e);
+        let _ = send_error(conn, opts, &e.to_string());
     }
     result
 }
@@ -317,7 +357,7 @@ fn send_stream(
     conn: &mut Conn,
     opts: &ServeOptions,
     shutdown: &AtomicBool,
-) -> std::result::Result<Trailer, String> {
+) -> std::result::Result<Trailer, SessionError> {
     let settings = PumpSettings {
         parallel: opts.parallel,
         headroom: HDR,
@@ -333,10 +373,11 @@ fn send_stream(
     };
     let pumped =
         pump(&opts.source, &settings, checker, &mut to_peer, shutdown).map_err(|e| match e {
-            PumpError::Start(e) | PumpError::Forward(e) => e,
-            PumpError::Interrupted => "donor is shutting down (SIGTERM)".into(),
-            PumpError::Read(e) => format!("reading the source failed: {e}"),
-            PumpError::Defective(e) => format!("the source's stream is defective: {e}"),
+            PumpError::Start(e) => SessionError::SourceStart(e),
+            PumpError::Forward(e) => e,
+            PumpError::Interrupted => SessionError::Interrupted,
+            PumpError::Read(e) => SessionError::SourceRead(e),
+            PumpError::Defective(e) => SessionError::Defective(e),
         })?;
     let totals = match pumped.checked {
         Ok((t, _)) => t,
@@ -344,7 +385,7 @@ fn send_stream(
             tracing::warn!("stream incomplete after the source failed: {e}");
             Default::default()
         }
-        Err(e) => return Err(format!("the source's stream is defective: {e}")),
+        Err(e) => return Err(SessionError::Defective(e)),
     };
     let trailer = Trailer {
         exit_status: pumped.exit_status,
@@ -363,8 +404,8 @@ fn send_stream(
     Ok(trailer)
 }
 
-fn gone(e: std::io::Error) -> String {
-    format!("receiver went away: {e}")
+fn gone(e: std::io::Error) -> SessionError {
+    SessionError::ReceiverGone(e)
 }
 
 /// The pump's consumer in serve: frames each piece (or not, with `--raw`) and writes it to the
@@ -376,9 +417,9 @@ struct ToPeer<'a> {
 }
 
 impl Forward for ToPeer<'_> {
-    type Error = String;
+    type Error = SessionError;
 
-    fn started(&mut self) -> std::result::Result<(), String> {
+    fn started(&mut self) -> std::result::Result<(), SessionError> {
         if !self.raw {
             let desc = self.source.describe();
             write_frame(self.conn, FrameType::Start, desc.as_bytes())
@@ -388,7 +429,7 @@ impl Forward for ToPeer<'_> {
         Ok(())
     }
 
-    fn forward(&mut self, mut piece: CheckedPiece<'_>) -> std::result::Result<(), String> {
+    fn forward(&mut self, mut piece: CheckedPiece<'_>) -> std::result::Result<(), SessionError> {
         let n = piece.data().len();
         if self.raw {
             self.conn.write_all(piece.data()).map_err(gone)?;
@@ -401,7 +442,7 @@ impl Forward for ToPeer<'_> {
         Ok(())
     }
 
-    fn idle(&mut self, sent: u64) -> std::result::Result<(), String> {
+    fn idle(&mut self, sent: u64) -> std::result::Result<(), SessionError> {
         if !self.raw {
             write_frame(self.conn, FrameType::Heartbeat, &sent.to_le_bytes())
                 .and_then(|()| self.conn.flush())

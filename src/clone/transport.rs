@@ -68,9 +68,11 @@ impl Write for Conn {
 }
 
 /// Why a framed read failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    #[error("{0}")]
     Io(io::Error),
+    #[error("{0}")]
     Protocol(ProtocolError),
 }
 

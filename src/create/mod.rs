@@ -9,6 +9,7 @@
 //! `xtrabackup --parallel` interleaves them. With `sparse`, holes become Percona sparse
 //! chunks (which mbstream cannot read).
 
+pub mod error;
 mod walk;
 
 use std::collections::VecDeque;
@@ -19,10 +20,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::error::{Error, Result};
 use crate::format::{encode_header_into, sparse_crc, ChunkHeader, SparseEntry, CREATE_CHUNK_SIZE};
 use crate::progress::Progress;
 use crate::workers::FirstError;
+use error::{CreateError, Result};
 pub use walk::{walk, SourceFile};
 
 /// Settings of a `create` run.
@@ -121,7 +122,7 @@ fn stream_files<W: Write + Send>(
         return Err(e);
     }
     let mut o = out.into_inner().unwrap_or_else(|e| e.into_inner());
-    o.w.flush().map_err(Error::WriteStream)?;
+    o.w.flush().map_err(CreateError::WriteStream)?;
     Ok(o.totals)
 }
 
@@ -138,7 +139,7 @@ struct FileJob {
 }
 
 impl FileJob {
-    fn source_err(&self, e: std::io::Error) -> Error {
+    fn source_err(&self, e: std::io::Error) -> CreateError {
         walk::source_err(&self.fs_path, e)
     }
 }
@@ -167,7 +168,7 @@ enum ClaimKind {
         last: bool,
     },
     /// A file that could not be opened: reported at this ticket's turn.
-    Failed(Error),
+    Failed(CreateError),
 }
 
 impl Scheduler {
@@ -225,7 +226,7 @@ struct Shared<'a, W: Write> {
     turn: &'a Condvar,
     /// The first error in stream order (only the worker whose turn it is fails the run);
     /// once set, claims stop and waiting workers leave.
-    errors: FirstError<Error>,
+    errors: FirstError<CreateError>,
     chunk_size: usize,
     sparse: bool,
     progress: &'a Progress,
@@ -401,7 +402,7 @@ impl<W: Write> Output<W> {
     fn emit(&mut self, hdr: &ChunkHeader<'_>, payload: &[u8]) -> Result<()> {
         self.hdr.clear();
         encode_header_into(hdr, &mut self.hdr);
-        write_both(&mut self.w, &self.hdr, payload).map_err(Error::WriteStream)?;
+        write_both(&mut self.w, &self.hdr, payload).map_err(CreateError::WriteStream)?;
         self.totals.chunks += 1;
         self.totals.data_bytes += payload.len() as u64;
         self.totals.stream_bytes += (self.hdr.len() + payload.len()) as u64;
@@ -703,7 +704,7 @@ mod tests {
             1,
         );
         match res {
-            Err(Error::Source { path, .. }) => assert!(path.ends_with("missing"), "{path:?}"),
+            Err(CreateError::Source { path, .. }) => assert!(path.ends_with("missing"), "{path:?}"),
             other => panic!("expected a source error, got {other:?}"),
         }
         let (got, _) = decode(&out);

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::error::{Error, Result};
+use super::error::{CreateError, Result};
 use crate::format::{path as path_rules, MAX_PATH_LEN};
 
 /// One regular file to stream.
@@ -27,7 +27,7 @@ fn stream_name(arg: &Path) -> Result<Vec<u8>> {
             }
             Component::CurDir => {}
             Component::ParentDir => {
-                return Err(Error::Source {
+                return Err(CreateError::Source {
                     path: arg.to_path_buf(),
                     reason: "'..' in a path: give paths inside the -C directory".into(),
                 })
@@ -46,8 +46,8 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-pub(super) fn source_err(path: &Path, e: impl ToString) -> Error {
-    Error::Source {
+pub(super) fn source_err(path: &Path, e: impl ToString) -> CreateError {
+    CreateError::Source {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }

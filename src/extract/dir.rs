@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::error::{Error, Result};
+use super::error::{ExtractError, Result};
 use crate::format::chunk_display_path as show;
 
 /// Files are created 0640 and directories 0750 (the MySQL mysys defaults), minus the umask.
@@ -47,7 +47,7 @@ impl TargetDir {
     /// Open (creating if needed) the directory the operator named. The operator's own path
     /// may go through symlinks; only what lies below it is held to the no-follow rule.
     pub fn open(dir: &Path) -> Result<Self> {
-        let err = |source| Error::TargetDir {
+        let err = |source| ExtractError::TargetDir {
             dir: dir.to_path_buf(),
             source,
         };
@@ -174,11 +174,11 @@ impl Resolver {
         path: &[u8],
         offset: u64,
         e: Errno,
-    ) -> Error {
+    ) -> ExtractError {
         if matches!(e, Errno::LOOP | Errno::NOTDIR) {
             match rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
-                    return Error::Symlink {
+                    return ExtractError::Symlink {
                         at: show(at),
                         path: show(path),
                         dir: self.display.clone(),
@@ -186,7 +186,7 @@ impl Resolver {
                     }
                 }
                 Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
-                    return Error::NotADirectory {
+                    return ExtractError::NotADirectory {
                         at: show(at),
                         path: show(path),
                         dir: self.display.clone(),
@@ -199,8 +199,8 @@ impl Resolver {
         self.target("open directory", at, offset, e)
     }
 
-    fn target(&self, op: &'static str, path: &[u8], offset: u64, e: Errno) -> Error {
-        Error::Target {
+    fn target(&self, op: &'static str, path: &[u8], offset: u64, e: Errno) -> ExtractError {
+        ExtractError::Target {
             op,
             path: show(path),
             dir: self.display.clone(),
@@ -262,12 +262,12 @@ impl Resolver {
         path: &[u8],
         offset: u64,
         e: Errno,
-    ) -> Error {
+    ) -> ExtractError {
         let is_link = rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
             .unwrap_or(false);
         if is_link {
-            return Error::Symlink {
+            return ExtractError::Symlink {
                 at: show(path),
                 path: show(path),
                 dir: self.display.clone(),
@@ -278,14 +278,14 @@ impl Resolver {
             .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
             .unwrap_or(true);
         if e == Errno::EXIST && !is_regular {
-            return Error::NotRegular {
+            return ExtractError::NotRegular {
                 path: show(path),
                 dir: self.display.clone(),
                 offset,
             };
         }
         if e == Errno::EXIST {
-            return Error::Exists {
+            return ExtractError::Exists {
                 path: show(path),
                 dir: self.display.clone(),
                 offset,

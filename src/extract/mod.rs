@@ -10,19 +10,22 @@
 
 pub mod dir;
 mod direct;
+pub mod error;
 mod innodb;
+pub mod target;
 mod writer;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use dir::TargetDir;
+pub use error::ExtractError;
 pub use writer::{DirWriter, WriterOptions};
 
-use crate::error::Result;
 use crate::format::{DecodeOptions, Ledger};
 use crate::progress::Progress;
 use crate::stream::sink::{self, StreamTotals};
+use error::Result;
 
 /// Settings of an extraction.
 #[derive(Debug, Clone)]

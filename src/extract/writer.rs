@@ -18,8 +18,8 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::dir::{OpenMode, Resolver, TargetDir};
 use super::direct::DirectWrites;
+use super::error::{ExtractError, Result};
 use super::innodb;
-use crate::error::{Error, Result};
 use crate::format::{Chunk, ChunkBody, Ledger, LedgerEvent, SparseEntry};
 use crate::stream::sink::ChunkSink;
 use crate::workers::{ByteBudget, FirstError};
@@ -73,11 +73,11 @@ enum Job {
 struct Shared {
     /// Bytes of chunk data sent to the writers and not yet written.
     budget: ByteBudget,
-    errors: FirstError<Error>,
+    errors: FirstError<ExtractError>,
 }
 
 impl Shared {
-    fn fail(&self, e: Error) {
+    fn fail(&self, e: ExtractError) {
         self.errors.fail(e);
         // A dispatcher waiting for room must see the failure, not wait for writes that the
         // writers now skip.
@@ -131,7 +131,7 @@ impl DirWriter {
             let handle = std::thread::Builder::new()
                 .name(format!("xbagent-writer-{i}"))
                 .spawn(move || worker.run(rx, shared))
-                .map_err(|e| Error::TargetDir {
+                .map_err(|e| ExtractError::TargetDir {
                     dir: target.display.clone(),
                     source: e,
                 })?;
@@ -182,6 +182,8 @@ impl DirWriter {
 }
 
 impl ChunkSink for DirWriter {
+    type Error = ExtractError;
+
     fn chunk(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<()> {
         self.check_failed()?;
         let touches = |p: &Bytes| {
@@ -254,7 +256,7 @@ impl ChunkSink for DirWriter {
         }
         if self.sync {
             for r in resolvers.iter().chain(std::iter::once(&self.resolver)) {
-                r.sync_dirs().map_err(|e| Error::TargetDir {
+                r.sync_dirs().map_err(|e| ExtractError::TargetDir {
                     dir: self.resolver_display(),
                     source: e,
                 })?;
@@ -275,7 +277,7 @@ impl DirWriter {
         {
             return Ok(());
         }
-        Err(Error::NotOurs {
+        Err(ExtractError::NotOurs {
             op,
             path: crate::format::chunk_display_path(path),
             dir: self.resolver_display(),
@@ -533,7 +535,7 @@ impl Worker {
         if needs_fd {
             self.reopen(&chunk)?;
         }
-        let werr = |op, e| Error::Target {
+        let werr = |op, e| ExtractError::Target {
             op,
             path: chunk.display_path(),
             dir: self.resolver.display().to_path_buf(),

@@ -161,16 +161,6 @@ pub enum StoreError {
     Setup(String),
 }
 
-impl StoreError {
-    /// A local problem (exit 3) rather than the store's or the network's (exit 4).
-    pub fn is_local(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Local { .. } | StoreError::Address { .. } | StoreError::Setup(_)
-        )
-    }
-}
-
 /// Errors of the backup commands.
 #[derive(Debug, Error)]
 pub enum BackupError {
@@ -201,7 +191,7 @@ pub enum BackupError {
     BadStream {
         id: String,
         #[source]
-        source: Box<crate::error::Error>,
+        source: Box<crate::stream::error::StreamError>,
     },
     /// Writing the restored files failed.
     #[error("restoring backup {id} into {}: {source}", dir.display())]
@@ -209,32 +199,13 @@ pub enum BackupError {
         id: String,
         dir: PathBuf,
         #[source]
-        source: Box<crate::error::Error>,
+        source: Box<crate::extract::ExtractError>,
     },
     #[error("{0}")]
     Refused(String),
+    /// Upload settings that cannot work together.
+    #[error(transparent)]
+    Options(#[from] upload::OptionsError),
     #[error("interrupted: {0}")]
     Interrupted(String),
-}
-
-impl BackupError {
-    pub fn exit_code(&self) -> i32 {
-        use crate::error::exit;
-        match self {
-            BackupError::Store(e) if e.is_local() => exit::LOCAL,
-            BackupError::Store(_) => exit::PEER,
-            BackupError::BadSource(_)
-            | BackupError::ProducerFailed(_)
-            | BackupError::Incomplete { .. }
-            | BackupError::BadManifest { .. }
-            | BackupError::Mismatch { .. }
-            | BackupError::BadStream { .. } => exit::BAD_STREAM,
-            BackupError::SourceFailed(_)
-            | BackupError::NoSuchBackup { .. }
-            | BackupError::Exists { .. }
-            | BackupError::Refused(_) => exit::LOCAL,
-            BackupError::Restore { source, .. } => source.exit_code(),
-            BackupError::Interrupted(_) => exit::INTERRUPTED,
-        }
-    }
 }

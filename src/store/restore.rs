@@ -15,11 +15,12 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::manifest::{self, Manifest};
 use super::{BackupError, BackupRef, Repository, StoreError, MANIFEST};
-use crate::extract::{DirWriter, TargetDir, WriterOptions};
+use crate::extract::target::{Markers, Target};
+use crate::extract::{DirWriter, ExtractError, TargetDir, WriterOptions};
 use crate::format::{DecodeOptions, Ledger, LedgerEvent};
 use crate::progress::Progress;
+use crate::stream::error::StreamError;
 use crate::stream::sink::{self, ChunkSink, StreamTotals};
-use crate::stream::target::{Markers, Target};
 use crate::workers::FirstError;
 
 /// Marker in DIR while a restore runs; removed only when the restore is complete and checked.
@@ -321,10 +322,12 @@ impl Read for FetchReader {
 struct Discard;
 
 impl ChunkSink for Discard {
-    fn chunk(&mut self, _: crate::format::Chunk, _: &LedgerEvent) -> crate::error::Result<()> {
+    type Error = StreamError;
+
+    fn chunk(&mut self, _: crate::format::Chunk, _: &LedgerEvent) -> Result<(), StreamError> {
         Ok(())
     }
-    fn finish(&mut self, _: &Ledger) -> crate::error::Result<()> {
+    fn finish(&mut self, _: &Ledger) -> Result<(), StreamError> {
         Ok(())
     }
 }
@@ -363,10 +366,10 @@ impl ReadJob<'_> {
 
 /// Read the backup's object through `sink`, then check length, digest and the file list
 /// against the manifest. `on_error` classifies what the decoder or the sink reported.
-fn read_through(
+fn read_through<S: ChunkSink + ?Sized>(
     job: &ReadJob,
-    sink: &mut dyn ChunkSink,
-    on_error: &dyn Fn(crate::error::Error) -> BackupError,
+    sink: &mut S,
+    on_error: &dyn Fn(S::Error) -> BackupError,
 ) -> Result<StreamTotals, BackupError> {
     let m = job.manifest;
     let key = format!("{}/{}", job.id, m.object.key);
@@ -400,21 +403,21 @@ fn read_through(
 }
 
 /// Why [`decode`] stopped.
-enum Decoded {
+enum Decoded<E> {
     /// The decompressor could not be set up.
     Setup(StoreError),
     /// The decoder or the sink failed.
-    Stream(crate::error::Error),
+    Stream(E),
 }
 
 /// The object as stored, through zstd when it was compressed, decoded into `sink`.
-fn decode(
+fn decode<S: ChunkSink + ?Sized>(
     fetch: &mut FetchReader,
     m: &Manifest,
     what: &str,
     opts: &ReadOptions,
-    sink: &mut dyn ChunkSink,
-) -> Result<(Ledger, StreamTotals), Decoded> {
+    sink: &mut S,
+) -> Result<(Ledger, StreamTotals), Decoded<S::Error>> {
     let zstd_err = |e: io::Error| Decoded::Setup(StoreError::Setup(format!("zstd: {e}")));
     let input: Box<dyn Read + '_> = if m.is_compressed() {
         let mut dec = zstd::stream::read::Decoder::new(fetch).map_err(zstd_err)?;
@@ -494,7 +497,7 @@ const MARKERS: Markers = Markers {
 };
 
 /// A problem with DIR itself.
-fn target_error(id: &str, dir: &Path, e: crate::error::Error) -> BackupError {
+fn target_error(id: &str, dir: &Path, e: ExtractError) -> BackupError {
     BackupError::Restore {
         id: id.into(),
         dir: dir.to_path_buf(),
@@ -503,13 +506,13 @@ fn target_error(id: &str, dir: &Path, e: crate::error::Error) -> BackupError {
 }
 
 /// What went wrong while restoring: the stored stream (exit 1) or writing DIR.
-fn restore_error(id: &str, dir: &Path, e: crate::error::Error) -> BackupError {
+fn restore_error(id: &str, dir: &Path, e: ExtractError) -> BackupError {
     match e {
-        crate::error::Error::Format(_)
-        | crate::error::Error::Ledger(_)
-        | crate::error::Error::Read { .. } => BackupError::BadStream {
+        ExtractError::Stream(
+            source @ (StreamError::Format(_) | StreamError::Ledger(_) | StreamError::Read { .. }),
+        ) => BackupError::BadStream {
             id: id.into(),
-            source: Box::new(e),
+            source: Box::new(source),
         },
         other => target_error(id, dir, other),
     }

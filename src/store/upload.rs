@@ -78,31 +78,40 @@ impl UploadOptions {
     }
 
     /// Check the settings before anything starts.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OptionsError> {
         if self.first_part < parts::MIN_FIRST_PART || self.first_part > parts::MAX_PART {
-            return Err(format!(
-                "--part-size must be between {} and {} bytes",
-                parts::MIN_FIRST_PART,
-                parts::MAX_PART
-            ));
+            return Err(OptionsError::PartSize {
+                min: parts::MIN_FIRST_PART,
+                max: parts::MAX_PART,
+            });
         }
         let min = self.reserve() + parts::MIN_FIRST_PART;
         if self.memory_limit < min {
-            return Err(format!(
-                "--memory-limit must be at least {} MiB with these settings",
-                min >> 20
-            ));
+            return Err(OptionsError::MemoryLimit { min_mib: min >> 20 });
         }
         if self.concurrency == 0 || self.concurrency > 64 {
-            return Err("--concurrency must be between 1 and 64".into());
+            return Err(OptionsError::Concurrency);
         }
         if let Some(l) = self.compress {
             if !(1..=19).contains(&l) {
-                return Err("zstd level must be between 1 and 19".into());
+                return Err(OptionsError::ZstdLevel);
             }
         }
         Ok(())
     }
+}
+
+/// Upload settings that cannot work together, refused before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("--part-size must be between {min} and {max} bytes")]
+    PartSize { min: u64, max: u64 },
+    #[error("--memory-limit must be at least {min_mib} MiB with these settings")]
+    MemoryLimit { min_mib: u64 },
+    #[error("--concurrency must be between 1 and 64")]
+    Concurrency,
+    #[error("zstd level must be between 1 and 19")]
+    ZstdLevel,
 }
 
 /// The result of a good upload.
@@ -446,7 +455,7 @@ struct Backup {
 impl Backup {
     /// Check the settings and the id, refuse an existing backup, and write `started.json`.
     fn begin(repo: &dyn Repository, opts: &UploadOptions) -> Result<Backup, BackupError> {
-        opts.validate().map_err(BackupError::Refused)?;
+        opts.validate()?;
         let id = opts.id.clone().unwrap_or_else(|| id_for(SystemTime::now()));
         if !is_valid_id(&id) {
             return Err(BackupError::Refused(format!(
@@ -686,7 +695,7 @@ fn fill_parts(
     let checker = StreamChecker::with_ledger(opts.decode, Ledger::with_crcs());
     let pumped =
         pump(&opts.source, &settings, checker, &mut filler, shutdown).map_err(|e| match e {
-            PumpError::Start(e) => BackupError::SourceFailed(e),
+            PumpError::Start(e) => BackupError::SourceFailed(e.to_string()),
             PumpError::Interrupted => interrupted(),
             PumpError::Read(e) => BackupError::SourceFailed(format!("reading the source: {e}")),
             PumpError::Defective(e) => BackupError::BadSource(e.to_string()),

@@ -7,7 +7,9 @@
 
 use bytes::BytesMut;
 
-use crate::error::Result;
+use crate::stream::error::StreamError;
+
+type Result<T> = std::result::Result<T, StreamError>;
 use crate::format::{Chunk, DecodeOptions, Decoder, Ledger, LedgerEvent};
 use crate::stream::sink::StreamTotals;
 

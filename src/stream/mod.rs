@@ -21,9 +21,7 @@
 //!   [`pump::Forward`] consumer unchanged. The pump stops the source at the first defect, error
 //!   or signal, and reports the producer's exit status at the end.
 //!
-//! `stdio.rs` opens standard input and output as plain files for both. `target.rs` guards the
-//! target directory of `receive` and `restore`: claimed before the first write, marked in
-//! progress, synced, and marked complete only at the end.
+//! `stdio.rs` opens standard input and output as plain files for both.
 //!
 //! (*) A network peer (`clone::receive`) and a repository object (`store::restore`) are
 //! sources too, but they are implemented where their protocol lives: to this layer they are
@@ -35,9 +33,9 @@
 //! means for a peer or a backup: it reports, the command decides.
 
 pub mod check;
+pub mod error;
 pub mod pump;
 pub mod reader;
 pub mod sink;
 pub mod source;
 pub mod stdio;
-pub mod target;

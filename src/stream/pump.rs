@@ -21,8 +21,9 @@ use crossbeam_channel::RecvTimeoutError;
 
 use crate::format::Ledger;
 use crate::stream::check::StreamChecker;
+use crate::stream::error::StreamError;
 use crate::stream::sink::StreamTotals;
-use crate::stream::source::{Piece, Running, Source};
+use crate::stream::source::{Piece, Running, Source, SourceError};
 
 /// How to run the source and when to call the consumer between pieces.
 #[derive(Debug, Clone)]
@@ -98,13 +99,13 @@ pub trait Forward {
 #[derive(Debug)]
 pub enum PumpError<E> {
     /// The source could not be started.
-    Start(String),
+    Start(SourceError),
     /// The shutdown flag was set (a signal).
     Interrupted,
     /// Reading the source's bytes failed.
-    Read(String),
+    Read(std::io::Error),
     /// The checker found a defect in the stream.
-    Defective(crate::Error),
+    Defective(StreamError),
     /// The consumer failed.
     Forward(E),
 }
@@ -119,7 +120,7 @@ pub struct Pumped {
     pub digest: Option<blake3::Hash>,
     /// The checker's verdict at the end of the stream: every chunk whole and every file
     /// complete (its totals and records), or the defect.
-    pub checked: crate::Result<(StreamTotals, Ledger)>,
+    pub checked: Result<(StreamTotals, Ledger), StreamError>,
 }
 
 /// Run `source` to its end through `checker` into `out`, until done, an error, or `shutdown`.

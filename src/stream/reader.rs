@@ -8,7 +8,9 @@ use std::io::{ErrorKind, Read};
 
 use bytes::BytesMut;
 
-use crate::error::{Error, Result};
+use crate::stream::error::StreamError;
+
+type Result<T> = std::result::Result<T, StreamError>;
 use crate::format::{Chunk, DecodeOptions, Decoder, Dialect};
 
 const MIN_READ: usize = 1 << 20;
@@ -86,7 +88,7 @@ impl<R: Read> ChunkReader<R> {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.buf.truncate(start);
-                    return Err(Error::Read {
+                    return Err(StreamError::Read {
                         what: self.what.clone(),
                         source: e,
                     });

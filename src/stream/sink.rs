@@ -6,31 +6,38 @@
 
 use std::io::Read;
 
-use crate::error::Result;
 use crate::format::{Chunk, DecodeOptions, Ledger, LedgerEvent};
 use crate::progress::Progress;
+use crate::stream::error::StreamError;
 use crate::stream::reader::ChunkReader;
 
 /// A consumer of decoded chunks: a disk writer, a verifier, an uploader, a forwarder.
+///
+/// Its error type is its own (a disk writer's names the target directory); a defect of the
+/// stream itself reaches the caller through it, hence `From<StreamError>`.
 pub trait ChunkSink {
+    type Error: From<StreamError>;
+
     /// One chunk, accepted by the ledger. `event` says whether it creates or closes a file.
-    fn chunk(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<()>;
+    fn chunk(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<(), Self::Error>;
 
     /// The stream ended cleanly and every file is complete. Flush whatever is pending.
-    fn finish(&mut self, ledger: &Ledger) -> Result<()>;
+    fn finish(&mut self, ledger: &Ledger) -> Result<(), Self::Error>;
 }
 
 /// Feeds every chunk to each of several sinks in turn.
-pub struct FanOut<'a>(pub Vec<&'a mut dyn ChunkSink>);
+pub struct FanOut<'a, E>(pub Vec<&'a mut dyn ChunkSink<Error = E>>);
 
-impl ChunkSink for FanOut<'_> {
-    fn chunk(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<()> {
+impl<E: From<StreamError>> ChunkSink for FanOut<'_, E> {
+    type Error = E;
+
+    fn chunk(&mut self, chunk: Chunk, event: &LedgerEvent) -> Result<(), E> {
         for s in &mut self.0 {
             s.chunk(chunk.clone(), event)?;
         }
         Ok(())
     }
-    fn finish(&mut self, ledger: &Ledger) -> Result<()> {
+    fn finish(&mut self, ledger: &Ledger) -> Result<(), E> {
         for s in &mut self.0 {
             s.finish(ledger)?;
         }
@@ -52,30 +59,30 @@ pub struct StreamTotals {
 
 /// Decode `input` and feed `sink` until a clean end. Returns the ledger (for listings) and
 /// the totals. Any defect stops the run at once with an error naming offset and path.
-pub fn run<R: Read>(
+pub fn run<R: Read, S: ChunkSink + ?Sized>(
     input: R,
     what: &str,
     opts: DecodeOptions,
-    sink: &mut dyn ChunkSink,
+    sink: &mut S,
     progress: &Progress,
-) -> Result<(Ledger, StreamTotals)> {
+) -> Result<(Ledger, StreamTotals), S::Error> {
     run_with(input, what, opts, sink, progress, Ledger::new())
 }
 
 /// [`run`] with a given ledger (e.g. one that keeps per-file CRCs).
-pub fn run_with<R: Read>(
+pub fn run_with<R: Read, S: ChunkSink + ?Sized>(
     input: R,
     what: &str,
     opts: DecodeOptions,
-    sink: &mut dyn ChunkSink,
+    sink: &mut S,
     progress: &Progress,
     mut ledger: Ledger,
-) -> Result<(Ledger, StreamTotals)> {
+) -> Result<(Ledger, StreamTotals), S::Error> {
     let mut reader = ChunkReader::new(input, what, opts);
     let mut totals = StreamTotals::default();
     while let Some(chunk) = reader.next_chunk()? {
         progress.set_position(reader.stream_offset());
-        let event = ledger.apply(&chunk)?;
+        let event = ledger.apply(&chunk).map_err(StreamError::from)?;
         totals.chunks += 1;
         totals.data_bytes += chunk.data_len();
         if let LedgerEvent::File { closed: true, .. } = event {
@@ -84,7 +91,7 @@ pub fn run_with<R: Read>(
         }
         sink.chunk(chunk, &event)?;
     }
-    ledger.finish()?;
+    ledger.finish().map_err(StreamError::from)?;
     sink.finish(&ledger)?;
     totals.bytes = reader.stream_offset();
     totals.dialect = reader.dialect().to_string();

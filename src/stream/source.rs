@@ -19,6 +19,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::create::{create, CreateOptions};
 use crate::progress::Progress;
+use crate::stream::error::StreamError;
 use crate::stream::stdio;
 
 /// Where a stream comes from.
@@ -55,12 +56,24 @@ impl Source {
     }
 }
 
+/// Why a source could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot start the source command: {0}")]
+    Command(#[source] std::io::Error),
+    #[error("cannot make a pipe: {0}")]
+    Pipe(#[source] std::io::Error),
+    /// The file or standard input could not be opened.
+    #[error(transparent)]
+    Open(#[from] StreamError),
+}
+
 /// What the source delivered next.
 pub enum Piece {
     /// A buffer whose bytes `headroom..headroom + len` are stream data.
     Data(Vec<u8>, usize),
     End,
-    Failed(String),
+    Failed(std::io::Error),
 }
 
 /// A running source: its bytes arrive on [`Running::rx`]; give each buffer back with
@@ -84,7 +97,7 @@ impl Running {
         parallel: usize,
         headroom: usize,
         piece: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SourceError> {
         let (tx, rx) = bounded::<Piece>(POOL - 2);
         let (pool, pool_rx) = bounded::<Vec<u8>>(POOL);
         for _ in 0..POOL {
@@ -107,10 +120,10 @@ impl Running {
                 running.thread_status = Some(start_dir(dir, parallel, reader, piece)?)
             }
             Source::File(path) => {
-                let (f, _) = stdio::open_input(Some(path)).map_err(|e| e.to_string())?;
+                let (f, _) = stdio::open_input(Some(path))?;
                 reader.spawn(f);
             }
-            Source::Stdin => reader.spawn(stdio::stdin().map_err(|e| e.to_string())?),
+            Source::Stdin => reader.spawn(stdio::stdin()?),
         }
         Ok(running)
     }
@@ -163,7 +176,7 @@ impl Running {
 }
 
 /// Run `sh -c cmd` in its own process group, its stderr logged line by line.
-fn start_command(cmd: &str, reader: PieceReader, piece: usize) -> Result<Child, String> {
+fn start_command(cmd: &str, reader: PieceReader, piece: usize) -> Result<Child, SourceError> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -173,7 +186,7 @@ fn start_command(cmd: &str, reader: PieceReader, piece: usize) -> Result<Child, 
         // Its own process group, so stopping it stops what it started.
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start the source command: {e}"))?;
+        .map_err(SourceError::Command)?;
     tracing::info!(pid = child.id(), "source started: {cmd}");
     if let Some(err) = child.stderr.take() {
         let span = tracing::Span::current();
@@ -198,8 +211,8 @@ fn start_dir(
     parallel: usize,
     reader: PieceReader,
     piece: usize,
-) -> Result<thread::JoinHandle<i32>, String> {
-    let (r, w) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+) -> Result<thread::JoinHandle<i32>, SourceError> {
+    let (r, w) = std::io::pipe().map_err(SourceError::Pipe)?;
     let mut copts = CreateOptions::new(dir.to_path_buf(), vec![PathBuf::from(".")]);
     copts.parallel = parallel.max(1);
     let h = thread::spawn(move || match create(&copts, w, &Progress::hidden()) {
@@ -243,7 +256,7 @@ impl PieceReader {
                     let _ = self.tx.send(Piece::Data(buf, 0));
                 }
                 Err(e) => {
-                    let _ = self.tx.send(Piece::Failed(e.to_string()));
+                    let _ = self.tx.send(Piece::Failed(e));
                     return;
                 }
             }

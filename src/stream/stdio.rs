@@ -4,14 +4,16 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 
-use crate::error::{Error, Result};
+use crate::stream::error::StreamError;
+
+type Result<T> = std::result::Result<T, StreamError>;
 
 pub fn stdin() -> Result<File> {
     std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .map(File::from)
-        .map_err(|e| Error::Read {
+        .map_err(|e| StreamError::Read {
             what: "standard input".into(),
             source: e,
         })
@@ -22,7 +24,7 @@ pub fn stdout() -> Result<File> {
         .as_fd()
         .try_clone_to_owned()
         .map(File::from)
-        .map_err(Error::WriteStream)
+        .map_err(StreamError::WriteStream)
 }
 
 /// The input a command reads: a named file, or standard input for `None` / `-`; with the
@@ -30,7 +32,7 @@ pub fn stdout() -> Result<File> {
 pub fn open_input(path: Option<&std::path::Path>) -> Result<(File, String)> {
     match path {
         Some(p) if p != std::path::Path::new("-") => {
-            let f = File::open(p).map_err(|e| Error::Read {
+            let f = File::open(p).map_err(|e| StreamError::Read {
                 what: p.display().to_string(),
                 source: e,
             })?;

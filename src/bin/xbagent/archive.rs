@@ -3,19 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::exit;
+use crate::exit::Failure;
 use xbagent::create::CreateOptions;
-use xbagent::error::exit;
 use xbagent::extract::{extract_path, ExtractOptions, WriterOptions};
 use xbagent::format::DecodeOptions;
 use xbagent::inspect::{scan_path, Listing};
 use xbagent::progress::Progress;
-use xbagent::Error;
 
 use crate::cli::{default_writers, CreateArgs, DropIn, ExtractArgs, ListArgs, VerifyArgs};
 use crate::output::{print_json_or, print_table};
 use crate::Display;
 
-pub fn extract(a: ExtractArgs, d: Display) -> Result<i32, Error> {
+pub fn extract(a: ExtractArgs, d: Display) -> Result<i32, Failure> {
     let opts = ExtractOptions {
         dir: a.dir,
         decode: a.decode.options(),
@@ -43,7 +43,7 @@ pub fn extract(a: ExtractArgs, d: Display) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
-pub fn create(a: CreateArgs, d: Display) -> Result<i32, Error> {
+pub fn create(a: CreateArgs, d: Display) -> Result<i32, Failure> {
     let opts = CreateOptions {
         dir: a.dir,
         paths: a.paths,
@@ -65,26 +65,26 @@ pub fn create(a: CreateArgs, d: Display) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
-pub fn list(a: ListArgs, d: Display) -> Result<i32, Error> {
+pub fn list(a: ListArgs, d: Display) -> Result<i32, Failure> {
     let progress = Progress::new("list", None, d.show && a.input.is_some(), false);
     let scan = scan_path(a.input.as_deref(), a.decode.options(), &progress)?;
     progress.finish();
     let listing = Listing::from_scan(&scan);
     print_json_or(a.json, &listing, print_table)?;
     match scan.defect {
-        Some(e) => Err(e),
+        Some(e) => Err(e.into()),
         None => Ok(exit::OK),
     }
 }
 
 /// `verify FILE`: check a stream, write nothing.
-pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Error> {
+pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
     let progress = Progress::new("verify", None, d.show, d.verbose);
     let input = a.input.as_deref().map(Path::new);
     let scan = scan_path(input, a.decode.options(), &progress)?;
     progress.finish();
     if let Some(e) = scan.defect {
-        return Err(e);
+        return Err(e.into());
     }
     let t = &scan.totals;
     println!(
@@ -95,7 +95,7 @@ pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Error> {
 }
 
 /// `xbstream` / `mbstream` compatibility: the same jobs under the reference tools' flags.
-pub fn drop_in(a: DropIn) -> Result<i32, Error> {
+pub fn drop_in(a: DropIn) -> Result<i32, Failure> {
     if a.decompress {
         eprintln!("xbagent: --decompress is not supported yet");
         return Ok(exit::USAGE);

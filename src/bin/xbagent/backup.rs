@@ -3,13 +3,13 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use xbagent::error::exit;
+use crate::exit;
+use crate::exit::Failure;
 use xbagent::progress::Progress;
 use xbagent::store::restore::{ReadOptions, RestoreOptions};
 use xbagent::store::upload::UploadOptions;
 use xbagent::store::{retention, BackupError, BackupRef, RepoAddress, Repository, S3Settings};
 use xbagent::stream::source::Source;
-use xbagent::Error;
 
 use crate::cli::{
     default_writers, BackupsListArgs, DecodeArgs, PruneArgs, ReadArgs, RestoreArgs, S3Args,
@@ -27,7 +27,7 @@ pub fn names_a_repository(a: &VerifyArgs) -> bool {
 }
 
 /// `verify REPO[@ID]`: read a backup whole and check it against its manifest.
-pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Error> {
+pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
     let input = a.input.as_deref().unwrap_or_default();
     let (addr, which) = RepoAddress::parse_with_backup(input).map_err(BackupError::from)?;
     let shutdown = shutdown_flag()?;
@@ -55,7 +55,7 @@ pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Error> {
 }
 
 /// `backups list REPO`.
-pub fn list(a: BackupsListArgs) -> Result<i32, Error> {
+pub fn list(a: BackupsListArgs) -> Result<i32, Failure> {
     let repo = open_repo(&a.repo, &a.s3, 1, false, None)?;
     let all = retention::list(&*repo).map_err(BackupError::from)?;
     print_json_or(a.json, &all, |out, all: &Vec<_>| print_backups(out, all))?;
@@ -78,7 +78,7 @@ fn open_repo(
     concurrency: usize,
     create: bool,
     cancel: Option<Arc<AtomicBool>>,
-) -> Result<Arc<dyn Repository>, Error> {
+) -> Result<Arc<dyn Repository>, Failure> {
     let addr = RepoAddress::parse(addr).map_err(BackupError::from)?;
     Ok(
         xbagent::store::open(&addr, &s3_settings(s3, concurrency, cancel), create)
@@ -94,7 +94,7 @@ fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> ReadOptions {
     }
 }
 
-pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Error> {
+pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
     let source = match (&a.exec, &a.dir, &a.input) {
         (Some(cmd), _, _) => Source::Exec(cmd.clone()),
         (None, Some(d), _) => Source::Dir(d.clone()),
@@ -114,8 +114,7 @@ pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Error> {
     opts.spool_dir = a.spool_dir.clone();
     opts.id = a.id.clone();
     opts.decode = a.decode.options();
-    opts.validate()
-        .map_err(|e| Error::Backup(BackupError::Refused(e)))?;
+    opts.validate().map_err(BackupError::from)?;
     let shutdown = shutdown_flag()?;
     let repo = open_repo(&a.to, &a.s3, a.concurrency, true, Some(shutdown.clone()))?;
     let progress = Progress::new("upload", total, d.show, d.verbose);
@@ -136,7 +135,7 @@ pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
-pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Error> {
+pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
     let (addr, which) = RepoAddress::parse_with_backup(&a.from).map_err(BackupError::from)?;
     let shutdown = shutdown_flag()?;
     let repo = xbagent::store::open(
@@ -171,7 +170,7 @@ pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
-pub fn prune(a: PruneArgs) -> Result<i32, Error> {
+pub fn prune(a: PruneArgs) -> Result<i32, Failure> {
     let repo = open_repo(&a.repo, &a.s3, 1, false, Some(shutdown_flag()?))?;
     let all = retention::scan(&*repo).map_err(BackupError::from)?;
     let policy = retention::Policy {

@@ -2,37 +2,38 @@
 
 use std::path::Path;
 
+use crate::exit;
+use crate::exit::{Failure, TokenError};
 use xbagent::clone::receive::{ReceiveOptions, Received};
 use xbagent::clone::serve::ServeOptions;
 use xbagent::clone::tls;
-use xbagent::error::exit;
 use xbagent::progress::Progress;
 use xbagent::stream::source::Source;
-use xbagent::Error;
 
 use crate::cli::{default_writers, ReceiveArgs, ServeArgs};
 use crate::{shutdown_flag, Display};
 
-fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, Error> {
+fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, Failure> {
     match path {
         Some(p) => {
-            let t = std::fs::read(p).map_err(|e| Error::Read {
-                what: format!("token file {}", p.display()),
-                source: e,
+            let t = std::fs::read(p).map_err(|source| TokenError::Read {
+                path: p.to_path_buf(),
+                source,
             })?;
             if t.trim_ascii().is_empty() {
-                return Err(Error::Refused(format!("token file {} is empty", p.display())));
+                return Err(TokenError::Empty {
+                    path: p.to_path_buf(),
+                }
+                .into());
             }
             Ok(Some(xbagent::clone::protocol::derive_key(&t)))
         }
         None if insecure => Ok(None),
-        None => Err(Error::Refused(
-            "no --token-file given: refusing to run unauthenticated (add --insecure to accept that risk)".into(),
-        )),
+        None => Err(TokenError::Missing.into()),
     }
 }
 
-pub fn serve(a: ServeArgs) -> Result<i32, Error> {
+pub fn serve(a: ServeArgs) -> Result<i32, Failure> {
     let key = if a.raw {
         None
     } else {
@@ -65,7 +66,7 @@ pub fn serve(a: ServeArgs) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
-pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Error> {
+pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
     // A restarted initContainer must succeed at once, even if its token is gone by now.
     if a.dir.join(xbagent::clone::COMPLETE_MARKER).exists() {
         eprintln!(

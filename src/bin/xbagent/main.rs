@@ -9,6 +9,7 @@ mod archive;
 mod backup;
 mod cli;
 mod clone;
+mod exit;
 mod output;
 
 use std::io::IsTerminal;
@@ -20,8 +21,8 @@ use std::sync::Arc;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use crate::exit::Failure;
 use cli::{BackupsCommand, Cli, Command, DropIn};
-use xbagent::Error;
 
 /// How much a command shows while it works: a progress display (`show`) and a line per file
 /// (`verbose`).
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("xbagent: error: {e}");
-            ExitCode::from(e.exit_code() as u8)
+            ExitCode::from(exit::code(&e) as u8)
         }
     }
 }
@@ -81,7 +82,7 @@ fn init_logging(verbose: bool, quiet: bool) {
         .init();
 }
 
-fn run(cli: Cli) -> Result<i32, Error> {
+fn run(cli: Cli) -> Result<i32, Failure> {
     let display = Display {
         show: !cli.quiet && !cli.no_progress,
         verbose: cli.verbose,
@@ -102,11 +103,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
 }
 
 /// A flag raised by SIGINT or SIGTERM, for the commands that stop cleanly on a signal.
-fn shutdown_flag() -> Result<Arc<AtomicBool>, Error> {
+fn shutdown_flag() -> Result<Arc<AtomicBool>, Failure> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, flag.clone())
-            .map_err(|e| Error::Refused(format!("cannot install a signal handler: {e}")))?;
+        signal_hook::flag::register(sig, flag.clone()).map_err(Failure::Signals)?;
     }
     Ok(flag)
 }

@@ -5,7 +5,9 @@ use std::io::Write;
 use xbagent::format::FileState;
 use xbagent::inspect::Listing;
 use xbagent::store::retention;
-use xbagent::Error;
+use xbagent::stream::error::StreamError;
+
+use crate::exit::Failure;
 
 pub fn print_backups(
     out: &mut impl Write,
@@ -56,7 +58,7 @@ pub fn print_json_or<T: serde::Serialize>(
     json: bool,
     value: &T,
     table: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> std::io::Result<()>,
-) -> Result<(), Error> {
+) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let res = if json {
         serde_json::to_writer_pretty(&mut out, value)
@@ -65,7 +67,7 @@ pub fn print_json_or<T: serde::Serialize>(
     } else {
         table(&mut out, value)
     };
-    res.map_err(Error::WriteStream)
+    res.map_err(|e| StreamError::WriteStream(e).into())
 }
 
 pub fn print_table(out: &mut impl Write, l: &Listing) -> std::io::Result<()> {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
+use super::error::{ExtractError, Result};
 
 /// The marker names of one command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +62,8 @@ pub struct Found {
     pub others: bool,
 }
 
-fn target_err(dir: &Path) -> impl Fn(io::Error) -> Error + '_ {
-    move |source| Error::TargetDir {
+fn target_err(dir: &Path) -> impl Fn(io::Error) -> ExtractError + '_ {
+    move |source| ExtractError::TargetDir {
         dir: dir.to_path_buf(),
         source,
     }
@@ -134,7 +134,7 @@ impl Target {
     /// (the extractor's `D`-chunk machinery).
     pub fn clear(&self) -> Result<()> {
         let err = target_err(&self.dir);
-        let target = crate::extract::TargetDir::open(&self.dir)?;
+        let target = super::TargetDir::open(&self.dir)?;
         let mut r = target.resolver();
         for e in fs::read_dir(&self.dir).map_err(&err)? {
             r.remove(e.map_err(&err)?.file_name().as_bytes(), 0)?;
@@ -299,7 +299,10 @@ mod tests {
         // The removal is the completion: if it cannot be done, the target is not finished.
         let t = tempfile::tempdir().unwrap();
         let target = Target::open(t.path(), RESTORE).unwrap();
-        assert!(matches!(target.finish(None), Err(Error::TargetDir { .. })));
+        assert!(matches!(
+            target.finish(None),
+            Err(ExtractError::TargetDir { .. })
+        ));
     }
 
     #[test]

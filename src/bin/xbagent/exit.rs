@@ -1,0 +1,148 @@
+//! Exit codes, decided here and nowhere else. The table users read is README.md, section
+//! "Exit codes": keep the two in step.
+//!
+//! Every match below names every variant of every library error it reaches, with no `_` arm:
+//! a variant added to a library error without a code here fails to compile.
+
+use std::io;
+use std::path::PathBuf;
+
+use xbagent::clone::CloneError;
+use xbagent::create::error::CreateError;
+use xbagent::extract::ExtractError;
+use xbagent::store::{BackupError, StoreError};
+use xbagent::stream::error::StreamError;
+
+pub const OK: i32 = 0;
+/// The input stream or backup is bad: corrupt, hostile, truncated, incomplete, or its producer
+/// failed.
+pub const BAD_STREAM: i32 = 1;
+/// Usage error (clap's own code).
+pub const USAGE: i32 = 2;
+/// A local problem: target or source files, permissions, disk space, refused symlinks, options.
+pub const LOCAL: i32 = 3;
+/// The peer, the network or the object store.
+pub const PEER: i32 = 4;
+pub const INTERRUPTED: i32 = 130;
+
+/// Everything a command can fail with: the library's errors, and the binary's own.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    #[error(transparent)]
+    Clone(#[from] CloneError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("cannot install a signal handler: {0}")]
+    Signals(#[source] io::Error),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Backup(e.into())
+    }
+}
+
+/// Why the clone commands will not run with the token they were given.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read token file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("token file {} is empty", path.display())]
+    Empty { path: PathBuf },
+    #[error("no --token-file given: refusing to run unauthenticated (add --insecure to accept that risk)")]
+    Missing,
+}
+
+/// The exit code of a failure (README.md, "Exit codes").
+pub fn code(f: &Failure) -> i32 {
+    match f {
+        Failure::Stream(e) => stream(e),
+        Failure::Extract(e) => extract(e),
+        Failure::Create(e) => match e {
+            CreateError::Source { .. } | CreateError::WriteStream(_) => LOCAL,
+        },
+        Failure::Clone(e) => clone(e),
+        Failure::Backup(e) => backup(e),
+        Failure::Token(e) => match e {
+            TokenError::Read { .. } | TokenError::Empty { .. } | TokenError::Missing => LOCAL,
+        },
+        Failure::Signals(_) => LOCAL,
+    }
+}
+
+fn stream(e: &StreamError) -> i32 {
+    match e {
+        StreamError::Format(_) | StreamError::Ledger(_) => BAD_STREAM,
+        // The input or output itself: a missing file, a closed pipe.
+        StreamError::Read { .. } | StreamError::WriteStream(_) => LOCAL,
+    }
+}
+
+fn extract(e: &ExtractError) -> i32 {
+    match e {
+        ExtractError::Stream(s) => stream(s),
+        ExtractError::Target { .. }
+        | ExtractError::Exists { .. }
+        | ExtractError::NotRegular { .. }
+        | ExtractError::NotOurs { .. }
+        | ExtractError::Symlink { .. }
+        | ExtractError::NotADirectory { .. }
+        | ExtractError::TargetDir { .. } => LOCAL,
+    }
+}
+
+fn clone(e: &CloneError) -> i32 {
+    match e {
+        CloneError::ProducerFailed(_) | CloneError::TrailerMismatch(_) => BAD_STREAM,
+        CloneError::Tls(_)
+        | CloneError::Setup(_)
+        | CloneError::Listen { .. }
+        | CloneError::NotOurs { .. }
+        | CloneError::KeepPartial { .. } => LOCAL,
+        CloneError::Unreachable { .. }
+        | CloneError::Protocol { .. }
+        | CloneError::Io { .. }
+        | CloneError::Stalled { .. }
+        | CloneError::Cut { .. }
+        | CloneError::Donor(_) => PEER,
+        CloneError::Extract(e) => extract(e),
+    }
+}
+
+fn backup(e: &BackupError) -> i32 {
+    match e {
+        BackupError::Store(s) => store(s),
+        BackupError::BadSource(_)
+        | BackupError::ProducerFailed(_)
+        | BackupError::Incomplete { .. }
+        | BackupError::BadManifest { .. }
+        | BackupError::Mismatch { .. }
+        | BackupError::BadStream { .. } => BAD_STREAM,
+        BackupError::SourceFailed(_)
+        | BackupError::NoSuchBackup { .. }
+        | BackupError::Exists { .. }
+        | BackupError::Refused(_)
+        | BackupError::Options(_) => LOCAL,
+        BackupError::Restore { source, .. } => extract(source),
+        BackupError::Interrupted(_) => INTERRUPTED,
+    }
+}
+
+fn store(e: &StoreError) -> i32 {
+    match e {
+        StoreError::Local { .. } | StoreError::Address { .. } | StoreError::Setup(_) => LOCAL,
+        StoreError::Remote { .. } | StoreError::NotFound { .. } => PEER,
+    }
+}
