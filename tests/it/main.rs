@@ -16,6 +16,7 @@ mod hostile;
 mod mariadb_backup;
 mod receive_target_untouched;
 mod reference;
+mod s3_proxy_selftest;
 mod store_conformance;
 mod store_faults;
 mod store_mariadb;

@@ -29,14 +29,7 @@ pub fn names_a_repository(a: &VerifyArgs) -> bool {
 /// `verify REPO[@ID]`: read a backup whole and check it against its manifest.
 pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
     let input = a.input.as_deref().unwrap_or_default();
-    let (addr, which) = RepoAddress::parse_with_backup(input).map_err(BackupError::from)?;
-    let shutdown = shutdown_flag()?;
-    let repo = xbagent::store::open(
-        &addr,
-        &s3_settings(&a.s3, a.read.concurrency, Some(shutdown.clone())),
-        false,
-    )
-    .map_err(BackupError::from)?;
+    let (repo, which, shutdown) = open_backup(input, &a.s3, a.read.concurrency)?;
     let progress = Arc::new(Progress::new("verify", None, d.show, d.verbose));
     let res = xbagent::store::restore::verify(
         repo,
@@ -84,6 +77,19 @@ fn open_repo(
         xbagent::store::open(&addr, &s3_settings(s3, concurrency, cancel), create)
             .map_err(BackupError::from)?,
     )
+}
+
+/// A repository opened for reading: the backup named after `@`, and the signal flag its
+/// retries stop on.
+type Opened = (Arc<dyn Repository>, Option<BackupRef>, Arc<AtomicBool>);
+
+/// Open an existing repository named as `REPO[@ID|@latest]` (verify REPO, restore).
+fn open_backup(addr: &str, s3: &S3Args, concurrency: usize) -> Result<Opened, Failure> {
+    let (addr, which) = RepoAddress::parse_with_backup(addr).map_err(BackupError::from)?;
+    let shutdown = shutdown_flag()?;
+    let settings = s3_settings(s3, concurrency, Some(shutdown.clone()));
+    let repo = xbagent::store::open(&addr, &settings, false).map_err(BackupError::from)?;
+    Ok((repo, which, shutdown))
 }
 
 fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> ReadOptions {
@@ -136,14 +142,7 @@ pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
 }
 
 pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
-    let (addr, which) = RepoAddress::parse_with_backup(&a.from).map_err(BackupError::from)?;
-    let shutdown = shutdown_flag()?;
-    let repo = xbagent::store::open(
-        &addr,
-        &s3_settings(&a.s3, a.read.concurrency, Some(shutdown.clone())),
-        false,
-    )
-    .map_err(BackupError::from)?;
+    let (repo, which, shutdown) = open_backup(&a.from, &a.s3, a.read.concurrency)?;
     let which = which.unwrap_or(BackupRef::Latest);
     // The object's size, for the progress display's ETA.
     let total = xbagent::store::restore::resolve(&*repo, &which)

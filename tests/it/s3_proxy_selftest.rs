@@ -4,20 +4,18 @@
 //! connections, responses cut halfway, large bodies byte-exact, chunked bodies both ways,
 //! `Expect: 100-continue`, an upstream that delimits by closing, and one that is down.
 
-#[path = "support/s3_fault_proxy.rs"]
-mod s3_fault_proxy;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::noise;
+use crate::support::s3_fault_proxy::{Fault, FaultProxy};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use s3_fault_proxy::{Fault, FaultProxy};
 
 // ---------------------------------------------------------------------------------------------
 // The upstream, on its own runtime:
@@ -253,20 +251,6 @@ impl Client {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so a corruption cannot hide in a pattern.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -336,7 +320,11 @@ fn status_faults_answer_with_s3_errors_and_keep_the_connection() {
     });
     let mut c = Client::connect(&proxy.endpoint);
 
-    let r = c.request("PUT", "/store/k?partNumber=7&uploadId=u", &data(100_000, 1));
+    let r = c.request(
+        "PUT",
+        "/store/k?partNumber=7&uploadId=u",
+        &noise(1, 100_000),
+    );
     assert_eq!(r.status, 503);
     let body = String::from_utf8(r.body.clone()).unwrap();
     assert!(body.contains("<Code>SlowDown</Code>"), "{body}");
@@ -374,7 +362,7 @@ fn drop_reads_the_request_and_closes_without_answering() {
     let proxy = FaultProxy::start(&up.url, |i, _| (i == 0).then_some(Fault::Drop));
     let mut c = Client::connect(&proxy.endpoint);
     c.send_head("PUT", "/store/d", &[], Some(200_000));
-    c.w.write_all(&data(200_000, 2)).unwrap();
+    c.w.write_all(&noise(2, 200_000)).unwrap();
     match c.read_response("PUT") {
         Err(e) => assert!(
             matches!(
@@ -400,7 +388,7 @@ fn drop_mid_response_forwards_then_cuts_the_body() {
     let proxy = FaultProxy::start(&up.url, |_, head| {
         (head.method != "PUT").then_some(Fault::DropMidResponse)
     });
-    let payload = data(1 << 20, 3);
+    let payload = noise(3, 1 << 20);
     let mut c = Client::connect(&proxy.endpoint);
     assert_eq!(c.request("PUT", "/store/m", &payload).status, 200);
 
@@ -454,7 +442,7 @@ fn large_bodies_pass_through_byte_exact() {
     let proxy = FaultProxy::passthrough(&up.url);
     let mut c = Client::connect(&proxy.endpoint);
 
-    let big = data(16 << 20, 4);
+    let big = noise(4, 16 << 20);
     let r = c.request("PUT", "/store/big", &big);
     assert_eq!((r.status, r.header("etag")), (200, Some("\"16777216\"")));
     let stored = up.objects.lock().unwrap()["/store/big"] == big;
@@ -464,7 +452,7 @@ fn large_bodies_pass_through_byte_exact() {
     assert!(r.body == big, "downloaded bytes differ");
 
     // A chunked request body.
-    let chunked = data(3 << 20, 5);
+    let chunked = noise(5, 3 << 20);
     let te = [("Transfer-Encoding", "chunked")];
     c.send_head("PUT", "/store/chunked", &te, None);
     for piece in chunked.chunks(100_000) {
@@ -485,7 +473,7 @@ fn expect_continue_chunked_and_eof_delimited_responses() {
     let mut c = Client::connect(&proxy.endpoint);
 
     // Expect: 100-continue: one 100 comes back before the body is sent.
-    let body = data(50_000, 6);
+    let body = noise(6, 50_000);
     let expect = [("Expect", "100-continue")];
     c.send_head("PUT", "/store/e", &expect, Some(body.len()));
     let (line, _) = read_head(&mut c.r).unwrap();
