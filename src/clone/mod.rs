@@ -8,6 +8,8 @@
 //!
 //! This module never depends on `store/`.
 
+pub mod codec;
+pub mod gate;
 pub mod protocol;
 pub mod receive;
 pub mod serve;
@@ -44,6 +46,9 @@ pub enum CloneError {
         #[source]
         source: std::io::Error,
     },
+    /// The donor turned us away before authenticating (too many handshakes in flight).
+    #[error("the donor at {peer} stayed too busy to authenticate us: {why}")]
+    Busy { peer: String, why: String },
     #[error("the clone stalled: no data and no heartbeat from {peer} for {after}")]
     Stalled { peer: String, after: String },
     #[error("{peer} closed the connection before the end of the clone (no trailer)")]

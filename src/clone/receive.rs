@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use super::protocol::{self, FrameType, Trailer, FLAG_NO_AUTH, NONCE_LEN};
+use super::protocol::{self, FrameType, ReceiverPake, Token, Trailer};
 use super::transport::{read_frame, read_header, read_payload, write_frame, Conn, FrameError};
 use super::{CloneError, COMPLETE_MARKER, PARTIAL_MARKER};
 use crate::extract::ExtractError;
@@ -59,8 +59,8 @@ const CONNECT_BACKOFF: Schedule = Schedule {
 pub struct ReceiveOptions {
     pub from: String,
     pub dir: PathBuf,
-    /// Key derived from the token file; `None` only with `--insecure`.
-    pub key: Option<[u8; 32]>,
+    /// The shared token; `None` only with `--insecure`.
+    pub token: Option<Token>,
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pub retry_for: Duration,
     pub stall_timeout: Duration,
@@ -141,27 +141,23 @@ fn connect_once(from: &str) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Connect, retrying until the deadline: the donor's pod (and its DNS record) may appear late.
-fn connect(opts: &ReceiveOptions) -> Result<TcpStream> {
-    let start = Instant::now();
+/// Connect, retrying until `--retry-for` (counted from `start`) runs out: the donor's pod (and
+/// its DNS record) may appear late.
+fn connect(opts: &ReceiveOptions, start: Instant) -> Result<TcpStream> {
     let mut attempt = 0;
     loop {
         let e = match connect_once(&opts.from) {
             Ok(s) => return Ok(s),
             Err(e) => e,
         };
-        let waited = start.elapsed();
-        if waited >= opts.retry_for {
+        attempt += 1;
+        let Some(sleep) = next_wait(opts, start, attempt) else {
             return Err(CloneError::Unreachable {
                 addr: opts.from.clone(),
-                waited: humantime::format_duration(round(waited)).to_string(),
+                waited: humantime::format_duration(round(start.elapsed())).to_string(),
                 last: e.to_string(),
             });
-        }
-        attempt += 1;
-        let sleep = CONNECT_BACKOFF
-            .delay(attempt, retry::random_u64())
-            .min(opts.retry_for.saturating_sub(waited));
+        };
         tracing::warn!(
             "donor {} not reachable yet ({e}); retrying in {}",
             opts.from,
@@ -171,18 +167,54 @@ fn connect(opts: &ReceiveOptions) -> Result<TcpStream> {
     }
 }
 
+/// The wait before attempt `attempt + 1`, or `None` once `--retry-for` is used up.
+fn next_wait(opts: &ReceiveOptions, start: Instant, attempt: u32) -> Option<Duration> {
+    let waited = start.elapsed();
+    if waited >= opts.retry_for {
+        return None;
+    }
+    Some(
+        CONNECT_BACKOFF
+            .delay(attempt, retry::random_u64())
+            .min(opts.retry_for.saturating_sub(waited)),
+    )
+}
+
 fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
-/// Steps 2 and 3: a connection to a donor that proved it knows the token (or a raw one).
+/// Steps 2 and 3: a connection to a donor that proved it knows the token (or a raw one). A
+/// donor too busy to authenticate us (its handshake places are full, say under a flood) is
+/// tried again, with backoff, within the same `--retry-for`.
 fn reach_donor(opts: &ReceiveOptions) -> Result<Conn> {
+    let start = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match try_donor(opts, start) {
+            Err(CloneError::Busy { peer, why }) => {
+                attempt += 1;
+                let Some(sleep) = next_wait(opts, start, attempt) else {
+                    return Err(CloneError::Busy { peer, why });
+                };
+                tracing::warn!(
+                    "donor {peer} busy ({why}); retrying in {}",
+                    humantime::format_duration(round(sleep))
+                );
+                std::thread::sleep(sleep);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_donor(opts: &ReceiveOptions, start: Instant) -> Result<Conn> {
     let peer = &opts.from;
     let ioerr = |e: io::Error| CloneError::Io {
         peer: peer.clone(),
         source: e,
     };
-    let sock = connect(opts)?;
+    let sock = connect(opts, start)?;
     sock.set_read_timeout(Some(opts.stall_timeout))
         .map_err(ioerr)?;
     sock.set_write_timeout(Some(Duration::from_secs(60)))
@@ -347,6 +379,13 @@ impl Peer<'_> {
         }
     }
 
+    fn busy(&self, why: String) -> CloneError {
+        CloneError::Busy {
+            peer: self.0.into(),
+            why,
+        }
+    }
+
     fn frame(&self, e: FrameError) -> CloneError {
         match e {
             FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => CloneError::Cut {
@@ -366,21 +405,40 @@ impl Peer<'_> {
     }
 }
 
-/// Step 3: HELLO, the donor's CHALLENGE (its proof checked), our PROOF, then wait for START.
+/// Step 3: HELLO, the donor's CHALLENGE (its confirmation checked), our PROOF, then wait for
+/// START.
 fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> Result<()> {
     let peer = Peer(&opts.from);
-    let mut nonce = [0u8; NONCE_LEN];
-    rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty())
-        .map_err(|e| CloneError::Setup(format!("no randomness: {e}")))?;
-    write_frame(conn, FrameType::Hello, &protocol::hello(&nonce))
+    let pake = ReceiverPake::start(opts.token.as_ref());
+    write_frame(conn, FrameType::Hello, &protocol::hello(pake.hello()))
         .and_then(|()| conn.flush())
         .map_err(|e| peer.io(e))?;
     let mut buf = Vec::new();
-    let ty = read_frame(conn, &mut buf).map_err(|e| peer.frame(e))?;
+    // The donor has proved nothing yet: its answer gets no more room than a CHALLENGE or a
+    // short ERROR needs.
+    let cap = protocol::MAX_PREAUTH_FRAME.max(protocol::CHALLENGE_LEN as u32);
+    let ty = match read_frame(conn, &mut buf, cap) {
+        Ok(ty) => ty,
+        // Closed or reset before any answer: a donor that turned us away at its gate (over
+        // TLS it cannot say why), or one restarting.
+        Err(FrameError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            return Err(peer.busy(format!("closed the connection before answering ({e})")));
+        }
+        Err(e) => return Err(peer.frame(e)),
+    };
     if ty == FrameType::Error {
-        return Err(CloneError::Donor(
-            String::from_utf8_lossy(&buf).into_owned(),
-        ));
+        let msg = String::from_utf8_lossy(&buf).into_owned();
+        if msg.starts_with("donor busy") {
+            return Err(peer.busy(msg));
+        }
+        return Err(CloneError::Donor(msg));
     }
     if ty != FrameType::Challenge {
         return Err(peer.proto(protocol::ProtocolError::Unexpected {
@@ -389,55 +447,25 @@ fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> Result<()> {
         }));
     }
     let c = protocol::parse_challenge(&buf).map_err(|e| peer.proto(e))?;
-    let reply = answer(conn, opts.key.as_ref(), &nonce, &c, &peer)?;
+    let reply = match pake.finish(&c) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("receiver refuses: {e}");
+            let _ = write_frame(conn, FrameType::Error, msg.as_bytes()).and_then(|()| conn.flush());
+            return Err(peer.proto(e));
+        }
+    };
     write_frame(conn, FrameType::Proof, &reply)
         .and_then(|()| conn.flush())
         .map_err(|e| peer.io(e))?;
     wait_for_start(conn, &peer)
 }
 
-/// Our PROOF for challenge `c`, once the donor has proved it knows the token (or, without a
-/// token on either side, that it does not authenticate at all).
-fn answer(
-    conn: &mut Conn,
-    key: Option<&[u8; 32]>,
-    nonce: &[u8; NONCE_LEN],
-    c: &protocol::Challenge,
-    peer: &Peer,
-) -> Result<[u8; 32]> {
-    if c.flags & FLAG_NO_AUTH != 0 {
-        if key.is_some() {
-            let msg = "the donor does not authenticate (serve --insecure) but a token was given; refusing";
-            let _ = write_frame(conn, FrameType::Error, msg.as_bytes());
-            return Err(peer.proto(protocol::ProtocolError::AuthFailed(
-                "donor runs without authentication",
-            )));
-        }
-        return Ok([0u8; 32]);
-    }
-    let Some(key) = key else {
-        return Err(peer.proto(protocol::ProtocolError::AuthFailed(
-            "the donor requires a token (--token-file)",
-        )));
-    };
-    if !protocol::proof_matches(&protocol::server_proof(key, nonce, &c.nonce), &c.proof) {
-        let _ = write_frame(
-            conn,
-            FrameType::Error,
-            b"authentication failed: wrong token",
-        );
-        return Err(peer.proto(protocol::ProtocolError::AuthFailed(
-            "the donor does not know the token",
-        )));
-    }
-    Ok(protocol::client_proof(key, nonce, &c.nonce))
-}
-
 /// Wait while the donor is busy (QUEUED, heartbeats) until it sends START.
 fn wait_for_start(conn: &mut Conn, peer: &Peer) -> Result<()> {
     let mut buf = Vec::new();
     loop {
-        let ty = read_frame(conn, &mut buf).map_err(|e| peer.frame(e))?;
+        let ty = read_frame(conn, &mut buf, protocol::MAX_FRAME).map_err(|e| peer.frame(e))?;
         match ty {
             FrameType::Start => {
                 tracing::info!("clone started: {}", String::from_utf8_lossy(&buf));
@@ -534,7 +562,7 @@ impl Read for FrameReader {
                 self.left -= n;
                 return Ok(n);
             }
-            let (ty, len) = match read_header(&mut self.conn) {
+            let (ty, len) = match read_header(&mut self.conn, protocol::MAX_FRAME) {
                 Ok(h) => h,
                 Err(FrameError::Io(e)) => return Err(self.net(e)),
                 Err(FrameError::Protocol(p)) => {

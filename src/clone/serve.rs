@@ -1,25 +1,34 @@
 //! `xbagent serve`: the donor side of a clone.
 //!
-//! One thread per connection. A connection is authenticated before anything else happens; only
-//! then does it wait for a free slot (`--max-conns`, with QUEUED frames so the peer knows why
-//! it waits) and start its source: a shell command (e.g. `mariabackup --backup
-//! --stream=xbstream`) or a directory streamed by `create`. The stream layer's checked pump
-//! ([`crate::stream::pump`]) runs it: its bytes are checked by the one decoder as they pass,
-//! framed, and sent; heartbeats fill silences; a trailer ends a good stream. A peer that goes
-//! away, a defect in the stream, or SIGTERM stops the source's whole process group: no
-//! orphaned backups.
+//! An async accept loop (tokio) admits connections through a [`Gate`]: a bounded number of
+//! handshakes in flight, in total and per address; past the bound a connection is closed at
+//! once. Each admitted connection is a task, not a thread: its TLS and SPAKE2 handshake
+//! (framed with [`FrameCodec`], every pre-authentication frame capped at its real size) must
+//! finish within one total deadline. An authenticated peer then waits for a free slot
+//! (`--max-conns`, with QUEUED frames so it knows why), and only then gets a thread: the stream
+//! layer's checked pump ([`crate::stream::pump`]) runs the source, its bytes checked by the one
+//! decoder as they pass, framed and sent; heartbeats fill silences; a trailer ends a good stream.
+//! A peer that goes away, a defect in the stream, or SIGTERM stops the source's whole process
+//! group: no orphaned backups. Nothing a peer sends can stop the donor.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, Challenge, FrameType, Trailer, FLAG_NO_AUTH, NONCE_LEN};
-use super::transport::{read_frame, write_frame, Conn, FrameError};
+use super::codec::{Frame, FrameCodec};
+use super::gate::{Gate, HandshakeLimits, RateLimited, Refused, Ticket};
+use super::protocol::{self, DonorPake, FrameType, Token, Trailer};
+use super::transport::{write_frame, Conn, FrameError};
 use super::CloneError;
 type Result<T, E = CloneError> = std::result::Result<T, E>;
 use crate::format::DecodeOptions;
@@ -33,62 +42,54 @@ pub struct ServeOptions {
     pub listen: String,
     pub source: Source,
     pub max_conns: usize,
-    /// Key derived from the token file; `None` only with `--insecure`.
-    pub key: Option<[u8; 32]>,
+    /// The shared token; `None` only with `--insecure`.
+    pub token: Option<Token>,
     pub tls: Option<Arc<ServerConfig>>,
     /// Plain xbstream, no handshake (for `ncat --recv-only | xbstream -x` receivers).
     pub raw: bool,
     pub heartbeat: Duration,
     /// Parallel readers for `--dir`.
     pub parallel: usize,
+    /// Bounds on connections that have not authenticated.
+    pub handshakes: HandshakeLimits,
 }
 
 const DATA_FRAME: usize = 1 << 20;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUEUE_NOTICE: Duration = Duration::from_secs(5);
+/// A write to an authenticated peer that has not drained for this long ends its session.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the accept loop looks at the shutdown flag (set by the signal handler).
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// Sent, best effort, to a connection closed at the gate (plain TCP only).
+const BUSY: &str = "donor busy: too many connections are authenticating; retry shortly";
 
-/// Clone slots: at most `max` sources run at once.
-struct Slots {
-    max: usize,
-    used: Mutex<usize>,
-    freed: Condvar,
-}
-
-impl Slots {
-    /// Wait up to `wait` for a slot; `Some(running)` if none came free.
-    fn try_take(&self, wait: Duration) -> std::result::Result<(), usize> {
-        let deadline = Instant::now() + wait;
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used >= self.max {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(*used);
-            }
-            used = self
-                .freed
-                .wait_timeout(used, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        *used += 1;
-        Ok(())
-    }
-    fn give_back(&self) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(1);
-        self.freed.notify_one();
-    }
+/// What every connection task shares.
+struct Ctx {
+    opts: ServeOptions,
+    gate: Arc<Gate>,
+    slots: Arc<Semaphore>,
+    shutdown: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Run the donor until `shutdown` is set (SIGTERM). In-flight clones are then aborted: their
 /// sources stopped, their peers told.
 pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<()> {
-    let listener = TcpListener::bind(&opts.listen).map_err(|e| CloneError::Listen {
-        addr: opts.listen.clone(),
-        source: e,
-    })?;
-    listener
-        .set_nonblocking(true)
+    // Two workers: the tasks only wait on sockets; the clones themselves run on their own
+    // threads, one per slot.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xbagent-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| CloneError::Setup(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(accept_loop(opts, shutdown))
+}
+
+async fn bind(opts: &ServeOptions) -> Result<TcpListener> {
+    let listener = TcpListener::bind(&opts.listen)
+        .await
         .map_err(|e| CloneError::Listen {
             addr: opts.listen.clone(),
             source: e,
@@ -101,70 +102,118 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<()> {
         tracing::warn!(
             "serving raw xbstream on {local}: no authentication, and receivers cannot tell a cut stream from a complete one"
         );
-    } else if opts.key.is_none() {
+    } else if opts.token.is_none() {
         tracing::warn!("serving on {local} WITHOUT authentication (--insecure): anyone who reaches this port gets the whole database");
     }
+    let l = opts.handshakes;
     tracing::info!(
-        "listening on {local} (max {} concurrent clones)",
-        opts.max_conns
+        "listening on {local} (max {} concurrent clones; at most {} handshakes in flight, {} per address, each within {})",
+        opts.max_conns,
+        l.in_flight,
+        l.per_address,
+        humantime::format_duration(l.deadline)
     );
-    let slots = Arc::new(Slots {
-        max: opts.max_conns.max(1),
-        used: Mutex::new(0),
-        freed: Condvar::new(),
+    Ok(listener)
+}
+
+async fn accept_loop(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<()> {
+    let listener = bind(&opts).await?;
+    let ctx = Arc::new(Ctx {
+        gate: Gate::new(opts.handshakes),
+        slots: Arc::new(Semaphore::new(opts.max_conns.max(1))),
+        tls: opts.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        opts,
+        shutdown,
+        cancel: CancellationToken::new(),
     });
+    let refusals = RateLimited::new(Duration::from_secs(10));
+    let accept_errors = RateLimited::new(Duration::from_secs(10));
     let ids = AtomicU64::new(1);
-    let mut handles = Vec::new();
-    while !shutdown.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((sock, peer)) => {
-                let id = ids.fetch_add(1, Ordering::Relaxed);
-                let (opts, slots, shutdown) = (opts.clone(), slots.clone(), shutdown.clone());
-                handles.push(thread::spawn(move || {
-                    handle(id, sock, peer, &opts, &slots, &shutdown)
-                }));
-                handles.retain(|h| !h.is_finished());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => tracing::warn!("accept failed: {e}"),
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut poll = tokio::time::interval(SHUTDOWN_POLL);
+    while !ctx.shutdown.load(Ordering::SeqCst) {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => match ctx.gate.admit(peer.ip()) {
+                    Ok(ticket) => {
+                        let id = ids.fetch_add(1, Ordering::Relaxed);
+                        tasks.spawn(connection(ctx.clone(), sock, peer, id, ticket));
+                    }
+                    Err(why) => refuse(&ctx, &sock, peer, why, &refusals),
+                },
+                // Out of file descriptors, say: keep serving what is open, try again soon.
+                Err(e) => {
+                    if let Some(held) = accept_errors.due(Instant::now()) {
+                        tracing::warn!("accept failed: {e} ({held} more since the last report)");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = poll.tick() => {}
         }
+        while tasks.try_join_next().is_some() {}
     }
+    drop(listener);
+    ctx.cancel.cancel();
     tracing::info!(
-        "shutting down: no new connections; aborting {} in-flight clone(s)",
-        handles.len()
+        "shutting down: no new connections; aborting {} connection(s) in flight",
+        tasks.len()
     );
-    for h in handles {
-        let _ = h.join();
-    }
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
-fn handle(
-    id: u64,
-    sock: TcpStream,
-    peer: SocketAddr,
-    opts: &ServeOptions,
-    slots: &Slots,
-    shutdown: &AtomicBool,
-) {
-    let span = tracing::info_span!("conn", id, %peer);
-    let _g = span.enter();
-    tracing::info!("connected");
-    match session(sock, opts, slots, shutdown) {
-        Ok(t) if t.exit_status == 0 => tracing::info!(
-            "clone sent: {} files, {} chunks, {} bytes",
-            t.files,
-            t.chunks,
-            t.bytes
-        ),
-        Ok(t) => tracing::warn!(
-            "source exited with status {}; the receiver was told (trailer)",
-            t.exit_status
-        ),
-        Err(e) => tracing::warn!("clone aborted: {e}"),
+/// Close a connection the gate did not admit: one non-blocking write of an ERROR frame (plain
+/// TCP only), then close; logged at most once per 10 s.
+fn refuse(ctx: &Ctx, sock: &TcpStream, peer: SocketAddr, why: Refused, log: &RateLimited) {
+    if ctx.tls.is_none() && !ctx.opts.raw {
+        let mut frame = protocol::frame_header(FrameType::Error, BUSY.len()).to_vec();
+        frame.extend_from_slice(BUSY.as_bytes());
+        let _ = sock.try_write(&frame);
     }
+    if let Some(held) = log.due(Instant::now()) {
+        tracing::warn!(
+            "refused a connection from {peer}: {why} ({held} more refused since the last report)"
+        );
+    }
+}
+
+async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, ticket: Ticket) {
+    use tracing::Instrument;
+    let span = tracing::info_span!("conn", id, %peer);
+    async move {
+        tracing::info!("connected");
+        let _ = sock.set_nodelay(true);
+        let ended = match ctx.tls.clone() {
+            Some(acc) => {
+                let deadline = ctx.gate.limits().deadline;
+                match tokio::time::timeout(deadline, acc.accept(sock)).await {
+                    Ok(Ok(tls)) => session(&ctx, tls, peer.ip(), ticket).await,
+                    Ok(Err(e)) => Err(SessionError::Socket(e)),
+                    Err(_) => Err(SessionError::Timeout(deadline)),
+                }
+            }
+            None => session(&ctx, sock, peer.ip(), ticket).await,
+        };
+        match ended {
+            Ok(t) if t.exit_status == 0 => tracing::info!(
+                "clone sent: {} files, {} chunks, {} bytes",
+                t.files,
+                t.chunks,
+                t.bytes
+            ),
+            Ok(t) => tracing::warn!(
+                "source exited with status {}; the receiver was told (trailer)",
+                t.exit_status
+            ),
+            Err(e @ (SessionError::Timeout(_) | SessionError::Handshake(_))) => {
+                tracing::info!("closed: {e}")
+            }
+            Err(e) => tracing::warn!("clone aborted: {e}"),
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 /// Why one connection's session ended without a clone. Sent to the peer (an ERROR frame)
@@ -173,12 +222,12 @@ fn handle(
 pub enum SessionError {
     #[error("{0}")]
     Socket(#[source] std::io::Error),
-    #[error("{0}")]
-    Tls(#[source] rustls::Error),
+    #[error("handshake not done within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
     #[error("handshake: {0}")]
     Handshake(#[source] FrameError),
-    #[error("handshake: {0}")]
-    HandshakeSend(#[source] std::io::Error),
+    #[error("handshake: the peer closed the connection")]
+    Closed,
     #[error("handshake: expected {expected}, got {got:?}")]
     Unexpected {
         expected: &'static str,
@@ -186,16 +235,20 @@ pub enum SessionError {
     },
     #[error("{0}")]
     Hello(#[source] protocol::ProtocolError),
-    #[error("no randomness: {0}")]
-    Randomness(#[source] rustix::io::Errno),
     #[error("peer refused: {0}")]
     PeerRefused(String),
     #[error("authentication failed: wrong token")]
     WrongToken,
+    #[error("this address failed to authenticate too often; closing until its wait is over")]
+    SlowedDown,
     #[error("shutting down before the clone started")]
     ShuttingDown,
     #[error("peer left while waiting: {0}")]
-    LeftWhileQueued(#[source] std::io::Error),
+    LeftWhileQueued(#[source] FrameError),
+    #[error("peer sent data after authenticating")]
+    TalkedWhileQueued,
+    #[error("cannot start the clone's thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("{0}")]
     SourceStart(#[source] crate::stream::source::SourceError),
     #[error("donor is shutting down (SIGTERM)")]
@@ -208,131 +261,225 @@ pub enum SessionError {
     ReceiverGone(#[source] std::io::Error),
 }
 
-fn session(
-    sock: TcpStream,
-    opts: &ServeOptions,
-    slots: &Slots,
-    shutdown: &AtomicBool,
-) -> std::result::Result<Trailer, SessionError> {
-    let mut conn = open_conn(sock, opts)?;
-    let mut buf = Vec::new();
-    if !opts.raw {
-        if let Err(e) = handshake(&mut conn, opts, &mut buf) {
-            let _ = write_frame(&mut conn, FrameType::Error, e.to_string().as_bytes());
-            conn.finish();
-            return Err(e);
-        }
-        tracing::info!("peer authenticated");
+/// A connection the handshake ran on, turned back into a blocking one for the clone's thread.
+trait IntoConn {
+    fn into_conn(self) -> std::io::Result<Conn>;
+}
+
+fn blocking(s: TcpStream) -> std::io::Result<std::net::TcpStream> {
+    let s = s.into_std()?;
+    s.set_nonblocking(false)?;
+    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    Ok(s)
+}
+
+impl IntoConn for TcpStream {
+    fn into_conn(self) -> std::io::Result<Conn> {
+        Ok(Conn::Plain(blocking(self)?))
     }
-    wait_for_slot(&mut conn, opts, slots, shutdown)?;
-    let result = stream(&mut conn, opts, shutdown);
-    slots.give_back();
-    conn.finish();
-    result
 }
 
-/// The connection with its timeouts set, wrapped in TLS if configured.
-fn open_conn(sock: TcpStream, opts: &ServeOptions) -> std::result::Result<Conn, SessionError> {
-    let _ = sock.set_nonblocking(false);
-    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(SessionError::Socket)?;
-    sock.set_write_timeout(Some(Duration::from_secs(300)))
-        .map_err(SessionError::Socket)?;
-    Ok(match &opts.tls {
-        Some(cfg) => {
-            let tls = rustls::ServerConnection::new(cfg.clone()).map_err(SessionError::Tls)?;
-            Conn::TlsServer(Box::new(rustls::StreamOwned::new(tls, sock)))
+impl IntoConn for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_conn(self) -> std::io::Result<Conn> {
+        let (sock, tls) = self.into_inner();
+        Ok(Conn::TlsServer(Box::new(rustls::StreamOwned::new(
+            tls,
+            blocking(sock)?,
+        ))))
+    }
+}
+
+/// One admitted connection: handshake within the deadline (holding the gate's ticket), wait
+/// for a slot, then the clone on its own thread.
+async fn session<S>(
+    ctx: &Arc<Ctx>,
+    io: S,
+    ip: IpAddr,
+    ticket: Ticket,
+) -> std::result::Result<Trailer, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + IntoConn,
+{
+    if ctx.opts.raw {
+        // No handshake: the connection keeps its place at the gate until a slot is free.
+        let permit = tokio::select! {
+            p = ctx.slots.clone().acquire_owned() => p.map_err(|_| SessionError::ShuttingDown)?,
+            _ = ctx.cancel.cancelled() => return Err(SessionError::ShuttingDown),
+        };
+        drop(ticket);
+        let conn = io.into_conn().map_err(SessionError::Socket)?;
+        return run_clone(ctx, conn, permit).await;
+    }
+    let mut framed = Framed::new(io, FrameCodec::new(protocol::HELLO_LEN as u32));
+    let deadline = ctx.gate.limits().deadline;
+    let shook = tokio::select! {
+        r = tokio::time::timeout(deadline, handshake(ctx, &mut framed, ip)) => {
+            r.unwrap_or(Err(SessionError::Timeout(deadline)))
         }
-        None => Conn::Plain(sock),
-    })
+        _ = ctx.cancel.cancelled() => Err(SessionError::ShuttingDown),
+    };
+    if let Err(e) = shook {
+        // Best effort, and bounded: the peer may be the one not reading.
+        let msg = error_frame(&e.to_string());
+        let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(msg)).await;
+        return Err(e);
+    }
+    drop(ticket);
+    ctx.gate.succeeded(ip);
+    tracing::info!("peer authenticated");
+    let permit = wait_for_slot(ctx, &mut framed).await?;
+    let parts = framed.into_parts();
+    if !parts.read_buf.is_empty() {
+        return Err(SessionError::TalkedWhileQueued);
+    }
+    let conn = parts.io.into_conn().map_err(SessionError::Socket)?;
+    run_clone(ctx, conn, permit).await
 }
 
-/// Wait for a slot, telling the peer why it waits; a peer that leaves is noticed here.
-fn wait_for_slot(
-    conn: &mut Conn,
-    opts: &ServeOptions,
-    slots: &Slots,
-    shutdown: &AtomicBool,
+/// An ERROR frame for a peer that may not have authenticated: its text fits the cap the peer
+/// applies at that point.
+fn error_frame(msg: &str) -> Frame {
+    let cap = protocol::MAX_PREAUTH_FRAME as usize;
+    let mut end = msg.len().min(cap);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    Frame::new(FrameType::Error, msg[..end].to_string())
+}
+
+async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, FrameCodec>,
+) -> std::result::Result<Frame, SessionError> {
+    match framed.next().await {
+        Some(Ok(f)) => Ok(f),
+        Some(Err(e)) => Err(SessionError::Handshake(e)),
+        None => Err(SessionError::Closed),
+    }
+}
+
+/// HELLO, our CHALLENGE (after the wait an address that keeps failing must sit out), PROOF.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    framed: &mut Framed<S, FrameCodec>,
+    ip: IpAddr,
 ) -> std::result::Result<(), SessionError> {
-    loop {
-        if shutdown.load(Ordering::SeqCst) {
-            let _ = send_error(conn, opts, "donor is shutting down");
-            return Err(SessionError::ShuttingDown);
+    let f = next_frame(framed).await?;
+    if f.ty != FrameType::Hello {
+        return Err(SessionError::Unexpected {
+            expected: "HELLO",
+            got: f.ty,
+        });
+    }
+    let hello = protocol::parse_hello(&f.payload).map_err(SessionError::Hello)?;
+    // The guess in this HELLO is answered only when this address's turn comes.
+    match ctx.gate.turn(ip, Instant::now()) {
+        None => return Err(SessionError::SlowedDown),
+        Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+        Some(_) => {}
+    }
+    let pake = DonorPake::answer(ctx.opts.token.as_ref(), &hello).map_err(|e| {
+        ctx.gate.failed(ip, Instant::now());
+        SessionError::Hello(e)
+    })?;
+    let reply = Frame::new(FrameType::Challenge, protocol::challenge(&pake.challenge));
+    framed.send(reply).await.map_err(SessionError::Handshake)?;
+    framed.codec_mut().set_max(protocol::MAX_PREAUTH_FRAME);
+    let f = next_frame(framed).await?;
+    match f.ty {
+        FrameType::Error => Err(SessionError::PeerRefused(
+            String::from_utf8_lossy(&f.payload).into_owned(),
+        )),
+        FrameType::Proof if pake.accepts(&f.payload) => Ok(()),
+        FrameType::Proof => {
+            ctx.gate.failed(ip, Instant::now());
+            Err(SessionError::WrongToken)
         }
-        match slots.try_take(QUEUE_NOTICE) {
-            Ok(()) => return Ok(()),
-            Err(running) => {
+        other => Err(SessionError::Unexpected {
+            expected: "PROOF",
+            got: other,
+        }),
+    }
+}
+
+/// Wait for a slot, telling the peer why it waits every few seconds; a peer that leaves or
+/// speaks out of turn is noticed here.
+async fn wait_for_slot<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    framed: &mut Framed<S, FrameCodec>,
+) -> std::result::Result<OwnedSemaphorePermit, SessionError> {
+    loop {
+        tokio::select! {
+            p = ctx.slots.clone().acquire_owned() => {
+                return p.map_err(|_| SessionError::ShuttingDown);
+            }
+            _ = tokio::time::sleep(QUEUE_NOTICE) => {
+                let running = ctx.opts.max_conns.saturating_sub(ctx.slots.available_permits());
                 let msg = format!(
                     "waiting: {running} clone(s) already running (--max-conns {})",
-                    slots.max
+                    ctx.opts.max_conns
                 );
                 tracing::info!("{msg}");
-                if !opts.raw {
-                    write_frame(conn, FrameType::Queued, msg.as_bytes())
-                        .and_then(|()| conn.flush())
-                        .map_err(SessionError::LeftWhileQueued)?;
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    framed.send(Frame::new(FrameType::Queued, msg)),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(SessionError::LeftWhileQueued(e)),
+                    Err(_) => return Err(SessionError::LeftWhileQueued(FrameError::Io(
+                        std::io::ErrorKind::TimedOut.into(),
+                    ))),
                 }
+            }
+            f = framed.next() => {
+                return Err(match f {
+                    None => SessionError::LeftWhileQueued(FrameError::Io(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    )),
+                    Some(Err(e)) => SessionError::LeftWhileQueued(e),
+                    Some(Ok(_)) => SessionError::TalkedWhileQueued,
+                });
+            }
+            _ = ctx.cancel.cancelled() => {
+                let msg = error_frame("donor is shutting down");
+                let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(msg)).await;
+                return Err(SessionError::ShuttingDown);
             }
         }
     }
+}
+
+/// The clone itself, on a thread of its own (the pump and the source are blocking); the slot
+/// is held until it ends. A thread that cannot be started ends this session only.
+async fn run_clone(
+    ctx: &Arc<Ctx>,
+    mut conn: Conn,
+    permit: OwnedSemaphorePermit,
+) -> std::result::Result<Trailer, SessionError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (opts, shutdown) = (ctx.opts.clone(), ctx.shutdown.clone());
+    let span = tracing::Span::current();
+    let spawned = std::thread::Builder::new()
+        .name("xbagent-clone".into())
+        .spawn(move || {
+            let _g = span.enter();
+            let result = stream(&mut conn, &opts, &shutdown);
+            conn.finish();
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        return Err(SessionError::Thread(e));
+    }
+    let result = rx.await.unwrap_or(Err(SessionError::Interrupted));
+    drop(permit);
+    result
 }
 
 fn send_error(conn: &mut Conn, opts: &ServeOptions, msg: &str) -> std::io::Result<()> {
     if !opts.raw {
         write_frame(conn, FrameType::Error, msg.as_bytes())?;
         conn.flush()?;
-    }
-    Ok(())
-}
-
-fn handshake(
-    conn: &mut Conn,
-    opts: &ServeOptions,
-    buf: &mut Vec<u8>,
-) -> std::result::Result<(), SessionError> {
-    let ty = read_frame(conn, buf).map_err(SessionError::Handshake)?;
-    if ty != FrameType::Hello {
-        return Err(SessionError::Unexpected {
-            expected: "HELLO",
-            got: ty,
-        });
-    }
-    let client_nonce = protocol::parse_hello(buf).map_err(SessionError::Hello)?;
-    let mut server_nonce = [0u8; NONCE_LEN];
-    rustix::rand::getrandom(&mut server_nonce, rustix::rand::GetRandomFlags::empty())
-        .map_err(SessionError::Randomness)?;
-    let c = match &opts.key {
-        Some(k) => Challenge {
-            flags: 0,
-            nonce: server_nonce,
-            proof: protocol::server_proof(k, &client_nonce, &server_nonce),
-        },
-        None => Challenge {
-            flags: FLAG_NO_AUTH,
-            nonce: server_nonce,
-            proof: [0; 32],
-        },
-    };
-    write_frame(conn, FrameType::Challenge, &protocol::challenge(&c))
-        .and_then(|()| conn.flush())
-        .map_err(SessionError::HandshakeSend)?;
-    let ty = read_frame(conn, buf).map_err(SessionError::Handshake)?;
-    if ty == FrameType::Error {
-        return Err(SessionError::PeerRefused(
-            String::from_utf8_lossy(buf).into_owned(),
-        ));
-    }
-    if ty != FrameType::Proof {
-        return Err(SessionError::Unexpected {
-            expected: "PROOF",
-            got: ty,
-        });
-    }
-    if let Some(k) = &opts.key {
-        let want = protocol::client_proof(k, &client_nonce, &server_nonce);
-        if !protocol::proof_matches(&want, buf) {
-            return Err(SessionError::WrongToken);
-        }
     }
     Ok(())
 }

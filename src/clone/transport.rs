@@ -88,18 +88,18 @@ pub fn write_frame(w: &mut impl Write, ty: FrameType, payload: &[u8]) -> io::Res
     w.write_all(payload)
 }
 
-/// Read one frame into `buf` (reused between calls; never larger than the frame cap).
-pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<FrameType, FrameError> {
-    let (ty, len) = read_header(r)?;
+/// Read one frame of at most `max` payload bytes into `buf` (reused between calls).
+pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: u32) -> Result<FrameType, FrameError> {
+    let (ty, len) = read_header(r, max)?;
     read_payload(r, len, buf)?;
     Ok(ty)
 }
 
-/// Read and check a frame header.
-pub fn read_header(r: &mut impl Read) -> Result<(FrameType, u32), FrameError> {
+/// Read and check a frame header against the cap `max`.
+pub fn read_header(r: &mut impl Read, max: u32) -> Result<(FrameType, u32), FrameError> {
     let mut h = [0u8; 5];
     r.read_exact(&mut h)?;
-    parse_header(&h).map_err(FrameError::Protocol)
+    parse_header(&h, max).map_err(FrameError::Protocol)
 }
 
 /// Read a frame's payload of `len` bytes (already checked against the cap) into `buf`.

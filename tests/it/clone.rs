@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
-use xbagent::clone::protocol::{self, Challenge, FrameType};
+use xbagent::clone::protocol::{self, FrameType};
 use xbagent::clone::transport::{read_frame, write_frame};
 
 use crate::support::mariadb::{fixture, require_mariadb, Server};
@@ -614,29 +614,26 @@ fn silent_donor(token: &[u8]) -> (u16, Arc<AtomicBool>, thread::JoinHandle<()>) 
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let stop = Arc::new(AtomicBool::new(false));
-    let key = protocol::derive_key(token);
+    let token = protocol::Token::new(token);
     let stop2 = stop.clone();
     let h = thread::spawn(move || {
         let mut c = accept_within(&l, "fake donor", &stop2);
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = Vec::new();
-        let ty = read_frame(&mut c, &mut buf).expect("fake donor: HELLO");
+        let ty = read_frame(&mut c, &mut buf, protocol::MAX_FRAME).expect("fake donor: HELLO");
         assert_eq!(ty, FrameType::Hello);
-        let client_nonce = protocol::parse_hello(&buf).expect("fake donor: parse HELLO");
-        let server_nonce = [0x5a; protocol::NONCE_LEN];
-        let ch = Challenge {
-            flags: 0,
-            nonce: server_nonce,
-            proof: protocol::server_proof(&key, &client_nonce, &server_nonce),
-        };
-        write_frame(&mut c, FrameType::Challenge, &protocol::challenge(&ch)).unwrap();
-        let ty = read_frame(&mut c, &mut buf).expect("fake donor: PROOF");
+        let hello = protocol::parse_hello(&buf).expect("fake donor: parse HELLO");
+        let pake = protocol::DonorPake::answer(Some(&token), &hello).expect("fake donor: SPAKE2");
+        write_frame(
+            &mut c,
+            FrameType::Challenge,
+            &protocol::challenge(&pake.challenge),
+        )
+        .unwrap();
+        let ty = read_frame(&mut c, &mut buf, protocol::MAX_FRAME).expect("fake donor: PROOF");
         assert_eq!(ty, FrameType::Proof);
         assert!(
-            protocol::proof_matches(
-                &protocol::client_proof(&key, &client_nonce, &server_nonce),
-                &buf
-            ),
+            pake.accepts(&buf),
             "fake donor: the receiver's proof is wrong"
         );
         write_frame(&mut c, FrameType::Start, b"exec: silence").unwrap();

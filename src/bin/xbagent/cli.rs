@@ -243,6 +243,16 @@ pub struct ServeArgs {
     /// Parallel readers for --dir.
     #[arg(short = 'p', long, default_value_t = 1)]
     pub parallel: usize,
+    /// Connections authenticating at once; past it, new connections are closed at once (a
+    /// receiver retries within its --retry-for).
+    #[arg(long, default_value_t = 64)]
+    pub max_handshakes: usize,
+    /// Connections authenticating at once from one address.
+    #[arg(long, default_value_t = 8)]
+    pub max_handshakes_per_address: usize,
+    /// Total time a peer has to finish TLS and authentication.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use crate::exit;
 use crate::exit::{Failure, TokenError};
+use xbagent::clone::gate::HandshakeLimits;
+use xbagent::clone::protocol::Token;
 use xbagent::clone::receive::{ReceiveOptions, Received};
 use xbagent::clone::serve::ServeOptions;
 use xbagent::clone::tls;
@@ -13,7 +15,7 @@ use xbagent::stream::source::Source;
 use crate::cli::{default_writers, ReceiveArgs, ServeArgs};
 use crate::{shutdown_flag, Display};
 
-fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, Failure> {
+fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<Token>, Failure> {
     match path {
         Some(p) => {
             let t = std::fs::read(p).map_err(|source| TokenError::Read {
@@ -26,7 +28,7 @@ fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, F
                 }
                 .into());
             }
-            Ok(Some(xbagent::clone::protocol::derive_key(&t)))
+            Ok(Some(Token::new(&t)))
         }
         None if insecure => Ok(None),
         None => Err(TokenError::Missing.into()),
@@ -34,7 +36,7 @@ fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<[u8; 32]>, F
 }
 
 pub fn serve(a: ServeArgs) -> Result<i32, Failure> {
-    let key = if a.raw {
+    let token = if a.raw {
         None
     } else {
         read_token(a.token_file.as_deref(), a.insecure)?
@@ -56,11 +58,18 @@ pub fn serve(a: ServeArgs) -> Result<i32, Failure> {
         listen: a.listen,
         source,
         max_conns: a.max_conns.max(1),
-        key,
+        token,
         tls,
         raw: a.raw,
         heartbeat: a.heartbeat.max(std::time::Duration::from_millis(100)),
         parallel: a.parallel,
+        handshakes: HandshakeLimits {
+            in_flight: a.max_handshakes.max(1),
+            per_address: a.max_handshakes_per_address.max(1),
+            deadline: a
+                .handshake_timeout
+                .max(std::time::Duration::from_millis(100)),
+        },
     };
     xbagent::clone::serve::serve(opts, shutdown_flag()?)?;
     Ok(exit::OK)
@@ -75,7 +84,7 @@ pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
         );
         return Ok(exit::OK);
     }
-    let key = if a.raw {
+    let token = if a.raw {
         None
     } else {
         read_token(a.token_file.as_deref(), a.insecure)?
@@ -97,7 +106,7 @@ pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
     let opts = ReceiveOptions {
         from: a.from,
         dir: a.dir,
-        key,
+        token,
         tls,
         retry_for: a.retry_for,
         stall_timeout: a.stall_timeout,

@@ -116,6 +116,7 @@ fn clone(e: &CloneError) -> i32 {
         | CloneError::Io { .. }
         | CloneError::Stalled { .. }
         | CloneError::Cut { .. }
+        | CloneError::Busy { .. }
         | CloneError::Donor(_) => PEER,
         CloneError::Extract(e) => extract(e),
     }
