@@ -173,8 +173,9 @@ impl Gate {
         Some(wait)
     }
 
-    /// `ip` failed authentication (a wrong token or a malformed exchange).
-    pub fn failed(&self, ip: IpAddr, now: Instant) {
+    /// `ip`'s guess is being answered: counted as a failure until the guess proves right. (A
+    /// peer that checks the answer and goes away, or never answers, has still had its guess.)
+    pub fn charge(&self, ip: IpAddr, now: Instant) {
         let mut st = self.lock();
         if let Some(a) = st.addresses.get_mut(&ip) {
             a.failures = a.failures.saturating_add(1);
@@ -182,12 +183,12 @@ impl Gate {
         }
     }
 
-    /// `ip` authenticated: its failures are forgiven.
-    pub fn succeeded(&self, ip: IpAddr) {
+    /// `ip`'s guess was right: its charge is refunded. Earlier failures still count, so a
+    /// client sharing an address with an attacker does not wipe the attacker's record.
+    pub fn refund(&self, ip: IpAddr) {
         let mut st = self.lock();
         if let Some(a) = st.addresses.get_mut(&ip) {
-            a.failures = 0;
-            a.next_turn = None;
+            a.failures = a.failures.saturating_sub(1);
         }
     }
 }
@@ -267,15 +268,21 @@ mod tests {
         let g = gate(10, 10);
         let t0 = Instant::now();
         let _t = g.admit(A).unwrap();
+        // Right guesses cost nothing.
+        for _ in 0..10 {
+            assert_eq!(g.turn(A, t0), Some(Duration::ZERO));
+            g.charge(A, t0);
+            g.refund(A);
+        }
         for _ in 0..FREE_FAILURES {
             assert_eq!(g.turn(A, t0), Some(Duration::ZERO));
-            g.failed(A, t0);
+            g.charge(A, t0);
         }
         // Slowed down now: each guess is spaced from the one before.
         let mut waits = Vec::new();
         for _ in 0..4 {
             waits.push(g.turn(A, t0).unwrap());
-            g.failed(A, t0);
+            g.charge(A, t0);
         }
         assert_eq!(waits[0], Duration::ZERO);
         assert!(
@@ -287,15 +294,14 @@ mod tests {
         assert_eq!(g.turn(B, t0), Some(Duration::ZERO));
         // A wait beyond the deadline gives up at once rather than hold a place.
         for _ in 0..20 {
-            g.failed(A, t0);
+            g.charge(A, t0);
             let _ = g.turn(A, t0);
         }
         assert_eq!(g.turn(A, t0), None);
-        // Forgotten after a quiet while; forgiven after a success.
+        // A right guess does not wipe the record; a quiet while does.
+        g.refund(A);
+        assert_eq!(g.turn(A, t0), None);
         assert_eq!(g.turn(A, t0 + FORGET_AFTER), Some(Duration::ZERO));
-        g.failed(A, t0);
-        g.succeeded(A);
-        assert_eq!(g.turn(A, t0), Some(Duration::ZERO));
     }
 
     #[test]

@@ -325,7 +325,6 @@ where
         return Err(e);
     }
     drop(ticket);
-    ctx.gate.succeeded(ip);
     tracing::info!("peer authenticated");
     let permit = wait_for_slot(ctx, &mut framed).await?;
     let parts = framed.into_parts();
@@ -377,10 +376,9 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
         Some(_) => {}
     }
-    let pake = DonorPake::answer(ctx.opts.token.as_ref(), &hello).map_err(|e| {
-        ctx.gate.failed(ip, Instant::now());
-        SessionError::Hello(e)
-    })?;
+    // From here the peer has had its guess: a failure unless its PROOF shows it was right.
+    ctx.gate.charge(ip, Instant::now());
+    let pake = DonorPake::answer(ctx.opts.token.as_ref(), &hello).map_err(SessionError::Hello)?;
     let reply = Frame::new(FrameType::Challenge, protocol::challenge(&pake.challenge));
     framed.send(reply).await.map_err(SessionError::Handshake)?;
     framed.codec_mut().set_max(protocol::MAX_PREAUTH_FRAME);
@@ -389,11 +387,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         FrameType::Error => Err(SessionError::PeerRefused(
             String::from_utf8_lossy(&f.payload).into_owned(),
         )),
-        FrameType::Proof if pake.accepts(&f.payload) => Ok(()),
-        FrameType::Proof => {
-            ctx.gate.failed(ip, Instant::now());
-            Err(SessionError::WrongToken)
+        FrameType::Proof if pake.accepts(&f.payload) => {
+            ctx.gate.refund(ip);
+            Ok(())
         }
+        FrameType::Proof => Err(SessionError::WrongToken),
         other => Err(SessionError::Unexpected {
             expected: "PROOF",
             got: other,

@@ -1,0 +1,480 @@
+//! Issue 11, §1 and §2: `serve` under connection floods, addresses that keep failing, and what
+//! a recorded handshake gives an attacker. Real `serve` and `receive` processes on loopback.
+//!
+//! The attacker connects from 127.0.0.2 (any 127/8 address is the loopback), the genuine
+//! receiver from 127.0.0.1, as an attacker's pod and a new replica would in a cluster.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use xbagent::clone::protocol::{self, DonorPake, FrameType, ReceiverPake, Token};
+use xbagent::clone::transport::read_frame;
+
+use crate::support::proc::{Outcome, Proc};
+use crate::support::trees::{tree_skipping, Tree};
+use crate::support::{free_port, noise, short_tempdir, xb};
+
+const COMPLETE: &str = ".xbagent-clone-complete";
+const PARTIAL: &str = ".xbagent-clone-in-progress";
+const FLOOD: usize = 10_000;
+const ATTACKER: &str = "127.0.0.2";
+
+fn write_token(dir: &Path, name: &str, token: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, format!("{token}\n")).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+const TOKEN: &str = "5f2c8e1a9b7d4c3e6a0f1b2d3c4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a";
+
+/// A source tree of a few files, some of them a few MiB.
+fn make_src(root: &Path) -> PathBuf {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("db")).unwrap();
+    fs::write(src.join("ibdata1"), noise(1, 3 << 20)).unwrap();
+    fs::write(src.join("db/t.ibd"), noise(2, 1 << 20)).unwrap();
+    fs::write(src.join("db/t.frm"), b"frm").unwrap();
+    src
+}
+
+fn tree(root: &Path) -> Tree {
+    tree_skipping(root, &[COMPLETE, PARTIAL])
+}
+
+fn start_serve(dir: &Path, port: u16, src: &Path, token: &Path, extra: &[&str]) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--dir",
+        src.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut p = Proc::spawn("serve", &mut xb(&args), dir.join("serve.log"), true);
+    p.wait_log("listening on", Duration::from_secs(15));
+    p
+}
+
+fn receive(
+    dir: &Path,
+    name: &str,
+    from: &str,
+    dst: &Path,
+    token: &Path,
+    limit: Duration,
+) -> Outcome {
+    let args = [
+        "receive",
+        "--from",
+        from,
+        "-C",
+        dst.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--retry-for",
+        "60s",
+    ];
+    let out = Proc::spawn(name, &mut xb(&args), dir.join(format!("{name}.log")), false).wait(limit);
+    eprintln!(
+        "[{name}] exit {:?} after {:.1?}: {}",
+        out.code,
+        out.elapsed,
+        out.log.lines().last().unwrap_or("")
+    );
+    out
+}
+
+/// `Threads` and `VmRSS` (KiB) of a process, from /proc.
+fn threads_and_rss(pid: i32) -> (u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("Threads:"), field("VmRSS:"))
+}
+
+/// Room for the flood's sockets in this process.
+fn raise_open_files(need: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    let max = l.maximum.unwrap_or(u64::MAX);
+    assert!(
+        max >= need,
+        "the flood test needs {need} open files; the hard limit is {max} (raise it with ulimit -Hn)"
+    );
+    if l.current.unwrap_or(u64::MAX) < need {
+        l.current = Some(need);
+        setrlimit(Resource::Nofile, l).expect("cannot raise the open-files limit");
+    }
+}
+
+/// The attacker: `FLOOD` connections from 127.0.0.2, half idle, half dripping a HELLO a byte a
+/// second; and, while `go` holds, new ones opened without pause, so that the places the donor
+/// gives one address are always taken.
+struct Flood {
+    rt: tokio::runtime::Runtime,
+    go: Arc<AtomicBool>,
+    opened: Arc<AtomicU64>,
+}
+
+impl Flood {
+    fn start(port: u16) -> Flood {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let go = Arc::new(AtomicBool::new(true));
+        let opened = Arc::new(AtomicU64::new(0));
+        let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let t0 = Instant::now();
+        let socks = rt.block_on(async {
+            let mut socks = Vec::with_capacity(FLOOD);
+            for batch in 0..FLOOD / 500 {
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..500 {
+                    set.spawn(attacker_conn(target));
+                }
+                while let Some(r) = set.join_next().await {
+                    match r.unwrap() {
+                        Ok(s) => socks.push(s),
+                        Err(e) => panic!("flood connection failed in batch {batch}: {e}"),
+                    }
+                }
+            }
+            socks
+        });
+        opened.fetch_add(socks.len() as u64, Ordering::SeqCst);
+        eprintln!(
+            "[flood] {} connections open after {:.1?}",
+            socks.len(),
+            t0.elapsed()
+        );
+        // Half idle (kept open, never written), half slow.
+        let mut slow = Vec::new();
+        let mut idle = Vec::new();
+        for (i, s) in socks.into_iter().enumerate() {
+            if i % 2 == 0 {
+                idle.push(s)
+            } else {
+                slow.push(s)
+            }
+        }
+        let go2 = go.clone();
+        rt.spawn(async move {
+            let _idle = idle;
+            let hello = protocol::hello(ReceiverPake::start(None).hello());
+            let mut frame = protocol::frame_header(FrameType::Hello, hello.len()).to_vec();
+            frame.extend_from_slice(&hello);
+            let mut at = 0;
+            while go2.load(Ordering::SeqCst) {
+                for s in slow.iter_mut() {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(1),
+                        s.write_all(&frame[at % frame.len()..at % frame.len() + 1]),
+                    )
+                    .await;
+                }
+                at += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let (go3, opened2) = (go.clone(), opened.clone());
+        rt.spawn(async move {
+            let mut held = std::collections::VecDeque::new();
+            while go3.load(Ordering::SeqCst) {
+                if let Ok(s) = attacker_conn(target).await {
+                    opened2.fetch_add(1, Ordering::SeqCst);
+                    held.push_back(s);
+                    if held.len() > 200 {
+                        held.pop_front();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Flood { rt, go, opened }
+    }
+
+    fn stop(self) -> u64 {
+        self.go.store(false, Ordering::SeqCst);
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+        self.opened.load(Ordering::SeqCst)
+    }
+}
+
+async fn attacker_conn(target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(format!("{ATTACKER}:0").parse().unwrap())?;
+    tokio::time::timeout(Duration::from_secs(20), s.connect(target))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+#[test]
+fn a_flood_of_idle_and_slow_connections_neither_stops_nor_starves_serve() {
+    raise_open_files(FLOOD as u64 + 2_000);
+    let w = short_tempdir("flood");
+    let src = make_src(w.path());
+    let token = write_token(w.path(), "token", TOKEN);
+    let port = free_port();
+    let mut serve = start_serve(w.path(), port, &src, &token, &["--handshake-timeout", "3s"]);
+    let (threads0, rss0) = threads_and_rss(serve.pid());
+
+    let flood = Flood::start(port);
+    // The donor under the flood: few threads, little memory, still listening.
+    thread::sleep(Duration::from_secs(1));
+    let (threads, rss) = threads_and_rss(serve.pid());
+    eprintln!(
+        "[flood] serve before: {threads0} threads, {rss0} KiB; with {FLOOD} connections opened: {threads} threads, {rss} KiB"
+    );
+    assert!(threads <= 8, "serve runs {threads} threads under the flood");
+    assert!(rss < 64 * 1024, "serve holds {rss} KiB under the flood");
+
+    let dst = w.path().join("during");
+    let from = format!("127.0.0.1:{port}");
+    let out = receive(
+        w.path(),
+        "during",
+        &from,
+        &dst,
+        &token,
+        Duration::from_secs(90),
+    );
+    let (threads_busy, _) = threads_and_rss(serve.pid());
+    let opened = flood.stop();
+    assert_eq!(
+        out.code,
+        Some(0),
+        "receive under the flood failed:\n{}",
+        out.log
+    );
+    assert!(dst.join(COMPLETE).exists());
+    assert_eq!(tree(&src), tree(&dst), "the clone differs from the source");
+    eprintln!("[flood] {opened} attacker connections in all; serve ran {threads_busy} threads after the clone");
+
+    // Once the flood stops, clones go on as before (the old donor stayed locked out).
+    let dst2 = w.path().join("after");
+    let out = receive(
+        w.path(),
+        "after",
+        &from,
+        &dst2,
+        &token,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "receive after the flood failed:\n{}",
+        out.log
+    );
+    assert_eq!(tree(&src), tree(&dst2));
+    assert!(
+        serve.running(),
+        "serve exited under the flood:\n{}",
+        serve.log()
+    );
+
+    // Refusals were logged, but rate-limited: a handful of lines for thousands of refusals.
+    let log = serve.log();
+    let refused = log.matches("refused a connection").count();
+    assert!(refused >= 1, "no refusal was logged:\n{log}");
+    assert!(
+        refused <= 20,
+        "{refused} refusal lines for one flood: the log is not rate-limited"
+    );
+    assert!(!log.contains("panicked"), "serve panicked:\n{log}");
+}
+
+#[test]
+fn repeated_wrong_tokens_from_one_address_are_slowed_down() {
+    let w = short_tempdir("slowdn");
+    let src = make_src(w.path());
+    let token = write_token(w.path(), "token", TOKEN);
+    let wrong = write_token(w.path(), "wrong", &TOKEN.replace('5', "6"));
+    let port = free_port();
+    let mut serve = start_serve(w.path(), port, &src, &token, &[]);
+    let from = format!("127.0.0.1:{port}");
+    let mut took = Vec::new();
+    for i in 0..9 {
+        let dst = w.path().join(format!("d{i}"));
+        let out = receive(
+            w.path(),
+            &format!("wrong{i}"),
+            &from,
+            &dst,
+            &wrong,
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            out.code,
+            Some(4),
+            "a wrong token must fail (exit 4):\n{}",
+            out.log
+        );
+        assert!(out.log.contains("authentication failed"), "{}", out.log);
+        took.push(out.elapsed);
+    }
+    eprintln!("[slowdown] wrong-token attempts took {took:?}");
+    assert!(
+        took[..3].iter().all(|t| *t < Duration::from_secs(1)),
+        "the first failures must not be slowed: {took:?}"
+    );
+    assert!(
+        took[8] >= Duration::from_millis(1500),
+        "the ninth failure in a row must wait: {took:?}"
+    );
+    // The right token from the same address still gets through (after its wait).
+    let dst = w.path().join("good");
+    let out = receive(
+        w.path(),
+        "good",
+        &from,
+        &dst,
+        &token,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.log);
+    assert!(serve.running());
+    let log = serve.log();
+    assert!(
+        log.matches("peer refused: receiver refuses").count() >= 9,
+        "every wrong guess ends at the receiver, which tells the donor:\n{log}"
+    );
+}
+
+/// What went up (receiver → donor) and down, as recorded.
+type Recorded = (Vec<u8>, Vec<u8>);
+
+/// A relay that records both directions of one connection.
+fn recording_relay(target: u16) -> (u16, thread::JoinHandle<Recorded>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = thread::spawn(move || {
+        let (client, _) = l.accept().unwrap();
+        let upstream = TcpStream::connect(("127.0.0.1", target)).unwrap();
+        let pipe = |mut from: TcpStream, mut to: TcpStream, rec: Arc<Mutex<Vec<u8>>>| {
+            thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    let n = match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    {
+                        let mut r = rec.lock().unwrap();
+                        if r.len() < 4096 {
+                            r.extend_from_slice(&buf[..n.min(4096)]);
+                        }
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(Shutdown::Write);
+            })
+        };
+        let (up, down) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let a = pipe(
+            client.try_clone().unwrap(),
+            upstream.try_clone().unwrap(),
+            up.clone(),
+        );
+        let b = pipe(upstream, client, down.clone());
+        a.join().unwrap();
+        b.join().unwrap();
+        let up = up.lock().unwrap().clone();
+        let down = down.lock().unwrap().clone();
+        (up, down)
+    });
+    (port, h)
+}
+
+#[test]
+fn a_recorded_handshake_gives_nothing_to_test_guesses_against() {
+    let w = short_tempdir("record");
+    let src = make_src(w.path());
+    // A weak, dictionary-like token: the kind that fell in 0.34 s to protocol version 1.
+    let weak = "hunter2hunter2";
+    let token = write_token(w.path(), "token", weak);
+    let port = free_port();
+    let _serve = start_serve(w.path(), port, &src, &token, &[]);
+    let (rport, relay) = recording_relay(port);
+    let dst = w.path().join("dst");
+    let args = [
+        "receive",
+        "--from",
+        &format!("127.0.0.1:{rport}"),
+        "-C",
+        dst.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let out = Proc::spawn("recv", &mut xb(&args), w.path().join("recv.log"), false)
+        .wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{}", out.log);
+    let (up, down) = relay.join().unwrap();
+
+    // What an eavesdropper recorded: HELLO and PROOF one way, CHALLENGE the other.
+    let mut r = &up[..];
+    let mut buf = Vec::new();
+    assert_eq!(
+        read_frame(&mut r, &mut buf, protocol::MAX_FRAME).unwrap(),
+        FrameType::Hello
+    );
+    let hello = protocol::parse_hello(&buf).unwrap();
+    assert_eq!(
+        read_frame(&mut r, &mut buf, protocol::MAX_FRAME).unwrap(),
+        FrameType::Proof
+    );
+    let proof = buf.clone();
+    let mut r = &down[..];
+    assert_eq!(
+        read_frame(&mut r, &mut buf, protocol::MAX_FRAME).unwrap(),
+        FrameType::Challenge
+    );
+    let challenge = protocol::parse_challenge(&buf).unwrap();
+
+    // Every offline check on a candidate: as a receiver finishing the recorded CHALLENGE, and
+    // as a donor answering the recorded HELLO (its confirmation, or the recorded PROOF). The
+    // real token is among the candidates, and it confirms nothing either.
+    let dictionary = ["password", "letmein", "hunter2", weak, "hunter2hunter3"];
+    for guess in dictionary {
+        let t = Token::new(guess.as_bytes());
+        assert!(
+            ReceiverPake::start(Some(&t)).finish(&challenge).is_err(),
+            "the recorded CHALLENGE confirmed the guess {guess:?}"
+        );
+        let d = DonorPake::answer(Some(&t), &hello).unwrap();
+        assert_ne!(d.challenge.confirm, challenge.confirm, "{guess:?}");
+        assert!(
+            !d.accepts(&proof),
+            "the recorded PROOF confirmed the guess {guess:?}"
+        );
+    }
+    // No token bytes on the wire either.
+    for rec in [&up, &down] {
+        assert!(!rec.windows(weak.len()).any(|w| w == weak.as_bytes()));
+    }
+}
