@@ -478,3 +478,92 @@ fn a_recorded_handshake_gives_nothing_to_test_guesses_against() {
         assert!(!rec.windows(weak.len()).any(|w| w == weak.as_bytes()));
     }
 }
+
+/// Read what the donor says before it closes: its ERROR text, if any.
+fn donor_says(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = Vec::new();
+    match read_frame(s, &mut buf, protocol::MAX_FRAME) {
+        Ok(FrameType::Error) => String::from_utf8_lossy(&buf).into_owned(),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("closed: {e}"),
+    }
+}
+
+#[test]
+fn oversized_and_dripping_handshakes_cost_little_and_end_on_time() {
+    let w = short_tempdir("hostile");
+    let src = make_src(w.path());
+    let token = write_token(w.path(), "token", TOKEN);
+    let port = free_port();
+    let mut serve = start_serve(
+        w.path(),
+        port,
+        &src,
+        &token,
+        &[
+            "--handshake-timeout",
+            "2s",
+            "--max-handshakes-per-address",
+            "64",
+        ],
+    );
+    let (_, rss0) = threads_and_rss(serve.pid());
+    // 50 connections announce a 4 MiB HELLO (the real one is 44 bytes) and send 1 MiB of it.
+    let junk = vec![0x41u8; 1 << 20];
+    let mut conns: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(&protocol::frame_header(FrameType::Hello, 4 << 20))
+                .unwrap();
+            // The donor may close before all of it is written.
+            let _ = s.write_all(&junk);
+            s
+        })
+        .collect();
+    let (_, rss) = threads_and_rss(serve.pid());
+    eprintln!("[hostile] serve RSS {rss0} KiB before, {rss} KiB with 50 oversized HELLOs");
+    assert!(
+        rss < rss0 + 16 * 1024,
+        "serve grew from {rss0} to {rss} KiB"
+    );
+    for s in conns.iter_mut() {
+        let said = donor_says(s);
+        assert!(said.contains("above the limit of 44"), "{said}");
+    }
+    // A HELLO dripped a byte at a time is cut at the total deadline, not kept per read.
+    let mut drip = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let start = Instant::now();
+    let dripper = {
+        let mut d = drip.try_clone().unwrap();
+        thread::spawn(move || {
+            for b in protocol::frame_header(FrameType::Hello, protocol::HELLO_LEN) {
+                if d.write_all(&[b]).is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(700));
+            }
+        })
+    };
+    let said = donor_says(&mut drip);
+    let took = start.elapsed();
+    dripper.join().unwrap();
+    assert!(said.contains("not done within 2s"), "{said}");
+    assert!(
+        took < Duration::from_millis(3500),
+        "a dripping peer held its handshake for {took:?} (deadline 2s)"
+    );
+    // And one dripping peer does not hold up a SIGTERM.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.write_all(&[0x01]).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    serve.signal(rustix::process::Signal::TERM);
+    let out = serve.wait(Duration::from_secs(10));
+    assert_eq!(out.code, Some(0), "{}", out.log);
+    assert!(
+        out.elapsed < Duration::from_secs(1),
+        "serve took {:?} to stop with a handshake open",
+        out.elapsed
+    );
+    assert!(!out.log.contains("panicked"), "{}", out.log);
+}
