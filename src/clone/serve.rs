@@ -60,6 +60,9 @@ const QUEUE_NOTICE: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the accept loop looks at the shutdown flag (set by the signal handler).
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// After a shutdown signal, a clone still blocked on its receiver this long gets its socket
+/// shut down (so that serve stops within a second).
+const FORCE_CLOSE_AFTER: Duration = Duration::from_millis(400);
 /// Sent, best effort, to a connection closed at the gate (plain TCP only).
 const BUSY: &str = "donor busy: too many connections are authenticating; retry shortly";
 
@@ -449,13 +452,16 @@ async fn wait_for_slot<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The clone itself, on a thread of its own (the pump and the source are blocking); the slot
-/// is held until it ends. A thread that cannot be started ends this session only.
+/// is held until it ends. A thread that cannot be started ends this session only. On
+/// shutdown the thread stops at its next piece; one blocked writing to a receiver that reads
+/// nothing is unblocked by shutting the socket down.
 async fn run_clone(
     ctx: &Arc<Ctx>,
     mut conn: Conn,
     permit: OwnedSemaphorePermit,
 ) -> std::result::Result<Trailer, SessionError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let sock = conn.tcp().try_clone().map_err(SessionError::Socket)?;
     let (opts, shutdown) = (ctx.opts.clone(), ctx.shutdown.clone());
     let span = tracing::Span::current();
     let spawned = std::thread::Builder::new()
@@ -469,9 +475,18 @@ async fn run_clone(
     if let Err(e) = spawned {
         return Err(SessionError::Thread(e));
     }
-    let result = rx.await.unwrap_or(Err(SessionError::Interrupted));
+    let result = tokio::select! {
+        r = &mut rx => r,
+        _ = async {
+            ctx.cancel.cancelled().await;
+            tokio::time::sleep(FORCE_CLOSE_AFTER).await;
+        } => {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            rx.await
+        }
+    };
     drop(permit);
-    result
+    result.unwrap_or(Err(SessionError::Interrupted))
 }
 
 fn send_error(conn: &mut Conn, opts: &ServeOptions, msg: &str) -> std::io::Result<()> {

@@ -15,7 +15,7 @@
 //! tells its peer in a trailer, upload refuses the backup). It never writes anywhere itself.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
@@ -123,6 +123,9 @@ pub struct Pumped {
     pub checked: Result<(StreamTotals, Ledger), StreamError>,
 }
 
+/// How often a pump waiting on a silent source looks at the shutdown flag.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
 /// Run `source` to its end through `checker` into `out`, until done, an error, or `shutdown`.
 pub fn pump<F: Forward>(
     source: &Source,
@@ -169,21 +172,31 @@ impl Pass {
         shutdown: &AtomicBool,
     ) -> Result<(), PumpError<F::Error>> {
         out.started().map_err(PumpError::Forward)?;
+        let mut last = Instant::now();
         loop {
             if shutdown.load(Ordering::SeqCst) {
                 return Err(PumpError::Interrupted);
             }
             out.check().map_err(PumpError::Forward)?;
-            match running.rx.recv_timeout(settings.idle) {
+            // A silent source is waited for in short slices, so a signal is seen within one
+            // slice rather than one idle period.
+            let wait = settings
+                .idle
+                .saturating_sub(last.elapsed())
+                .min(SIGNAL_POLL);
+            match running.rx.recv_timeout(wait) {
                 Ok(Piece::Data(mut buf, len)) => {
                     self.take(&mut buf, settings.headroom, len, out)?;
                     running.recycle(buf);
+                    last = Instant::now();
                 }
                 Ok(Piece::End) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 Ok(Piece::Failed(e)) => return Err(PumpError::Read(e)),
-                Err(RecvTimeoutError::Timeout) => {
-                    out.idle(self.bytes).map_err(PumpError::Forward)?
+                Err(RecvTimeoutError::Timeout) if last.elapsed() >= settings.idle => {
+                    out.idle(self.bytes).map_err(PumpError::Forward)?;
+                    last = Instant::now();
                 }
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
     }

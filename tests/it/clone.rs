@@ -976,7 +976,7 @@ fn sigterm_stops_serve_and_its_source() {
         "serve took {:?} to stop",
         s_out.elapsed
     );
-    assert_eq!(s_out.code, Some(0), "serve after SIGTERM: {}", s_out.log);
+    assert_eq!(s_out.code, Some(130), "serve after SIGTERM: {}", s_out.log);
     assert!(!process_alive(pid), "the source (pid {pid}) outlived serve");
     wait_for("the grandchild to die", Duration::from_secs(5), || {
         !process_alive(gpid)

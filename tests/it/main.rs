@@ -17,7 +17,7 @@ mod mariadb_backup;
 mod receive_target_untouched;
 mod reference;
 mod s3_proxy_selftest;
-mod serve_flood;
+mod serve_hardening;
 mod store_conformance;
 mod store_faults;
 mod store_mariadb;

@@ -71,7 +71,13 @@ pub fn serve(a: ServeArgs) -> Result<i32, Failure> {
                 .max(std::time::Duration::from_millis(100)),
         },
     };
-    xbagent::clone::serve::serve(opts, shutdown_flag()?)?;
+    let stop = shutdown_flag()?;
+    xbagent::clone::serve::serve(opts, stop.clone())?;
+    // serve returns only once a signal asked it to stop.
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("xbagent: serve stopped by a signal; clones in flight were aborted and their receivers told");
+        return Ok(exit::INTERRUPTED);
+    }
     Ok(exit::OK)
 }
 

@@ -1,5 +1,5 @@
-//! Issue 11, §1 and §2: `serve` under connection floods, addresses that keep failing, and what
-//! a recorded handshake gives an attacker. Real `serve` and `receive` processes on loopback.
+//! Issue 11, §1, §2 and §4: `serve` under connection floods and hostile handshakes, addresses
+//! that keep failing, what a recorded handshake gives an attacker, and SIGTERM in mid-clone. Real `serve` and `receive` processes on loopback.
 //!
 //! The attacker connects from 127.0.0.2 (any 127/8 address is the loopback), the genuine
 //! receiver from 127.0.0.1, as an attacker's pod and a new replica would in a cluster.
@@ -559,11 +559,112 @@ fn oversized_and_dripping_handshakes_cost_little_and_end_on_time() {
     thread::sleep(Duration::from_millis(200));
     serve.signal(rustix::process::Signal::TERM);
     let out = serve.wait(Duration::from_secs(10));
-    assert_eq!(out.code, Some(0), "{}", out.log);
+    assert_eq!(out.code, Some(130), "{}", out.log);
     assert!(
         out.elapsed < Duration::from_secs(1),
         "serve took {:?} to stop with a handshake open",
         out.elapsed
     );
     assert!(!out.log.contains("panicked"), "{}", out.log);
+}
+
+/// A receiver that authenticates and then reads nothing: the donor's writes block.
+fn authenticate_and_sit(port: u16, token: &str) -> TcpStream {
+    use xbagent::clone::transport::write_frame;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let pake = ReceiverPake::start(Some(&Token::new(token.as_bytes())));
+    write_frame(&mut s, FrameType::Hello, &protocol::hello(pake.hello())).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(
+        read_frame(&mut s, &mut buf, protocol::MAX_FRAME).unwrap(),
+        FrameType::Challenge
+    );
+    let c = protocol::parse_challenge(&buf).unwrap();
+    let proof = pake.finish(&c).expect("the donor's confirmation");
+    write_frame(&mut s, FrameType::Proof, &proof).unwrap();
+    assert_eq!(
+        read_frame(&mut s, &mut buf, protocol::MAX_FRAME).unwrap(),
+        FrameType::Start
+    );
+    s
+}
+
+/// SIGTERM 0.5 s into a clone of `src`: serve exits 130 within 1 s, with its message, and the
+/// source is gone with it. Once with a real receiver, once with one that reads nothing.
+fn sigterm_mid_clone(tag: &str, src: &Path) {
+    let w = short_tempdir(tag);
+    let token = write_token(w.path(), "token", TOKEN);
+    for sitting in [false, true] {
+        let port = free_port();
+        let mut serve = start_serve(w.path(), port, src, &token, &[]);
+        let dst = w.path().join(format!("dst-{sitting}"));
+        let mut recv = None;
+        let mut sit = None;
+        if sitting {
+            sit = Some(authenticate_and_sit(port, TOKEN));
+        } else {
+            let args = [
+                "receive",
+                "--from",
+                &format!("127.0.0.1:{port}"),
+                "-C",
+                dst.to_str().unwrap(),
+                "--token-file",
+                token.to_str().unwrap(),
+            ];
+            let log = w.path().join(format!("recv-{sitting}.log"));
+            let mut r = Proc::spawn("recv", &mut xb(&args), log, false);
+            r.wait_log("clone started", Duration::from_secs(15));
+            recv = Some(r);
+        }
+        thread::sleep(Duration::from_millis(500));
+        serve.signal(rustix::process::Signal::TERM);
+        let out = serve.wait(Duration::from_secs(15));
+        eprintln!(
+            "[{tag}] receiver sitting: {sitting}; serve stopped {:?} after SIGTERM",
+            out.elapsed
+        );
+        assert_eq!(out.code, Some(130), "{}", out.log);
+        assert!(out.log.contains("stopped by a signal"), "{}", out.log);
+        assert!(
+            out.elapsed < Duration::from_secs(1),
+            "serve took {:?} to stop (receiver sitting: {sitting})",
+            out.elapsed
+        );
+        if let Some(mut r) = recv {
+            let r = r.wait(Duration::from_secs(30));
+            if out.log.contains("clone sent") {
+                // It was over before the signal: nothing to abort.
+                assert_eq!(r.code, Some(0), "{}", r.log);
+            } else {
+                assert_eq!(r.code, Some(4), "{}", r.log);
+                assert!(r.log.contains("shutting down"), "{}", r.log);
+                assert!(!dst.join(COMPLETE).exists());
+            }
+        }
+        drop(sit);
+    }
+}
+
+#[test]
+fn sigterm_stops_serve_within_a_second_mid_clone_of_zeros() {
+    let w = short_tempdir("zsrc");
+    let src = w.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // 8 GiB of zeros, sparse on disk: far more than a clone gets through in 0.5 s.
+    let f = fs::File::create(src.join("ibdata1")).unwrap();
+    f.set_len(8 << 30).unwrap();
+    sigterm_mid_clone("sigz", &src);
+}
+
+#[test]
+fn sigterm_stops_serve_within_a_second_mid_clone_of_random_data() {
+    let w = short_tempdir("rsrc");
+    let src = w.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        fs::write(src.join(format!("t{i}.ibd")), noise(i + 10, 64 << 20)).unwrap();
+    }
+    sigterm_mid_clone("sigr", &src);
 }
