@@ -14,6 +14,7 @@ use xbagent::progress::Progress;
 use xbagent::stream::source::Source;
 
 use crate::cli::{default_writers, ReceiveArgs, ServeArgs};
+use crate::signals::Stop;
 use crate::{shutdown_flag, Display};
 
 /// Most bytes a token file may hold: a token is a line, so anything larger is a mistake (a
@@ -162,6 +163,18 @@ pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
     } else {
         read_token(a.token_file.as_deref(), a.insecure, a.allow_weak_token)?
     };
+    if key.is_none() && !a.raw {
+        tracing::warn!(
+            "receiving from {} WITHOUT authentication (--insecure): whoever answers at that address can fill {} with data of its choosing",
+            a.from,
+            a.dir.display()
+        );
+    }
+    let stop = Stop::install(format!(
+        "no completion marker was written; a partial clone in {} stays marked in progress ({}) and the next receive clears it",
+        a.dir.display(),
+        xbagent::clone::PARTIAL_MARKER
+    ))?;
     let tls = match &a.tls_ca {
         Some(ca) => {
             let host = a
@@ -187,11 +200,13 @@ pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
         raw: a.raw,
         parallel: a.parallel.unwrap_or_else(default_writers).max(1),
         buffered: a.buffered,
+        allow_empty: a.allow_empty,
     };
     let progress = Progress::new("receive", None, d.show, d.verbose);
-    let res = xbagent::clone::receive::receive(&opts, &progress);
+    let res = xbagent::clone::receive::receive(&opts, &progress, &stop.flag());
     progress.finish();
-    match res? {
+    match stop.settle(res)? {
+        Received::Interrupted => return Err(stop.interrupted()),
         Received::AlreadyComplete => eprintln!(
             "xbagent: {} already holds a complete clone; nothing to do",
             opts.dir.display()

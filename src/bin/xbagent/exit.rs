@@ -42,6 +42,9 @@ pub enum Failure {
     Token(#[from] TokenError),
     #[error("cannot install a signal handler: {0}")]
     Signals(#[source] io::Error),
+    /// Stopped by SIGINT or SIGTERM: the signal and what the stop leaves behind.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl From<StoreError> for Failure {
@@ -101,6 +104,7 @@ pub fn code(f: &Failure) -> i32 {
             | TokenError::Write(_) => LOCAL,
         },
         Failure::Signals(_) => LOCAL,
+        Failure::Interrupted(_) => INTERRUPTED,
     }
 }
 
@@ -122,6 +126,7 @@ fn extract(e: &ExtractError) -> i32 {
         | ExtractError::Symlink { .. }
         | ExtractError::NotADirectory { .. }
         | ExtractError::TargetDir { .. } => LOCAL,
+        ExtractError::NoFiles { .. } => BAD_STREAM,
     }
 }
 

@@ -11,6 +11,7 @@ mod cli;
 mod clone;
 mod exit;
 mod output;
+mod signals;
 
 use std::io::IsTerminal;
 use std::path::Path;
