@@ -12,7 +12,8 @@
 //! 5. Extract with the one extractor; a silence longer than `--stall-timeout` (no data, no
 //!    heartbeat) fails the clone. Then one `syncfs` puts every file and directory on disk.
 //! 6. Check the trailer: producer exit status 0, digest, byte, file and chunk counts.
-//! 7. Only then write the completion marker (and fsync it).
+//! 7. Only then, unless the stream held no files (`--allow-empty` accepts that) or a signal
+//!    has raised the shutdown flag, write the completion marker (and fsync it).
 //!
 //! DIR's markers and their durability are [`crate::extract::target`]'s; this module decides
 //! what DIR may hold and says so in clone terms.
@@ -77,7 +78,7 @@ pub struct ReceiveOptions {
     pub allow_empty: bool,
 }
 
-/// How a `receive` run ended well.
+/// How a `receive` run ended without an error.
 #[derive(Debug)]
 pub enum Received {
     /// The marker was already there.
