@@ -12,7 +12,8 @@
 //! 5. Extract with the one extractor; a silence longer than `--stall-timeout` (no data, no
 //!    heartbeat) fails the clone. Then one `syncfs` puts every file and directory on disk.
 //! 6. Check the trailer: producer exit status 0, digest, byte, file and chunk counts.
-//! 7. Only then write the completion marker (and fsync it).
+//! 7. Only then, unless the stream held no files (`--allow-empty` accepts that) or a signal
+//!    has raised the shutdown flag, write the completion marker (and fsync it).
 //!
 //! DIR's markers and their durability are [`crate::extract::target`]'s; this module decides
 //! what DIR may hold and says so in clone terms.
@@ -20,6 +21,7 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,7 @@ use super::transport::{read_frame, read_header, read_payload, write_frame, Conn,
 use super::{CloneError, COMPLETE_MARKER, PARTIAL_MARKER};
 use crate::extract::ExtractError;
 use crate::stream::error::StreamError;
+use crate::stream::stop::Stoppable;
 
 type Result<T, E = CloneError> = std::result::Result<T, E>;
 use crate::extract::target::{self, Found, Markers, Target};
@@ -70,9 +73,12 @@ pub struct ReceiveOptions {
     pub parallel: usize,
     /// No O_DIRECT writes (see [`crate::extract::WriterOptions::direct`]).
     pub buffered: bool,
+    /// Accept a stream of no files (by default an empty clone fails: its producer wrote
+    /// nothing).
+    pub allow_empty: bool,
 }
 
-/// How a `receive` run ended well.
+/// How a `receive` run ended without an error.
 #[derive(Debug)]
 pub enum Received {
     /// The marker was already there.
@@ -82,6 +88,9 @@ pub enum Received {
     /// Raw mode: the stream ended with every file complete, but nothing proves it was whole;
     /// no marker was written.
     RawUnproven { files: u64, bytes: u64 },
+    /// The shutdown flag was raised (a signal) after the clone was received and checked, but
+    /// before the completion marker: no marker was written, the in-progress marker stays.
+    Interrupted,
 }
 
 /// What to do with DIR, decided from what it holds.
@@ -236,8 +245,13 @@ fn try_donor(opts: &ReceiveOptions, start: Instant) -> Result<Conn> {
     Ok(conn)
 }
 
-/// Receive a clone into `opts.dir`.
-pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
+/// Receive a clone into `opts.dir`. Raising `shutdown` (a signal) makes the stream's reads
+/// fail, and no completion marker is written once it is raised.
+pub fn receive(
+    opts: &ReceiveOptions,
+    progress: &Progress,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<Received> {
     // Looking only: nothing in DIR changes before the donor has proved itself.
     if let Plan::AlreadyComplete = plan(opts, &target::inspect(&opts.dir, &MARKERS)?)? {
         return Ok(Received::AlreadyComplete);
@@ -246,19 +260,39 @@ pub fn receive(opts: &ReceiveOptions, progress: &Progress) -> Result<Received> {
     let Some(target) = claim(opts)? else {
         return Ok(Received::AlreadyComplete);
     };
-    let (reader, totals) = extract(opts, conn, &target, progress)?;
+    let (reader, totals) = extract(opts, conn, &target, progress, shutdown)?;
     target.sync()?;
     if opts.raw {
+        refuse_empty(opts, &totals)?;
         return Ok(Received::RawUnproven {
             files: totals.files,
             bytes: totals.bytes,
         });
     }
     let trailer = check_trailer(reader, &totals, &opts.from)?;
+    refuse_empty(opts, &totals)?;
     let record = completion_record(&opts.from, &trailer);
+    // The last moment a signal can keep the marker from being written: after it, the clone
+    // is complete whatever arrives.
+    if shutdown.load(Ordering::SeqCst) {
+        return Ok(Received::Interrupted);
+    }
     // `finish` syncs again (nothing is dirty by now), writes the marker, drops the other one.
     target.finish(Some(format!("{record:#}\n").as_bytes()))?;
     Ok(Received::Complete(trailer))
+}
+
+/// A clone of no files is a donor whose backup command wrote nothing (`--exec true`, a
+/// wrapper that swallowed mariabackup's failure): never a clone, unless `--allow-empty`.
+fn refuse_empty(opts: &ReceiveOptions, totals: &StreamTotals) -> Result<()> {
+    if totals.files == 0 && !opts.allow_empty {
+        return Err(ExtractError::NoFiles {
+            what: format!("the stream from {}", opts.from),
+            hint: "no completion marker was written (receive --allow-empty accepts an empty clone)",
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Step 5: run the extractor over the frames. Returns the reader (its trailer, digest and
@@ -268,6 +302,7 @@ fn extract(
     conn: Conn,
     target: &Target,
     progress: &Progress,
+    shutdown: &Arc<AtomicBool>,
 ) -> Result<(FrameReader, StreamTotals)> {
     let peer = opts.from.clone();
     let failure = Arc::new(Mutex::new(None));
@@ -293,8 +328,9 @@ fn extract(
             ..WriterOptions::default()
         },
     };
+    // Stoppable: a signal ends the clone at the next read, whatever the data.
     let res = extract_reader(
-        &mut reader,
+        Stoppable::new(&mut reader, shutdown.clone()),
         &format!("the stream from {peer}"),
         &xopts,
         progress,

@@ -71,6 +71,11 @@ pub enum ExtractError {
         offset: u64,
     },
 
+    /// The stream held no file where at least one is required (a clone): its producer wrote
+    /// nothing, which is never a real backup.
+    #[error("{what} holds no files: its producer wrote nothing; {hint}")]
+    NoFiles { what: String, hint: &'static str },
+
     /// The target directory itself is unusable.
     #[error("cannot use target directory {}: {source}", dir.display())]
     TargetDir {

@@ -21,7 +21,8 @@
 //!   [`pump::Forward`] consumer unchanged. The pump stops the source at the first defect, error
 //!   or signal, and reports the producer's exit status at the end.
 //!
-//! `stdio.rs` opens standard input and output as plain files for both.
+//! `stdio.rs` opens standard input and output as plain files for both; `stop.rs` makes a
+//! reader or writer fail once a signal has raised a stop flag.
 //!
 //! (*) A network peer (`clone::receive`) and a repository object (`store::restore`) are
 //! sources too, but they are implemented where their protocol lives: to this layer they are
@@ -39,3 +40,4 @@ pub mod reader;
 pub mod sink;
 pub mod source;
 pub mod stdio;
+pub mod stop;

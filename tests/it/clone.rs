@@ -27,7 +27,9 @@ use xbagent::clone::transport::{read_frame, write_frame};
 use crate::support::mariadb::{fixture, require_mariadb, Server};
 use crate::support::proc::{Outcome, Proc};
 use crate::support::trees::{self, tree_skipping, Tree};
-use crate::support::{child_path, free_port, noise, require_tools, s, short_tempdir, xb, XBAGENT};
+use crate::support::{
+    child_path, free_port, noise, require_tools, s, short_tempdir, write_token, xb, XBAGENT,
+};
 
 /// The receiver's markers, as the clone contract names them.
 const COMPLETE: &str = ".xbagent-clone-complete";
@@ -230,8 +232,7 @@ impl World {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(fs::metadata(&xb).unwrap().len() > 3 << 20);
-        let token = dir.join("token");
-        fs::write(&token, "correct horse battery staple\n").unwrap();
+        let token = write_token(&dir);
         World {
             _t: t,
             dir,
@@ -818,8 +819,9 @@ fn fault_wrong_token_and_junk_never_start_the_source() {
     let cmd = format!("touch '{}'; cat '{}'", s(&started), s(&w.xb));
     let (mut serve, port) = serve_exec(&w, "serve", &cmd, &[]);
 
-    let wrong = w.path("wrong-token");
-    fs::write(&wrong, "not the token\n").unwrap();
+    let wrong_dir = w.path("wrong");
+    fs::create_dir(&wrong_dir).unwrap();
+    let wrong = write_token(&wrong_dir);
     let dst = w.path("dst-wrong");
     let args = [
         "--from",

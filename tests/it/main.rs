@@ -12,6 +12,7 @@ mod support;
 
 mod clone;
 mod extract_behaviour;
+mod hardening_cli;
 mod hostile;
 mod mariadb_backup;
 mod receive_target_untouched;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::support::cli::{run_timed, Out};
 use crate::support::proc::Proc;
-use crate::support::{free_port, s, xb};
+use crate::support::{free_port, s, write_token, xb};
 const PARTIAL: &str = ".xbagent-clone-in-progress";
 /// Exit status of `receive` for the peer or the network.
 const EXIT_PEER: i32 = 4;
@@ -161,11 +161,10 @@ fn assert_untouched(root: &Path, case: &str, from: &str, token: &Path, words: &s
 }
 
 fn tokens(root: &Path) -> (PathBuf, PathBuf) {
-    let good = root.join("token");
-    fs::write(&good, "correct horse battery staple\n").unwrap();
-    let wrong = root.join("wrong-token");
-    fs::write(&wrong, "not the token\n").unwrap();
-    (good, wrong)
+    let good = write_token(root);
+    let other = root.join("other");
+    fs::create_dir(&other).unwrap();
+    (good, write_token(&other))
 }
 
 fn tmp(tag: &str) -> tempfile::TempDir {

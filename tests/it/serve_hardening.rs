@@ -419,7 +419,7 @@ fn a_recorded_handshake_gives_nothing_to_test_guesses_against() {
     let weak = "hunter2hunter2";
     let token = write_token(w.path(), "token", weak);
     let port = free_port();
-    let _serve = start_serve(w.path(), port, &src, &token, &[]);
+    let _serve = start_serve(w.path(), port, &src, &token, &["--allow-weak-token"]);
     let (rport, relay) = recording_relay(port);
     let dst = w.path().join("dst");
     let args = [
@@ -430,6 +430,7 @@ fn a_recorded_handshake_gives_nothing_to_test_guesses_against() {
         dst.to_str().unwrap(),
         "--token-file",
         token.to_str().unwrap(),
+        "--allow-weak-token",
     ];
     let out = Proc::spawn("recv", &mut xb(&args), w.path().join("recv.log"), false)
         .wait(Duration::from_secs(60));

@@ -90,3 +90,28 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// A proper clone token in `dir/token`: 64 hex digits and a newline, mode 0600, as
+/// `xbagent token new > FILE` writes it. Each call writes a different one.
+pub fn write_token(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    let mut filled = 0;
+    while filled < raw.len() {
+        filled +=
+            rustix::rand::getrandom(&mut raw[filled..], rustix::rand::GetRandomFlags::empty())
+                .expect("no randomness");
+    }
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("token");
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("cannot create the token file");
+    writeln!(f, "{hex}").expect("cannot write the token file");
+    path
+}

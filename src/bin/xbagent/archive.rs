@@ -7,15 +7,23 @@ use crate::exit;
 use crate::exit::Failure;
 use xbagent::create::CreateOptions;
 use xbagent::extract::{extract_path, ExtractOptions, WriterOptions};
+use xbagent::extract::{extract_reader, ExtractError};
 use xbagent::format::DecodeOptions;
-use xbagent::inspect::{scan_path, Listing};
+use xbagent::inspect::{scan, Listing, Scan};
 use xbagent::progress::Progress;
+use xbagent::stream::stdio::open_input;
+use xbagent::stream::stop::Stoppable;
 
 use crate::cli::{default_writers, CreateArgs, DropIn, ExtractArgs, ListArgs, VerifyArgs};
 use crate::output::{print_json_or, print_table};
+use crate::signals::Stop;
 use crate::Display;
 
 pub fn extract(a: ExtractArgs, d: Display) -> Result<i32, Failure> {
+    let stop = Stop::install(format!(
+        "{} keeps what was extracted so far, the last files possibly incomplete",
+        a.dir.display()
+    ))?;
     let opts = ExtractOptions {
         dir: a.dir,
         decode: a.decode.options(),
@@ -29,9 +37,13 @@ pub fn extract(a: ExtractArgs, d: Display) -> Result<i32, Failure> {
         },
     };
     let progress = Progress::new("extract", None, d.show, d.verbose);
-    let res = extract_path(a.input.as_deref(), &opts, &progress);
+    let res = open_input(a.input.as_deref())
+        .map_err(ExtractError::from)
+        .and_then(|(f, what)| {
+            extract_reader(Stoppable::new(f, stop.flag()), &what, &opts, &progress)
+        });
     progress.finish();
-    let (_, totals) = res?;
+    let (_, totals) = stop.settle(res)?;
     tracing::info!(
         "extracted {} files, {} data bytes from {} stream bytes ({} chunks, {} dialect)",
         totals.files,
@@ -44,6 +56,7 @@ pub fn extract(a: ExtractArgs, d: Display) -> Result<i32, Failure> {
 }
 
 pub fn create(a: CreateArgs, d: Display) -> Result<i32, Failure> {
+    let stop = Stop::install("the stream written so far is incomplete")?;
     let opts = CreateOptions {
         dir: a.dir,
         paths: a.paths,
@@ -52,9 +65,10 @@ pub fn create(a: CreateArgs, d: Display) -> Result<i32, Failure> {
         sparse: a.sparse,
     };
     let progress = Progress::new("create", None, d.show, d.verbose);
-    let res = xbagent::create::create(&opts, xbagent::stream::stdio::stdout()?, &progress);
+    let out = Stoppable::new(xbagent::stream::stdio::stdout()?, stop.flag());
+    let res = xbagent::create::create(&opts, out, &progress);
     progress.finish();
-    let totals = res?;
+    let totals = stop.settle(res)?;
     tracing::info!(
         "streamed {} files, {} data bytes as {} stream bytes ({} chunks)",
         totals.files,
@@ -66,8 +80,9 @@ pub fn create(a: CreateArgs, d: Display) -> Result<i32, Failure> {
 }
 
 pub fn list(a: ListArgs, d: Display) -> Result<i32, Failure> {
+    let stop = Stop::install("nothing was listed")?;
     let progress = Progress::new("list", None, d.show && a.input.is_some(), false);
-    let scan = scan_path(a.input.as_deref(), a.decode.options(), &progress)?;
+    let scan = scan_stoppable(a.input.as_deref(), a.decode.options(), &progress, &stop)?;
     progress.finish();
     let listing = Listing::from_scan(&scan);
     print_json_or(a.json, &listing, print_table)?;
@@ -79,9 +94,10 @@ pub fn list(a: ListArgs, d: Display) -> Result<i32, Failure> {
 
 /// `verify FILE`: check a stream, write nothing.
 pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
+    let stop = Stop::install("the stream was not verified")?;
     let progress = Progress::new("verify", None, d.show, d.verbose);
     let input = a.input.as_deref().map(Path::new);
-    let scan = scan_path(input, a.decode.options(), &progress)?;
+    let scan = scan_stoppable(input, a.decode.options(), &progress, &stop)?;
     progress.finish();
     if let Some(e) = scan.defect {
         return Err(e.into());
@@ -92,6 +108,23 @@ pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
         t.files, t.chunks, t.data_bytes, t.bytes, t.dialect
     );
     Ok(exit::OK)
+}
+
+/// Scan a file or standard input, stopping at a signal: a scan cut short by one is reported as
+/// the signal, not as the defect its cut-off read looks like.
+fn scan_stoppable(
+    input: Option<&Path>,
+    opts: DecodeOptions,
+    progress: &Progress,
+    stop: &Stop,
+) -> Result<Scan, Failure> {
+    let res = open_input(input)
+        .map(|(f, what)| scan(Stoppable::new(f, stop.flag()), &what, opts, progress));
+    let scan = stop.settle(res)?;
+    if scan.defect.is_some() && stop.raised() {
+        return Err(stop.interrupted());
+    }
+    Ok(scan)
 }
 
 /// `xbstream` / `mbstream` compatibility: the same jobs under the reference tools' flags.

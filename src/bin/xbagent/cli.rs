@@ -54,6 +54,16 @@ pub enum Command {
     /// List or prune the backups of a repository.
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Make clone tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random 256-bit token (64 hex digits) for --token-file; `> FILE` gets
+    /// mode 0600.
+    New,
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +234,9 @@ pub struct ServeArgs {
     /// Serve without authentication. Anyone who reaches the port gets the whole database.
     #[arg(long)]
     pub insecure: bool,
+    /// Accept a token file that group or others can read, or that holds fewer than 32 bytes.
+    #[arg(long)]
+    pub allow_weak_token: bool,
     /// Plain xbstream, no handshake, for `ncat --recv-only | xbstream -x` receivers. Cannot
     /// prove completeness to the receiver, and authenticates no one.
     #[arg(long)]
@@ -269,6 +282,13 @@ pub struct ReceiveArgs {
     /// Accept a donor that does not authenticate (serve --insecure).
     #[arg(long)]
     pub insecure: bool,
+    /// Accept a token file that group or others can read, or that holds fewer than 32 bytes.
+    #[arg(long)]
+    pub allow_weak_token: bool,
+    /// Accept a clone of no files (a donor command that wrote an empty stream): by default
+    /// that fails, since it is never a real backup.
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Read plain xbstream from an ncat-style donor. Cannot prove completeness: no completion
     /// marker is written.
     #[arg(long)]

@@ -1,5 +1,8 @@
 //! The clone commands: serve on the donor, receive in the new pod.
 
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::exit;
@@ -13,33 +16,113 @@ use xbagent::progress::Progress;
 use xbagent::stream::source::Source;
 
 use crate::cli::{default_writers, ReceiveArgs, ServeArgs};
+use crate::signals::Stop;
 use crate::{shutdown_flag, Display};
 
-fn read_token(path: Option<&Path>, insecure: bool) -> Result<Option<Token>, Failure> {
-    match path {
-        Some(p) => {
-            let t = std::fs::read(p).map_err(|source| TokenError::Read {
-                path: p.to_path_buf(),
-                source,
-            })?;
-            if t.trim_ascii().is_empty() {
-                return Err(TokenError::Empty {
-                    path: p.to_path_buf(),
-                }
-                .into());
-            }
-            Ok(Some(Token::new(&t)))
-        }
-        None if insecure => Ok(None),
-        None => Err(TokenError::Missing.into()),
+/// Most bytes a token file may hold: a token is a line, so anything larger is a mistake (a
+/// device such as /dev/zero, a wrong path), refused before it is read whole.
+const TOKEN_CAP: u64 = 4096;
+/// Fewest token bytes (after trimming whitespace) accepted without `--allow-weak-token`: 32
+/// random characters are far beyond offline guessing; a short or chosen phrase is not.
+const TOKEN_MIN: usize = 32;
+
+/// The token, or `None` for `--insecure` without a token file.
+///
+/// The file is refused (unless `allow_weak`) when group or others may read it, or when it holds
+/// fewer than [`TOKEN_MIN`] bytes. The mode is that of the file opened, so a symlink (a mounted
+/// Kubernetes Secret is `..data/token` behind one) is judged by the file it leads to.
+fn read_token(
+    path: Option<&Path>,
+    insecure: bool,
+    allow_weak: bool,
+) -> Result<Option<Token>, Failure> {
+    let Some(p) = path else {
+        return if insecure {
+            Ok(None)
+        } else {
+            Err(TokenError::Missing.into())
+        };
+    };
+    let t = read_token_file(p, allow_weak)?;
+    Ok(Some(Token::new(&t)))
+}
+
+/// The token file's bytes, checked as [`read_token`] says.
+fn read_token_file(p: &Path, allow_weak: bool) -> Result<Vec<u8>, TokenError> {
+    let path = || p.to_path_buf();
+    let read_err = |source| TokenError::Read {
+        path: path(),
+        source,
+    };
+    let f = std::fs::File::open(p).map_err(read_err)?;
+    let meta = f.metadata().map_err(read_err)?;
+    // Only a regular file's mode says who else can read it; a pipe (`<(...)`) has no readers
+    // but us.
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.is_file() && mode & 0o077 != 0 && !allow_weak {
+        return Err(TokenError::Exposed { path: path(), mode });
     }
+    let mut t = Vec::new();
+    f.take(TOKEN_CAP + 1)
+        .read_to_end(&mut t)
+        .map_err(read_err)?;
+    if t.len() as u64 > TOKEN_CAP {
+        return Err(TokenError::TooLarge {
+            path: path(),
+            cap: TOKEN_CAP,
+        });
+    }
+    let len = t.trim_ascii().len();
+    if len == 0 {
+        return Err(TokenError::Empty { path: path() });
+    }
+    if len < TOKEN_MIN && !allow_weak {
+        return Err(TokenError::Short {
+            path: path(),
+            len,
+            min: TOKEN_MIN,
+        });
+    }
+    Ok(t)
+}
+
+/// `xbagent token new`: a fresh 256-bit token, as 64 hex digits and a newline, on standard
+/// output. When standard output is a regular file (`> FILE`), its mode is set to 0600 before
+/// the token is written, so the file never holds the token readable by others.
+pub fn token_new() -> Result<i32, Failure> {
+    let mut raw = [0u8; 32];
+    let mut filled = 0;
+    while filled < raw.len() {
+        let n = rustix::rand::getrandom(&mut raw[filled..], rustix::rand::GetRandomFlags::empty())
+            .map_err(|e| TokenError::Write(e.into()))?;
+        filled += n;
+    }
+    let mut line = String::with_capacity(65);
+    for b in raw {
+        line.push_str(&format!("{b:02x}"));
+    }
+    line.push('\n');
+    let stdout = std::io::stdout();
+    let fd = stdout.as_fd();
+    let is_file = rustix::fs::fstat(fd)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+        .map_err(|e| TokenError::Write(e.into()))?;
+    if is_file {
+        rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(0o600))
+            .map_err(|e| TokenError::Write(e.into()))?;
+    }
+    let mut out = stdout.lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(TokenError::Write)?;
+    Ok(exit::OK)
 }
 
 pub fn serve(a: ServeArgs) -> Result<i32, Failure> {
     let token = if a.raw {
         None
     } else {
-        read_token(a.token_file.as_deref(), a.insecure)?
+        read_token(a.token_file.as_deref(), a.insecure, a.allow_weak_token)?
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(&tls::ServerTls {
@@ -93,8 +176,20 @@ pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
     let token = if a.raw {
         None
     } else {
-        read_token(a.token_file.as_deref(), a.insecure)?
+        read_token(a.token_file.as_deref(), a.insecure, a.allow_weak_token)?
     };
+    if token.is_none() && !a.raw {
+        tracing::warn!(
+            "receiving from {} WITHOUT authentication (--insecure): whoever answers at that address can fill {} with data of its choosing",
+            a.from,
+            a.dir.display()
+        );
+    }
+    let stop = Stop::install(format!(
+        "no completion marker was written; a partial clone in {} stays marked in progress ({}) and the next receive clears it",
+        a.dir.display(),
+        xbagent::clone::PARTIAL_MARKER
+    ))?;
     let tls = match &a.tls_ca {
         Some(ca) => {
             let host = a
@@ -120,11 +215,13 @@ pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
         raw: a.raw,
         parallel: a.parallel.unwrap_or_else(default_writers).max(1),
         buffered: a.buffered,
+        allow_empty: a.allow_empty,
     };
     let progress = Progress::new("receive", None, d.show, d.verbose);
-    let res = xbagent::clone::receive::receive(&opts, &progress);
+    let res = xbagent::clone::receive::receive(&opts, &progress, &stop.flag());
     progress.finish();
-    match res? {
+    match stop.settle(res)? {
+        Received::Interrupted => return Err(stop.interrupted()),
         Received::AlreadyComplete => eprintln!(
             "xbagent: {} already holds a complete clone; nothing to do",
             opts.dir.display()

@@ -42,6 +42,9 @@ pub enum Failure {
     Token(#[from] TokenError),
     #[error("cannot install a signal handler: {0}")]
     Signals(#[source] io::Error),
+    /// Stopped by SIGINT or SIGTERM: the signal and what the stop leaves behind.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl From<StoreError> for Failure {
@@ -61,8 +64,24 @@ pub enum TokenError {
     },
     #[error("token file {} is empty", path.display())]
     Empty { path: PathBuf },
+    /// Larger than any token: a device, a wrong path, a whole file by mistake.
+    #[error("token file {} is larger than {cap} bytes: that is not a token (a device or a wrong path?); make one with `xbagent token new > FILE`", path.display())]
+    TooLarge { path: PathBuf, cap: u64 },
+    /// Group or others may read it: the token is as good as shared with them.
+    #[error("token file {} is readable by group or others (mode {mode:04o}); run `chmod 600 {}` (in Kubernetes, give the Secret volume `defaultMode: 0400`), or pass --allow-weak-token to accept the risk", path.display(), path.display())]
+    Exposed { path: PathBuf, mode: u32 },
+    /// Too short to resist guessing.
+    #[error("token file {} holds only {len} bytes (after trimming whitespace); at least {min} are needed so that the token cannot be guessed: make a new one with `xbagent token new > FILE`, or pass --allow-weak-token to accept the risk", path.display())]
+    Short {
+        path: PathBuf,
+        len: usize,
+        min: usize,
+    },
     #[error("no --token-file given: refusing to run unauthenticated (add --insecure to accept that risk)")]
     Missing,
+    /// `token new` could not make or write the token.
+    #[error("cannot write the new token: {0}")]
+    Write(#[source] io::Error),
 }
 
 /// The exit code of a failure (README.md, "Exit codes").
@@ -76,9 +95,16 @@ pub fn code(f: &Failure) -> i32 {
         Failure::Clone(e) => clone(e),
         Failure::Backup(e) => backup(e),
         Failure::Token(e) => match e {
-            TokenError::Read { .. } | TokenError::Empty { .. } | TokenError::Missing => LOCAL,
+            TokenError::Read { .. }
+            | TokenError::Empty { .. }
+            | TokenError::TooLarge { .. }
+            | TokenError::Exposed { .. }
+            | TokenError::Short { .. }
+            | TokenError::Missing
+            | TokenError::Write(_) => LOCAL,
         },
         Failure::Signals(_) => LOCAL,
+        Failure::Interrupted(_) => INTERRUPTED,
     }
 }
 
@@ -100,6 +126,7 @@ fn extract(e: &ExtractError) -> i32 {
         | ExtractError::Symlink { .. }
         | ExtractError::NotADirectory { .. }
         | ExtractError::TargetDir { .. } => LOCAL,
+        ExtractError::NoFiles { .. } => BAD_STREAM,
     }
 }
 

@@ -11,6 +11,7 @@ mod cli;
 mod clone;
 mod exit;
 mod output;
+mod signals;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -22,7 +23,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::exit::Failure;
-use cli::{BackupsCommand, Cli, Command, DropIn};
+use cli::{BackupsCommand, Cli, Command, DropIn, TokenCommand};
 
 /// How much a command shows while it works: a progress display (`show`) and a line per file
 /// (`verbose`).
@@ -99,6 +100,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Restore(a) => backup::restore(a, display),
         Command::Backups(BackupsCommand::List(a)) => backup::list(a),
         Command::Backups(BackupsCommand::Prune(a)) => backup::prune(a),
+        Command::Token(TokenCommand::New) => clone::token_new(),
     }
 }
 
