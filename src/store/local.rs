@@ -77,8 +77,12 @@ impl LocalRepo {
             return Err(StoreError::Setup(format!("invalid key '{key}'")));
         }
         let mut p = self.root.clone();
+        let mut exists = true;
         for c in key.split('/') {
             p.push(c);
+            if !exists {
+                continue;
+            }
             match fs::symlink_metadata(&p) {
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(StoreError::Local {
@@ -89,7 +93,7 @@ impl LocalRepo {
                 }
                 Ok(_) => {}
                 // Nothing further down exists: nothing to follow.
-                Err(_) => break,
+                Err(_) => exists = false,
             }
         }
         Ok(p)

@@ -538,7 +538,14 @@ impl Backup {
             &backup.started_key(),
             Bytes::from(marker.to_string().into_bytes()),
         )?;
-        if !created && started_owner(repo, &backup.id).as_deref() != Some(&backup.owner) {
+        // Read back: a store whose conditional write is not atomic (or that has none) may
+        // let a concurrent writer replace ours; whoever's token is there owns the id. A
+        // read-back that fails after a clean create trusts the create.
+        let won = match started_owner(repo, &backup.id) {
+            Some(o) => o == backup.owner,
+            None => created,
+        };
+        if !won {
             return Err(BackupError::Exists {
                 id: backup.id,
                 repo: repo.describe(),

@@ -19,5 +19,6 @@ mod reference;
 mod s3_proxy_selftest;
 mod store_conformance;
 mod store_faults;
+mod store_hardening;
 mod store_mariadb;
 mod store_s3;
