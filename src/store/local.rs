@@ -3,6 +3,9 @@
 //! Small objects are written to a temporary name, fsynced and renamed; a multipart upload
 //! writes `KEY.partial` at each part's offset and renames it at completion, so a reader never
 //! sees a half-written object under its final name.
+//!
+//! It never follows a symbolic link inside the repository (a backup directory or an object
+//! that is a link is refused by every command alike), and never reads or deletes through one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -62,7 +65,8 @@ impl LocalRepo {
     }
 
     /// The file of a key. Keys are made by this program from checked ids; refuse anything
-    /// that could leave the root all the same.
+    /// that could leave the root all the same, and any symbolic link on the way (a backup
+    /// directory linked to elsewhere is not part of the repository).
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         if key.is_empty()
             || key.starts_with('/')
@@ -72,14 +76,56 @@ impl LocalRepo {
         {
             return Err(StoreError::Setup(format!("invalid key '{key}'")));
         }
-        Ok(self.root.join(key))
+        let mut p = self.root.clone();
+        let mut exists = true;
+        for c in key.split('/') {
+            p.push(c);
+            if !exists {
+                continue;
+            }
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(StoreError::Local {
+                        op: "use",
+                        path: p,
+                        source: io::Error::other(SYMLINK_REFUSED),
+                    })
+                }
+                Ok(_) => {}
+                // Nothing further down exists: nothing to follow.
+                Err(_) => exists = false,
+            }
+        }
+        Ok(p)
     }
 }
+
+/// Why a symbolic link in the repository is refused.
+pub const SYMLINK_REFUSED: &str =
+    "a symbolic link: xbagent never follows, reads or deletes symbolic links in a repository";
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(local("fsync directory", dir))
+}
+
+/// `data` in a new temporary file in `dir`, mode 0644 and fsynced, ready to be put in place.
+fn write_temp(dir: &Path, data: &[u8]) -> Result<tempfile::NamedTempFile, StoreError> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(local("create a temporary file in", dir))?;
+    io::Write::write_all(&mut tmp, data).map_err(local("write", tmp.path()))?;
+    // Readable like the stream object (a temporary file starts as 0600).
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(local("chmod", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(local("fsync", tmp.path()))?;
+    Ok(tmp)
 }
 
 fn parent(p: &Path) -> &Path {
@@ -95,22 +141,27 @@ impl Repository for LocalRepo {
         let path = self.path(key)?;
         let dir = parent(&path);
         fs::create_dir_all(dir).map_err(local("create directory", dir))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .map_err(local("create a temporary file in", dir))?;
-        io::Write::write_all(&mut tmp, &data).map_err(local("write", tmp.path()))?;
-        // Readable like the stream object (a temporary file starts as 0600).
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(local("chmod", tmp.path()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(local("fsync", tmp.path()))?;
+        let tmp = write_temp(dir, &data)?;
         tmp.persist(&path)
             .map_err(|e| local("rename into place", &path)(e.error))?;
         sync_dir(dir)
+    }
+
+    fn put_new(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        let dir = parent(&path);
+        fs::create_dir_all(dir).map_err(local("create directory", dir))?;
+        let tmp = write_temp(dir, &data)?;
+        // A hard link appears whole and fails if the name is taken: the first writer wins and
+        // no one overwrites it (the temporary name goes when `tmp` drops).
+        match fs::hard_link(tmp.path(), &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(local("create", &path)(e)),
+        }
+        drop(tmp);
+        sync_dir(dir)?;
+        Ok(true)
     }
 
     fn get(&self, key: &str, max: u64) -> Result<Bytes, StoreError> {
@@ -125,6 +176,15 @@ impl Repository for LocalRepo {
             }
             Err(e) => return Err(local("open", &path)(e)),
         };
+        // Refused before reading a byte of it, when the file says it is too large.
+        let len = f.metadata().map_err(local("stat", &path))?.len();
+        if len > max {
+            return Err(StoreError::Local {
+                op: "read",
+                path,
+                source: io::Error::other(format!("{len} bytes, larger than {max}")),
+            });
+        }
         let mut buf = Vec::new();
         f.take(max + 1)
             .read_to_end(&mut buf)
@@ -157,10 +217,18 @@ impl Repository for LocalRepo {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let mut out = Vec::new();
-        walk(&self.root, "", &mut out)?;
+        walk(&self.root, "", &mut out, &mut Vec::new())?;
         out.retain(|o| o.key.starts_with(prefix));
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    fn refused(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut other = Vec::new();
+        walk(&self.root, "", &mut Vec::new(), &mut other)?;
+        other.retain(|k| k.starts_with(prefix) || prefix.starts_with(&format!("{k}/")));
+        other.sort();
+        Ok(other)
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -207,9 +275,15 @@ impl Repository for LocalRepo {
     }
 }
 
-/// Every regular file under `dir`, keys relative to the root. Symlinks are not followed;
-/// temporary files (`.tmp-*`) are skipped.
-fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> Result<(), StoreError> {
+/// Every regular file under `dir`, keys relative to the root, into `out`; symbolic links and
+/// other non-regular files into `other` (never followed). Temporary files (`.tmp-*`) are
+/// skipped.
+fn walk(
+    dir: &Path,
+    rel: &str,
+    out: &mut Vec<ObjectInfo>,
+    other: &mut Vec<String>,
+) -> Result<(), StoreError> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -229,13 +303,16 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> Result<(), StoreErr
         };
         let ft = entry.file_type().map_err(local("stat", &entry.path()))?;
         if ft.is_dir() {
-            walk(&entry.path(), &key, out)?;
+            walk(&entry.path(), &key, out, other)?;
         } else if ft.is_file() {
-            let len = entry
-                .metadata()
-                .map_err(local("stat", &entry.path()))?
-                .len();
-            out.push(ObjectInfo { key, size: len });
+            let meta = entry.metadata().map_err(local("stat", &entry.path()))?;
+            out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+                modified: meta.modified().ok(),
+            });
+        } else {
+            other.push(key);
         }
     }
     Ok(())

@@ -6,8 +6,9 @@ use crate::format::{chunk_display_path, FileState, Ledger};
 use crate::stream::sink::StreamTotals;
 
 pub const FORMAT: u32 = 1;
-/// A manifest larger than this is refused before it is parsed (a million files fit).
-pub const MAX_MANIFEST: u64 = 256 << 20;
+/// A manifest larger than this is refused before it is read (a few hundred thousand files
+/// fit; no honest backup comes near it).
+pub const MAX_MANIFEST: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {

@@ -24,7 +24,7 @@ pub use crate::retry;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -42,6 +42,9 @@ pub const STREAM_ZSTD: &str = "stream.xbstream.zst";
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// When it was last written (local: mtime; S3: LastModified), if the store says. `prune`
+    /// counts an incomplete backup's age from this, never from its id.
+    pub modified: Option<SystemTime>,
 }
 
 /// The body of one part of a multipart upload: in memory, or spooled to a temporary file when
@@ -73,6 +76,10 @@ pub trait Repository: Send + Sync {
     fn describe(&self) -> String;
     /// Store a small object whole and atomically (a manifest, a marker).
     fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// Store a small object whole and atomically, only if `key` does not exist yet (local: a
+    /// hard link, which fails if the name is taken; S3: `If-None-Match: *`). `Ok(false)`: it
+    /// exists, and nothing was written.
+    fn put_new(&self, key: &str, data: Bytes) -> Result<bool, StoreError>;
     /// Read a small object whole; larger than `max` bytes is an error.
     fn get(&self, key: &str, max: u64) -> Result<Bytes, StoreError>;
     /// Fill `buf` with the object's bytes at `start` (the range must lie within the object).
@@ -88,6 +95,12 @@ pub trait Repository: Send + Sync {
     fn size(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Every object whose key starts with `prefix`, in key order.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// Entries under `prefix` that the repository neither reads, lists nor deletes: in a local
+    /// repository, symbolic links and other files that are not regular files or directories.
+    /// A store of plain objects has none.
+    fn refused(&self, _prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Delete an object; deleting a missing one is not an error.
     fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Begin a multipart write of `key`. Nothing is visible under `key` until `complete`.

@@ -3,6 +3,7 @@
 //! decoder, and either written by the extractor or only checked; then compared with the
 //! manifest.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -82,9 +83,9 @@ pub fn resolve(repo: &dyn Repository, r: &BackupRef) -> Result<(String, Manifest
                 repo: repo.describe(),
             })?,
     };
-    let data = match repo.get(&format!("{id}/{MANIFEST}"), manifest::MAX_MANIFEST) {
+    let data = match fetch_manifest(repo, &id) {
         Ok(d) => d,
-        Err(StoreError::NotFound { .. }) => {
+        Err(BackupError::Store(StoreError::NotFound { .. })) => {
             return Err(if repo.list(&format!("{id}/"))?.is_empty() {
                 BackupError::NoSuchBackup {
                     what: id,
@@ -97,13 +98,33 @@ pub fn resolve(repo: &dyn Repository, r: &BackupRef) -> Result<(String, Manifest
                 }
             })
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let m = Manifest::parse(&id, &data).map_err(|reason| BackupError::BadManifest {
         id: id.clone(),
         reason,
     })?;
     Ok((id, m))
+}
+
+/// The bytes of backup `id`'s manifest. One larger than [`manifest::MAX_MANIFEST`] is refused
+/// from its size alone, before any of it is read.
+pub fn fetch_manifest(repo: &dyn Repository, id: &str) -> Result<bytes::Bytes, BackupError> {
+    let key = format!("{id}/{MANIFEST}");
+    let size = repo.size(&key)?.ok_or_else(|| StoreError::NotFound {
+        key: key.clone(),
+        repo: repo.describe(),
+    })?;
+    if size > manifest::MAX_MANIFEST {
+        return Err(BackupError::BadManifest {
+            id: id.into(),
+            reason: format!(
+                "{MANIFEST} is {size} bytes, more than the {} MiB a manifest may have: refused unread",
+                manifest::MAX_MANIFEST >> 20
+            ),
+        });
+    }
+    Ok(repo.get(&key, manifest::MAX_MANIFEST)?)
 }
 
 struct FetchState {
@@ -383,16 +404,24 @@ fn read_through<S: ChunkSink + ?Sized>(
         job.progress.clone(),
         job.shutdown.clone(),
     );
-    let (ledger, totals) = match decode(&mut fetch, m, &what, job.opts, sink) {
+    let over = Cell::new(false);
+    let (ledger, totals) = match decode(&mut fetch, m, &what, job.opts, sink, &over) {
         Ok(r) => r,
         Err(Decoded::Setup(se)) => return Err(se.into()),
-        // The store's or a signal's doing, when it was: the decoder only saw the read fail.
+        // The store's, a signal's or the bound's doing, when it was: the decoder only saw the
+        // read fail.
         Err(Decoded::Stream(e)) => {
+            if job.shutdown.load(Ordering::SeqCst) {
+                return Err(BackupError::Interrupted("SIGINT/SIGTERM received".into()));
+            }
             if let Some(se) = fetch.take_error() {
                 return Err(se.into());
             }
-            if job.shutdown.load(Ordering::SeqCst) {
-                return Err(BackupError::Interrupted("SIGINT/SIGTERM received".into()));
+            if over.get() {
+                return Err(job.mismatch(format!(
+                    "{} expands past the manifest's {} stream bytes: stopped there",
+                    m.object.key, m.stream.bytes
+                )));
             }
             return Err(on_error(e));
         }
@@ -410,22 +439,66 @@ enum Decoded<E> {
     Stream(E),
 }
 
-/// The object as stored, through zstd when it was compressed, decoded into `sink`.
+/// The stream as it leaves the decompressor (or the fetcher), before the decoder: it may not
+/// run past the manifest's `stream.bytes` (a small object that expands without bound, a zstd
+/// bomb, stops there), and it checks the shutdown flag on every read (one read of a
+/// compressible object can expand to gigabytes, so checking per fetched range is not enough).
+struct Bounded<'a, R> {
+    inner: R,
+    limit: u64,
+    read: u64,
+    shutdown: &'a AtomicBool,
+    /// Set when the stream ran past `limit`.
+    over: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Err(io::Error::other("interrupted"));
+        }
+        // At most one byte past the limit is asked for: enough to tell that there is more.
+        let room = (self.limit - self.read).saturating_add(1);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            self.over.set(true);
+            return Err(io::Error::other(format!(
+                "the stream runs past the {} bytes its manifest gives",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// The object as stored, through zstd when it was compressed, bounded by the manifest's
+/// stream size and the shutdown flag, decoded into `sink`.
 fn decode<S: ChunkSink + ?Sized>(
     fetch: &mut FetchReader,
     m: &Manifest,
     what: &str,
     opts: &ReadOptions,
     sink: &mut S,
+    over: &Cell<bool>,
 ) -> Result<(Ledger, StreamTotals), Decoded<S::Error>> {
     let zstd_err = |e: io::Error| Decoded::Setup(StoreError::Setup(format!("zstd: {e}")));
-    let input: Box<dyn Read + '_> = if m.is_compressed() {
+    let shutdown = fetch.shutdown.clone();
+    let raw: Box<dyn Read + '_> = if m.is_compressed() {
         let mut dec = zstd::stream::read::Decoder::new(fetch).map_err(zstd_err)?;
         // Our compressor's windows are at most 8 MiB; refuse frames asking for more than 32.
         dec.window_log_max(25).map_err(zstd_err)?;
         Box::new(dec)
     } else {
         Box::new(fetch)
+    };
+    let input = Bounded {
+        inner: raw,
+        limit: m.stream.bytes,
+        read: 0,
+        shutdown: &shutdown,
+        over,
     };
     sink::run_with(
         input,

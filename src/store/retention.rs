@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::address::{id_time, is_valid_id};
-use super::manifest::{Manifest, MAX_MANIFEST};
+use super::manifest::Manifest;
 use super::{BackupError, Repository, StoreError, MANIFEST};
 
 /// One backup as the repository shows it.
@@ -24,6 +24,10 @@ pub struct BackupSummary {
     /// Why a manifest that exists could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The newest write time of its objects (`started.json`, a part being written): when an
+    /// upload was last seen working on it.
+    #[serde(skip)]
+    pub last_written: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,8 +54,16 @@ impl From<&Manifest> for ManifestSummary {
 }
 
 /// Every backup in the repository, oldest first (ids sort by time). Keys that are not under a
-/// valid id are ignored.
+/// valid id are ignored; entries the repository refuses (symbolic links) are skipped with a
+/// warning that names them.
 pub fn scan(repo: &dyn Repository) -> Result<Vec<BackupSummary>, StoreError> {
+    for key in repo.refused("")? {
+        tracing::warn!(
+            "skipping {key} in {}: {}",
+            repo.describe(),
+            super::local::SYMLINK_REFUSED
+        );
+    }
     let mut by_id: BTreeMap<String, BackupSummary> = BTreeMap::new();
     for o in repo.list("")? {
         let Some((id, rest)) = o.key.split_once('/') else {
@@ -69,9 +81,11 @@ pub fn scan(repo: &dyn Repository) -> Result<Vec<BackupSummary>, StoreError> {
                 objects: 0,
                 manifest: None,
                 problem: None,
+                last_written: None,
             });
         b.objects += 1;
         b.stored_bytes += o.size;
+        b.last_written = b.last_written.max(o.modified);
         if rest == MANIFEST {
             b.complete = true;
         }
@@ -83,7 +97,15 @@ pub fn scan(repo: &dyn Repository) -> Result<Vec<BackupSummary>, StoreError> {
 pub fn list(repo: &dyn Repository) -> Result<Vec<BackupSummary>, StoreError> {
     let mut all = scan(repo)?;
     for b in all.iter_mut().filter(|b| b.complete) {
-        let data = repo.get(&format!("{}/{MANIFEST}", b.id), MAX_MANIFEST)?;
+        let data = match super::restore::fetch_manifest(repo, &b.id) {
+            Ok(d) => d,
+            Err(BackupError::BadManifest { reason, .. }) => {
+                b.problem = Some(reason);
+                continue;
+            }
+            Err(BackupError::Store(e)) => return Err(e),
+            Err(e) => return Err(StoreError::Setup(e.to_string())),
+        };
         match Manifest::parse(&b.id, &data) {
             Ok(m) => b.manifest = Some((&m).into()),
             Err(e) => b.problem = Some(e),
@@ -109,6 +131,30 @@ pub struct Doomed {
     pub id: String,
     pub complete: bool,
     pub reason: String,
+}
+
+/// How long ago an incomplete backup was last written to: its age for the grace period.
+/// Counted from its objects' write times, never from its id (an upload may be given an old
+/// id); unknown counts as just now, so it is kept.
+pub fn idle_for(b: &BackupSummary, now: SystemTime) -> Duration {
+    b.last_written
+        .and_then(|t| now.duration_since(t).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The incomplete backups [`plan`] leaves alone because they were written to within the grace
+/// period (they may be uploads in progress), with how long ago.
+pub fn in_grace(
+    backups: &[BackupSummary],
+    policy: &Policy,
+    now: SystemTime,
+) -> Vec<(String, Duration)> {
+    backups
+        .iter()
+        .filter(|b| !b.complete)
+        .map(|b| (b.id.clone(), idle_for(b, now)))
+        .filter(|(_, idle)| *idle < policy.grace)
+        .collect()
 }
 
 /// Decide what to delete. The newest complete backup is never deleted, whatever the policy.
@@ -143,12 +189,12 @@ pub fn plan(backups: &[BackupSummary], policy: &Policy, now: SystemTime) -> Vec<
         });
     }
     for b in backups.iter().filter(|b| !b.complete) {
-        if age(&b.id) >= policy.grace {
+        if idle_for(b, now) >= policy.grace {
             out.push(Doomed {
                 id: b.id.clone(),
                 complete: false,
                 reason: format!(
-                    "incomplete (no manifest) and older than {}",
+                    "incomplete (no manifest) and not written to for {}",
                     humantime::format_duration(policy.grace)
                 ),
             });
@@ -158,9 +204,19 @@ pub fn plan(backups: &[BackupSummary], policy: &Policy, now: SystemTime) -> Vec<
     out
 }
 
+/// A doomed backup that could not be deleted entirely: what is left of it.
+#[derive(Debug, Clone)]
+pub struct LeftBehind {
+    pub id: String,
+    pub keys: Vec<String>,
+}
+
 /// Delete what `plan` chose. The manifest goes first, so a deletion cut short leaves an
 /// incomplete backup (which a later prune removes), never a complete-looking broken one.
-pub fn apply(repo: &dyn Repository, doomed: &[Doomed]) -> Result<(), BackupError> {
+/// Returns the backups of which something is left (entries the repository refuses, such as
+/// symbolic links, are never deleted): those are not reported deleted.
+pub fn apply(repo: &dyn Repository, doomed: &[Doomed]) -> Result<Vec<LeftBehind>, BackupError> {
+    let mut left = Vec::new();
     for d in doomed {
         let dir = format!("{}/", d.id);
         repo.delete(&format!("{dir}{MANIFEST}"))?;
@@ -175,9 +231,18 @@ pub fn apply(repo: &dyn Repository, doomed: &[Doomed]) -> Result<(), BackupError
                 d.id
             ),
         }
-        tracing::info!("deleted backup {} ({})", d.id, d.reason);
+        let mut keys: Vec<String> = repo.list(&dir)?.into_iter().map(|o| o.key).collect();
+        keys.extend(repo.refused(&dir)?);
+        if keys.is_empty() {
+            tracing::info!("deleted backup {} ({})", d.id, d.reason);
+        } else {
+            left.push(LeftBehind {
+                id: d.id.clone(),
+                keys,
+            });
+        }
     }
-    Ok(())
+    Ok(left)
 }
 
 #[cfg(test)]
@@ -195,6 +260,7 @@ mod tests {
             objects: 2,
             manifest: None,
             problem: None,
+            last_written: Some(now - DAY * days_ago as u32),
         }
     }
 
@@ -242,8 +308,25 @@ mod tests {
     fn incomplete_within_grace_is_left_alone() {
         let now = SystemTime::now();
         let mut young = at(now, 0, false);
-        young.id = id_for(now - Duration::from_secs(3600));
-        let all = vec![at(now, 2, true), young];
+        young.last_written = Some(now - Duration::from_secs(3600));
+        let all = vec![at(now, 2, true), young.clone()];
         assert!(plan(&all, &policy(1, None), now).is_empty());
+        assert_eq!(in_grace(&all, &policy(1, None), now).len(), 1);
+    }
+
+    #[test]
+    fn grace_counts_from_the_last_write_not_the_id() {
+        let now = SystemTime::now();
+        // An upload given an id of long ago, written to a minute ago: left alone.
+        let mut running = at(now, 400, false);
+        running.last_written = Some(now - Duration::from_secs(60));
+        let all = vec![at(now, 2, true), running.clone()];
+        assert!(plan(&all, &policy(1, None), now).is_empty());
+        // A fresh id, but nothing written for two days: past the grace period.
+        let mut dead = at(now, 0, false);
+        dead.last_written = Some(now - DAY * 2);
+        let doomed = plan(&[at(now, 2, true), dead.clone()], &policy(1, None), now);
+        assert_eq!(doomed.len(), 1);
+        assert_eq!(doomed[0].id, dead.id);
     }
 }

@@ -117,6 +117,14 @@ where
     }
 }
 
+/// What a conditional PutObject found.
+enum Conditional {
+    Created,
+    Exists,
+    /// The store answered 501 Not Implemented.
+    Unsupported,
+}
+
 /// The HTTP status of a raw response (a trait so [`classify`] stays generic over the SDK's
 /// response type).
 trait HasStatus {
@@ -260,6 +268,62 @@ impl Repository for S3Repo {
         .map(|_| ())
     }
 
+    fn put_new(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        let k = self.full(key);
+        let what = || format!("PutObject {key} (If-None-Match: *)");
+        let r = retry::run(&self.policy, &what, || {
+            let sent = self.rt.block_on(
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&k)
+                    .if_none_match("*")
+                    .body(ByteStream::from(data.clone()))
+                    .send(),
+            );
+            match sent {
+                Ok(_) => Ok(Conditional::Created),
+                Err(e) => {
+                    let status = match &e {
+                        SdkError::ServiceError(se) => se.raw().status().as_u16(),
+                        _ => 0,
+                    };
+                    match (status, classify(&e)) {
+                        // 412: the key exists; 409: a concurrent conditional write won.
+                        (412 | 409, _) => Ok(Conditional::Exists),
+                        (501, _) => Ok(Conditional::Unsupported),
+                        (_, Class::Transient) => Err(Failure::Transient(self.remote(
+                            "PutObject",
+                            key,
+                            describe_error(&e),
+                        ))),
+                        _ => Err(Failure::Permanent(self.remote(
+                            "PutObject",
+                            key,
+                            describe_error(&e),
+                        ))),
+                    }
+                }
+            }
+        })?;
+        match r {
+            Conditional::Created => Ok(true),
+            Conditional::Exists => Ok(false),
+            Conditional::Unsupported => {
+                // The caller reads its own marker back to find who won (see upload).
+                tracing::warn!(
+                    "{}: the store does not support conditional writes (If-None-Match); two uploads with the same id can no longer be told apart as reliably",
+                    self.describe()
+                );
+                if self.size(key)?.is_some() {
+                    return Ok(false);
+                }
+                self.put(key, data)?;
+                Ok(true)
+            }
+        }
+    }
+
     fn get(&self, key: &str, max: u64) -> Result<Bytes, StoreError> {
         let size = self.size(key)?.ok_or_else(|| StoreError::NotFound {
             key: key.to_string(),
@@ -364,6 +428,9 @@ impl Repository for S3Repo {
                     out.push(ObjectInfo {
                         key: k.to_string(),
                         size: o.size().unwrap_or(0).max(0) as u64,
+                        modified: o
+                            .last_modified()
+                            .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                     });
                 }
             }

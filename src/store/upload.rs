@@ -422,7 +422,7 @@ pub fn upload(
     let up: Arc<dyn Upload> = match repo.start_upload(&backup.key) {
         Ok(u) => Arc::from(u),
         Err(e) => {
-            let _ = repo.delete(&backup.started_key());
+            drop_started(repo, &backup.id, &backup.owner);
             return Err(e.into());
         }
     };
@@ -430,6 +430,7 @@ pub fn upload(
         repo,
         id: &backup.id,
         key: &backup.key,
+        owner: &backup.owner,
         up,
     };
     match stream_parts(&dest, opts, progress, shutdown) {
@@ -450,6 +451,45 @@ struct Backup {
     key: String,
     started: String,
     source: SourceInfo,
+    /// A random token in our `started.json`: only the upload that wrote it deletes it.
+    owner: String,
+}
+
+/// A random token naming this upload (not a secret: it only tells two uploads apart).
+fn owner_token() -> String {
+    let mut b = [0u8; 16];
+    let mut filled = 0;
+    while filled < b.len() {
+        match rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            // No randomness: time and pid still tell two uploads apart.
+            Err(_) => break,
+        }
+    }
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{hex}-{}-{nanos}", std::process::id())
+}
+
+/// The owner token of backup `id`'s `started.json`, if it can be read and has one.
+fn started_owner(repo: &dyn Repository, id: &str) -> Option<String> {
+    let data = repo.get(&format!("{id}/{STARTED}"), 64 << 10).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
+    v.get("owner")?.as_str().map(str::to_string)
+}
+
+/// Delete backup `id`'s `started.json` only if it is ours: an upload that lost a race for the
+/// id (or any other) must not remove the winner's.
+fn drop_started(repo: &dyn Repository, id: &str, owner: &str) {
+    if started_owner(repo, id).as_deref() == Some(owner) {
+        let _ = repo.delete(&format!("{id}/{STARTED}"));
+    } else {
+        tracing::warn!("{id}/{STARTED} is not this upload's: left in place");
+    }
 }
 
 impl Backup {
@@ -482,17 +522,35 @@ impl Backup {
                 kind: opts.source.kind().to_string(),
                 detail: opts.source.describe(),
             },
+            owner: owner_token(),
         };
         let marker = serde_json::json!({
             "id": backup.id,
             "tool": format!("xbagent {}", env!("CARGO_PKG_VERSION")),
             "started": backup.started,
             "source": backup.source,
+            "owner": backup.owner,
         });
-        repo.put(
+        // Created only if absent: of two uploads given the same id, one wins and the other
+        // stops here, having written nothing. A lost answer to our own write, retried, also
+        // finds the key taken: the owner token read back tells that case apart.
+        let created = repo.put_new(
             &backup.started_key(),
             Bytes::from(marker.to_string().into_bytes()),
         )?;
+        // Read back: a store whose conditional write is not atomic (or that has none) may
+        // let a concurrent writer replace ours; whoever's token is there owns the id. A
+        // read-back that fails after a clean create trusts the create.
+        let won = match started_owner(repo, &backup.id) {
+            Some(o) => o == backup.owner,
+            None => created,
+        };
+        if !won {
+            return Err(BackupError::Exists {
+                id: backup.id,
+                repo: repo.describe(),
+            });
+        }
         tracing::info!(
             "uploading backup {} to {} ({})",
             backup.id,
@@ -515,7 +573,7 @@ impl Backup {
         sent: Sent,
     ) -> Result<Uploaded, BackupError> {
         let id = self.id.clone();
-        let started_key = self.started_key();
+        let owner = self.owner.clone();
         let manifest = Manifest {
             format: manifest::FORMAT,
             tool: format!("xbagent {}", env!("CARGO_PKG_VERSION")),
@@ -540,7 +598,7 @@ impl Backup {
         let body = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| StoreError::Setup(format!("cannot encode the manifest: {e}")))?;
         repo.put(&format!("{id}/{MANIFEST}"), Bytes::from(body))?;
-        let _ = repo.delete(&started_key);
+        drop_started(repo, &id, &owner);
         tracing::info!(
             "backup {id} complete: {} files, {} stream bytes, {} bytes stored in {} parts",
             manifest.stream.files,
@@ -557,6 +615,7 @@ struct Destination<'a> {
     repo: &'a dyn Repository,
     id: &'a str,
     key: &'a str,
+    owner: &'a str,
     up: Arc<dyn Upload>,
 }
 
@@ -567,9 +626,7 @@ impl Destination<'_> {
         match self.up.abort() {
             // A failed upload leaves nothing behind (a killed one leaves started.json,
             // which `list` shows as incomplete and `prune` removes).
-            Ok(()) => {
-                let _ = self.repo.delete(&format!("{}/{STARTED}", self.id));
-            }
+            Ok(()) => drop_started(self.repo, self.id, self.owner),
             // Keep started.json so that `prune` finds the backup and aborts the upload.
             Err(ae) => tracing::warn!(
                 "could not abort the multipart upload of {}: {ae} (`xbagent backups prune` removes it later)",

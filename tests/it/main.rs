@@ -21,5 +21,6 @@ mod s3_proxy_selftest;
 mod serve_hardening;
 mod store_conformance;
 mod store_faults;
+mod store_hardening;
 mod store_mariadb;
 mod store_s3;

@@ -177,20 +177,44 @@ pub fn prune(a: PruneArgs) -> Result<i32, Failure> {
         keep_within: a.keep_within,
         grace: a.grace,
     };
-    let doomed = retention::plan(&all, &policy, std::time::SystemTime::now());
+    let now = std::time::SystemTime::now();
+    let doomed = retention::plan(&all, &policy, now);
+    for (id, idle) in retention::in_grace(&all, &policy, now) {
+        let idle = std::time::Duration::from_secs(idle.as_secs());
+        println!(
+            "keeping {id} (incomplete, last written {} ago: within the grace period of {}, it may be an upload in progress)",
+            humantime::format_duration(idle),
+            humantime::format_duration(policy.grace)
+        );
+    }
     let verb = if a.apply { "deleting" } else { "would delete" };
     for d in &doomed {
         println!("{verb} {} ({})", d.id, d.reason);
     }
     let kept = all.len() - doomed.len();
-    if a.apply {
-        retention::apply(&*repo, &doomed)?;
-        println!("deleted {} backup(s), kept {kept}", doomed.len());
-    } else {
+    if !a.apply {
         println!(
             "dry run: {} backup(s) would be deleted, {kept} kept; add --apply to delete",
             doomed.len()
         );
+        return Ok(exit::OK);
     }
-    Ok(exit::OK)
+    let left = retention::apply(&*repo, &doomed)?;
+    println!(
+        "deleted {} backup(s), kept {kept}",
+        doomed.len() - left.len()
+    );
+    if left.is_empty() {
+        return Ok(exit::OK);
+    }
+    let what: Vec<String> = left
+        .iter()
+        .map(|l| format!("{} (left: {})", l.id, l.keys.join(", ")))
+        .collect();
+    Err(BackupError::Refused(format!(
+        "{} backup(s) could not be deleted entirely, symbolic links are never followed or deleted: {}",
+        left.len(),
+        what.join("; ")
+    ))
+    .into())
 }
