@@ -199,6 +199,9 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
             None => session(&ctx, sock, peer.ip(), ticket).await,
         };
         match ended {
+            Ok(t) if t.exit_status == 0 && t.files == 0 => tracing::warn!(
+                "clone failed: the source wrote no files; the receiver refuses an empty clone unless receive --allow-empty"
+            ),
             Ok(t) if t.exit_status == 0 => tracing::info!(
                 "clone sent: {} files, {} chunks, {} bytes",
                 t.files,

@@ -530,7 +530,7 @@ fn receive_stops_within_a_second_of_sigterm() {
 fn an_empty_clone_fails_unless_allowed() {
     let t = short_tempdir("xbh-empty");
     let token = write_token(t.path());
-    let (_serve, from) = donor(t.path(), "serve", &token, "true", &[]);
+    let (mut serve, from) = donor(t.path(), "serve", &token, "true", &[]);
     let recv = |dst: &Path, extra: &[&str]| {
         let mut c = xb(&["receive", "--from", &from, "-C", s(dst)]);
         c.args(["--token-file", s(&token)]).args(extra);
@@ -544,6 +544,11 @@ fn an_empty_clone_fails_unless_allowed() {
     assert!(
         !dst.join(".xbagent-clone-complete").exists(),
         "an empty clone was marked complete"
+    );
+    // The donor logs it as a failure too.
+    serve.wait_log(
+        "clone failed: the source wrote no files",
+        Duration::from_secs(10),
     );
     // Run again (an initContainer restarts): still a failure, never "already complete".
     recv(&dst, &[]).code(1).says("holds no files");
