@@ -190,9 +190,12 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
         let ended = match ctx.tls.clone() {
             Some(acc) => {
                 let deadline = ctx.gate.limits().deadline;
-                match tokio::time::timeout(deadline, acc.accept(sock)).await {
+                match tokio::time::timeout(deadline, acc.accept(sock).into_fallible()).await {
                     Ok(Ok(tls)) => session(&ctx, tls, peer.ip(), ticket).await,
-                    Ok(Err(e)) => Err(SessionError::Socket(e)),
+                    Ok(Err((e, sock))) => {
+                        linger_close(sock).await;
+                        Err(SessionError::Tls(e))
+                    }
                     Err(_) => Err(SessionError::Timeout(deadline)),
                 }
             }
@@ -222,12 +225,33 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
     .await
 }
 
+/// Close a connection whose TLS set-up failed so that its peer reads our alert (say, "client
+/// certificate required") rather than a reset: shut our side, then drain what the peer already
+/// sent (its first frame) for a bounded time and size.
+async fn linger_close(mut sock: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = sock.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let drain = async {
+        let mut n = 0;
+        while n < 64 * 1024 {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 /// Why one connection's session ended without a clone. Sent to the peer (an ERROR frame)
 /// where it still listens, and logged; it never stops the donor.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("{0}")]
     Socket(#[source] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("handshake not done within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     #[error("handshake: {0}")]

@@ -458,7 +458,7 @@ impl<R: Read> Read for Bounded<'_, R> {
             return Err(io::Error::other("interrupted"));
         }
         // At most one byte past the limit is asked for: enough to tell that there is more.
-        let room = (self.limit - self.read).saturating_add(1);
+        let room = self.limit.saturating_sub(self.read).saturating_add(1);
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.read += n as u64;
