@@ -129,4 +129,35 @@ mod tests {
             Err(FrameError::Protocol(ProtocolError::UnknownFrame(0x99)))
         ));
     }
+
+    proptest::proptest! {
+        /// Whatever a peer sends, in whatever pieces: no panic, no frame above the cap, and a
+        /// HELLO-sized frame goes through the donor's whole answer without a panic either.
+        #[test]
+        fn hostile_bytes_never_panic_or_pass_the_cap(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            cut in 1usize..64,
+            max in 0u32..600,
+        ) {
+            let mut c = FrameCodec::new(max);
+            let mut buf = BytesMut::new();
+            let token = crate::clone::protocol::Token::new(b"tok");
+            'feed: for piece in bytes.chunks(cut) {
+                buf.extend_from_slice(piece);
+                loop {
+                    match c.decode(&mut buf) {
+                        Ok(Some(f)) => {
+                            proptest::prop_assert!(f.payload.len() as u32 <= max);
+                            if let Ok(h) = crate::clone::protocol::parse_hello(&f.payload) {
+                                let _ = crate::clone::protocol::DonorPake::answer(Some(&token), &h);
+                            }
+                            let _ = crate::clone::protocol::parse_challenge(&f.payload);
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+        }
+    }
 }
