@@ -3,10 +3,12 @@
 //! waits before its next guess is answered. Pure bookkeeping: the caller passes the time, so
 //! the rules are tested without sockets or clocks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 /// Bounds on connections that have not authenticated yet.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +39,7 @@ const FIRST_WAIT: Duration = Duration::from_millis(250);
 const MAX_WAIT: Duration = Duration::from_secs(5);
 /// An address's failures are forgotten this long after its last one.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// Addresses remembered at most; past it, those with nothing in flight are forgotten first.
+/// Failure records kept at most; past it, those older than [`FORGET_AFTER`] are dropped.
 const MAX_ADDRESSES: usize = 16_384;
 
 /// Why a connection was not admitted.
@@ -58,19 +60,29 @@ impl std::fmt::Display for Refused {
     }
 }
 
+/// An address's record of failed guesses.
 #[derive(Debug)]
-struct Address {
-    in_flight: usize,
+struct Record {
     failures: u32,
     last_failure: Option<Instant>,
     /// When this address's next guess may be answered.
     next_turn: Option<Instant>,
 }
 
+/// One handshake in flight: its ticket's number and the token that evicts it.
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    evict: CancellationToken,
+}
+
 #[derive(Debug, Default)]
 struct State {
     in_flight: usize,
-    addresses: HashMap<IpAddr, Address>,
+    /// The handshakes in flight per address, oldest first (only addresses with some).
+    holding: HashMap<IpAddr, VecDeque<Held>>,
+    records: HashMap<IpAddr, Record>,
+    next_id: u64,
 }
 
 /// The admission gate; cheap to share.
@@ -85,18 +97,32 @@ pub struct Gate {
 pub struct Ticket {
     gate: Arc<Gate>,
     ip: IpAddr,
+    id: u64,
+    evict: CancellationToken,
+}
+
+impl Ticket {
+    /// Cancelled when the gate takes this place back for an address with fewer handshakes.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.evict
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut st = self.gate.lock();
-        st.in_flight = st.in_flight.saturating_sub(1);
-        if let Some(a) = st.addresses.get_mut(&self.ip) {
-            a.in_flight = a.in_flight.saturating_sub(1);
-            if a.in_flight == 0 && a.failures == 0 {
-                st.addresses.remove(&self.ip);
-            }
+        let Some(q) = st.holding.get_mut(&self.ip) else {
+            return;
+        };
+        // Not found: it was evicted, and its place already given back.
+        let Some(at) = q.iter().position(|h| h.id == self.id) else {
+            return;
+        };
+        q.remove(at);
+        if q.is_empty() {
+            st.holding.remove(&self.ip);
         }
+        st.in_flight = st.in_flight.saturating_sub(1);
     }
 }
 
@@ -121,29 +147,31 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admit a new connection from `ip`, or say why not.
+    /// Admit a new connection from `ip`, or say why not. When every place is taken, an
+    /// address holding at least two more places than `ip` gives up its oldest one: many
+    /// attacking addresses cannot keep a newcomer out for longer than it takes to connect.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refused> {
         let mut st = self.lock();
-        if st.in_flight >= self.limits.in_flight {
+        let mine = st.holding.get(&ip).map_or(0, VecDeque::len);
+        if mine >= self.limits.per_address {
+            return Err(Refused::Address(mine));
+        }
+        if st.in_flight >= self.limits.in_flight && !evict_for(&mut st, mine) {
             return Err(Refused::Total(st.in_flight));
         }
-        if st.addresses.len() >= MAX_ADDRESSES && !st.addresses.contains_key(&ip) {
-            st.addresses.retain(|_, a| a.in_flight > 0);
-        }
-        let a = st.addresses.entry(ip).or_insert(Address {
-            in_flight: 0,
-            failures: 0,
-            last_failure: None,
-            next_turn: None,
+        st.next_id += 1;
+        let id = st.next_id;
+        let evict = CancellationToken::new();
+        st.holding.entry(ip).or_default().push_back(Held {
+            id,
+            evict: evict.clone(),
         });
-        if a.in_flight >= self.limits.per_address {
-            return Err(Refused::Address(a.in_flight));
-        }
-        a.in_flight += 1;
         st.in_flight += 1;
         Ok(Ticket {
             gate: self.clone(),
             ip,
+            id,
+            evict,
         })
     }
 
@@ -151,7 +179,7 @@ impl Gate {
     /// wait would outlast the handshake deadline, so give up on this connection now.
     pub fn turn(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let mut st = self.lock();
-        let Some(a) = st.addresses.get_mut(&ip) else {
+        let Some(a) = st.records.get_mut(&ip) else {
             return Some(Duration::ZERO);
         };
         if a.last_failure
@@ -177,20 +205,54 @@ impl Gate {
     /// peer that checks the answer and goes away, or never answers, has still had its guess.)
     pub fn charge(&self, ip: IpAddr, now: Instant) {
         let mut st = self.lock();
-        if let Some(a) = st.addresses.get_mut(&ip) {
-            a.failures = a.failures.saturating_add(1);
-            a.last_failure = Some(now);
+        if st.records.len() >= MAX_ADDRESSES && !st.records.contains_key(&ip) {
+            st.records.retain(|_, r| {
+                r.last_failure
+                    .is_some_and(|t| now.duration_since(t) < FORGET_AFTER)
+            });
         }
+        let r = st.records.entry(ip).or_insert(Record {
+            failures: 0,
+            last_failure: None,
+            next_turn: None,
+        });
+        r.failures = r.failures.saturating_add(1);
+        r.last_failure = Some(now);
     }
 
     /// `ip`'s guess was right: its charge is refunded. Earlier failures still count, so a
     /// client sharing an address with an attacker does not wipe the attacker's record.
     pub fn refund(&self, ip: IpAddr) {
         let mut st = self.lock();
-        if let Some(a) = st.addresses.get_mut(&ip) {
-            a.failures = a.failures.saturating_sub(1);
+        if let Some(r) = st.records.get_mut(&ip) {
+            r.failures = r.failures.saturating_sub(1);
+            if r.failures == 0 {
+                st.records.remove(&ip);
+            }
         }
     }
+}
+
+/// Take the oldest place of the address holding the most, if it holds at least two more than
+/// `mine`; whether a place was freed.
+fn evict_for(st: &mut State, mine: usize) -> bool {
+    let Some((&big, q)) = st.holding.iter().max_by_key(|(_, q)| q.len()) else {
+        return false;
+    };
+    if q.len() < mine + 2 {
+        return false;
+    }
+    let Some(q) = st.holding.get_mut(&big) else {
+        return false;
+    };
+    if let Some(oldest) = q.pop_front() {
+        oldest.evict.cancel();
+    }
+    if q.is_empty() {
+        st.holding.remove(&big);
+    }
+    st.in_flight = st.in_flight.saturating_sub(1);
+    true
 }
 
 /// The spacing between two guesses of an address with `failures` recent failures.
@@ -256,11 +318,35 @@ mod tests {
         let _a2 = g.admit(A).unwrap();
         assert_eq!(g.admit(A).unwrap_err(), Refused::Address(2));
         let b1 = g.admit(B).unwrap();
+        // Full; A holds 2, B 1: B may not take A's place (2 < 1 + 2).
         assert_eq!(g.admit(B).unwrap_err(), Refused::Total(3));
         drop(a1);
         let _a3 = g.admit(A).unwrap();
         drop(b1);
         assert!(g.admit(B).is_ok());
+    }
+
+    #[test]
+    fn a_newcomer_takes_the_oldest_place_of_the_biggest_holder() {
+        let g = gate(4, 4);
+        let a: Vec<Ticket> = (0..4).map(|_| g.admit(A).unwrap()).collect();
+        // Full, all A's: B gets in, A's oldest handshake is told to go.
+        let b = g.admit(B).unwrap();
+        assert!(a[0].evicted().is_cancelled());
+        assert!(a[1..].iter().all(|t| !t.evicted().is_cancelled()));
+        // The evicted ticket's drop gives nothing back twice: still full.
+        let mut a: std::collections::VecDeque<Ticket> = a.into_iter().collect();
+        drop(a.pop_front());
+        let c = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 3));
+        let _c = g.admit(c).unwrap();
+        assert!(
+            a[0].evicted().is_cancelled(),
+            "A held 3, C none: A gives one up"
+        );
+        // A 2, B 1, C 1: nobody holds two more than C, so C waits its turn.
+        assert_eq!(g.admit(c).unwrap_err(), Refused::Total(4));
+        drop(b);
+        assert!(g.admit(c).is_ok());
     }
 
     #[test]

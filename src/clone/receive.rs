@@ -441,14 +441,33 @@ impl Peer<'_> {
     }
 }
 
+/// The donor closed or reset the connection: before it has answered, a sign that it turned us
+/// away (too many handshakes in flight) or is restarting, worth another try.
+fn closed_early(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
 /// Step 3: HELLO, the donor's CHALLENGE (its confirmation checked), our PROOF, then wait for
 /// START.
 fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> Result<()> {
     let peer = Peer(&opts.from);
     let pake = ReceiverPake::start(opts.token.as_ref());
-    write_frame(conn, FrameType::Hello, &protocol::hello(pake.hello()))
+    if let Err(e) = write_frame(conn, FrameType::Hello, &protocol::hello(pake.hello()))
         .and_then(|()| conn.flush())
-        .map_err(|e| peer.io(e))?;
+    {
+        // A donor that turned us away at its gate may have closed before our HELLO arrived.
+        return Err(if closed_early(&e) {
+            peer.busy(format!("closed the connection before our greeting ({e})"))
+        } else {
+            peer.io(e)
+        });
+    }
     let mut buf = Vec::new();
     // The donor has proved nothing yet: its answer gets no more room than a CHALLENGE or a
     // short ERROR needs.
@@ -457,14 +476,7 @@ fn handshake(conn: &mut Conn, opts: &ReceiveOptions) -> Result<()> {
         Ok(ty) => ty,
         // Closed or reset before any answer: a donor that turned us away at its gate (over
         // TLS it cannot say why), or one restarting.
-        Err(FrameError::Io(e))
-            if matches!(
-                e.kind(),
-                io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-            ) =>
-        {
+        Err(FrameError::Io(e)) if closed_early(&e) => {
             return Err(peer.busy(format!("closed the connection before answering ({e})")));
         }
         Err(e) => return Err(peer.frame(e)),

@@ -187,11 +187,20 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
     async move {
         tracing::info!("connected");
         let _ = sock.set_nodelay(true);
+        // One deadline for the whole handshake, TLS included.
+        let deadline = ctx.gate.limits().deadline;
+        let until = tokio::time::Instant::now() + deadline;
         let ended = match ctx.tls.clone() {
             Some(acc) => {
-                let deadline = ctx.gate.limits().deadline;
-                match tokio::time::timeout(deadline, acc.accept(sock).into_fallible()).await {
-                    Ok(Ok(tls)) => session(&ctx, tls, peer.ip(), ticket).await,
+                let accepted = tokio::select! {
+                    r = tokio::time::timeout_at(until, acc.accept(sock).into_fallible()) => r,
+                    _ = ticket.evicted().cancelled() => {
+                        tracing::info!("closed: {}", SessionError::Evicted);
+                        return;
+                    }
+                };
+                match accepted {
+                    Ok(Ok(tls)) => session(&ctx, tls, peer.ip(), ticket, until).await,
                     Ok(Err((e, sock))) => {
                         linger_close(sock).await;
                         Err(SessionError::Tls(e))
@@ -199,7 +208,7 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
                     Err(_) => Err(SessionError::Timeout(deadline)),
                 }
             }
-            None => session(&ctx, sock, peer.ip(), ticket).await,
+            None => session(&ctx, sock, peer.ip(), ticket, until).await,
         };
         match ended {
             Ok(t) if t.exit_status == 0 && t.files == 0 => tracing::warn!(
@@ -215,7 +224,7 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
                 "source exited with status {}; the receiver was told (trailer)",
                 t.exit_status
             ),
-            Err(e @ (SessionError::Timeout(_) | SessionError::Handshake(_))) => {
+            Err(e @ (SessionError::Timeout(_) | SessionError::Handshake(_) | SessionError::Evicted)) => {
                 tracing::info!("closed: {e}")
             }
             Err(e) => tracing::warn!("clone aborted: {e}"),
@@ -252,6 +261,8 @@ pub enum SessionError {
     Socket(#[source] std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[source] std::io::Error),
+    #[error("closed to make room: every handshake place was taken, most of them by one address")]
+    Evicted,
     #[error("handshake not done within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     #[error("handshake: {0}")]
@@ -326,6 +337,7 @@ async fn session<S>(
     io: S,
     ip: IpAddr,
     ticket: Ticket,
+    until: tokio::time::Instant,
 ) -> std::result::Result<Trailer, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + IntoConn,
@@ -334,6 +346,7 @@ where
         // No handshake: the connection keeps its place at the gate until a slot is free.
         let permit = tokio::select! {
             p = ctx.slots.clone().acquire_owned() => p.map_err(|_| SessionError::ShuttingDown)?,
+            _ = ticket.evicted().cancelled() => return Err(SessionError::Evicted),
             _ = ctx.cancel.cancelled() => return Err(SessionError::ShuttingDown),
         };
         drop(ticket);
@@ -343,9 +356,10 @@ where
     let mut framed = Framed::new(io, FrameCodec::new(protocol::HELLO_LEN as u32));
     let deadline = ctx.gate.limits().deadline;
     let shook = tokio::select! {
-        r = tokio::time::timeout(deadline, handshake(ctx, &mut framed, ip)) => {
+        r = tokio::time::timeout_at(until, handshake(ctx, &mut framed, ip)) => {
             r.unwrap_or(Err(SessionError::Timeout(deadline)))
         }
+        _ = ticket.evicted().cancelled() => Err(SessionError::Evicted),
         _ = ctx.cancel.cancelled() => Err(SessionError::ShuttingDown),
     };
     if let Err(e) = shook {

@@ -221,8 +221,12 @@ impl Flood {
 }
 
 async fn attacker_conn(target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    conn_from(ATTACKER, target).await
+}
+
+async fn conn_from(from: &str, target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
     let s = tokio::net::TcpSocket::new_v4()?;
-    s.bind(format!("{ATTACKER}:0").parse().unwrap())?;
+    s.bind(format!("{from}:0").parse().unwrap())?;
     tokio::time::timeout(Duration::from_secs(20), s.connect(target))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
@@ -668,4 +672,76 @@ fn sigterm_stops_serve_within_a_second_mid_clone_of_random_data() {
         fs::write(src.join(format!("t{i}.ibd")), noise(i + 10, 64 << 20)).unwrap();
     }
     sigterm_mid_clone("sigr", &src);
+}
+
+#[test]
+fn many_attacking_addresses_cannot_keep_a_receiver_out() {
+    // 20 addresses, each keeping its 8 places filled with idle connections: 160 for the 64
+    // places. Without eviction, a receiver would wait for a place to expire (30 s here).
+    let w = short_tempdir("manyaddr");
+    let src = make_src(w.path());
+    let token = write_token(w.path(), "token", TOKEN);
+    let port = free_port();
+    let mut serve = start_serve(
+        w.path(),
+        port,
+        &src,
+        &token,
+        &["--handshake-timeout", "30s"],
+    );
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let go = Arc::new(AtomicBool::new(true));
+    let opened = Arc::new(AtomicU64::new(0));
+    for a in 0..20u8 {
+        let (go, opened) = (go.clone(), opened.clone());
+        rt.spawn(async move {
+            let from = format!("127.0.0.{}", 10 + a);
+            let mut held = std::collections::VecDeque::new();
+            while go.load(Ordering::SeqCst) {
+                if let Ok(s) = conn_from(&from, target).await {
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    held.push_back(s);
+                    if held.len() > 16 {
+                        held.pop_front();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    thread::sleep(Duration::from_secs(2));
+    let dst = w.path().join("dst");
+    let from = format!("127.0.0.1:{port}");
+    let out = receive(
+        w.path(),
+        "recv",
+        &from,
+        &dst,
+        &token,
+        Duration::from_secs(90),
+    );
+    go.store(false, Ordering::SeqCst);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    eprintln!(
+        "[many] {} attacker connections from 20 addresses; the receive took {:?}",
+        opened.load(Ordering::SeqCst),
+        out.elapsed
+    );
+    assert_eq!(out.code, Some(0), "{}", out.log);
+    assert_eq!(tree(&src), tree(&dst));
+    assert!(
+        out.elapsed < Duration::from_secs(10),
+        "the receiver waited {:?} for a place",
+        out.elapsed
+    );
+    assert!(serve.running());
+    assert!(
+        serve.log().contains("closed to make room"),
+        "no handshake was evicted"
+    );
 }
