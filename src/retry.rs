@@ -50,6 +50,8 @@ pub enum Jitter {
     Full,
     /// The ceiling plus up to this much (less than it).
     Added(Duration),
+    /// Exactly the ceiling: waits that only pace, where nobody else is coming back in step.
+    None,
 }
 
 impl Schedule {
@@ -67,6 +69,7 @@ impl Schedule {
         match self.jitter {
             Jitter::Full => Duration::from_millis(below(ceiling.as_millis() as u64 + 1)),
             Jitter::Added(max) => ceiling + Duration::from_millis(below(max.as_millis() as u64)),
+            Jitter::None => ceiling,
         }
     }
 }
@@ -185,6 +188,19 @@ mod tests {
         assert_eq!(s.delay(3, 500), Duration::from_millis(2000));
         assert_eq!(s.delay(10, 0), Duration::from_secs(15));
         assert!(s.delay(40, u64::MAX) < Duration::from_millis(15_500));
+    }
+
+    #[test]
+    fn no_jitter_is_the_ceiling_whatever_the_random() {
+        let s = Schedule {
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(5),
+            jitter: Jitter::None,
+        };
+        let waits: Vec<u64> = (1..=7)
+            .map(|a| s.delay(a, u64::MAX).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000]);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::retry::{Jitter, Schedule};
+
 /// Bounds on connections that have not authenticated yet.
 #[derive(Debug, Clone, Copy)]
 pub struct HandshakeLimits {
@@ -33,10 +35,13 @@ impl Default for HandshakeLimits {
 
 /// Failures an address may have before it is slowed down (a typo, a restarted pod).
 const FREE_FAILURES: u32 = 3;
-/// The first wait once an address is slowed down; it doubles with each further failure.
-const FIRST_WAIT: Duration = Duration::from_millis(250);
-/// The longest wait between two guesses from one address.
-const MAX_WAIT: Duration = Duration::from_secs(5);
+/// The spacing between two guesses once an address is slowed down: 0.25 s, doubling with each
+/// further failure, at most 5 s.
+const GUESS_SPACING: Schedule = Schedule {
+    base: Duration::from_millis(250),
+    cap: Duration::from_secs(5),
+    jitter: Jitter::None,
+};
 /// An address's failures are forgotten this long after its last one.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// Failure records kept at most; past it, those older than [`FORGET_AFTER`] are dropped.
@@ -260,8 +265,7 @@ fn wait_after(failures: u32) -> Duration {
     if failures < FREE_FAILURES {
         return Duration::ZERO;
     }
-    let doublings = (failures - FREE_FAILURES).min(16);
-    FIRST_WAIT.saturating_mul(1 << doublings).min(MAX_WAIT)
+    GUESS_SPACING.delay(failures - FREE_FAILURES + 1, 0)
 }
 
 /// A warning logged at most once per period, with a count of the ones held back.
