@@ -150,32 +150,6 @@ fn connect_once(from: &str) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Connect, retrying until `--retry-for` (counted from `start`) runs out: the donor's pod (and
-/// its DNS record) may appear late.
-fn connect(opts: &ReceiveOptions, start: Instant) -> Result<TcpStream> {
-    let mut attempt = 0;
-    loop {
-        let e = match connect_once(&opts.from) {
-            Ok(s) => return Ok(s),
-            Err(e) => e,
-        };
-        attempt += 1;
-        let Some(sleep) = next_wait(opts, start, attempt) else {
-            return Err(CloneError::Unreachable {
-                addr: opts.from.clone(),
-                waited: humantime::format_duration(round(start.elapsed())).to_string(),
-                last: e.to_string(),
-            });
-        };
-        tracing::warn!(
-            "donor {} not reachable yet ({e}); retrying in {}",
-            opts.from,
-            humantime::format_duration(round(sleep))
-        );
-        std::thread::sleep(sleep);
-    }
-}
-
 /// The wait before attempt `attempt + 1`, or `None` once `--retry-for` is used up.
 fn next_wait(opts: &ReceiveOptions, start: Instant, attempt: u32) -> Option<Duration> {
     let waited = start.elapsed();
@@ -193,37 +167,64 @@ fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
-/// Steps 2 and 3: a connection to a donor that proved it knows the token (or a raw one). A
-/// donor too busy to authenticate us (its handshake places are full, say under a flood) is
-/// tried again, with backoff, within the same `--retry-for`.
+/// Why an attempt to reach the donor is worth another.
+enum Retry {
+    /// The connection failed: refused, unreachable, DNS not resolving yet (the donor's pod, and
+    /// its DNS record, may appear late).
+    Unreachable(io::Error),
+    /// The donor turned us away before authenticating (its handshake places were full, say
+    /// under a flood).
+    Busy(String),
+}
+
+/// Steps 2 and 3: a connection to a donor that proved it knows the token (or a raw one),
+/// retried with backoff until `--retry-for` runs out.
 fn reach_donor(opts: &ReceiveOptions) -> Result<Conn> {
     let start = Instant::now();
     let mut attempt = 0;
     loop {
-        match try_donor(opts, start) {
-            Err(CloneError::Busy { peer, why }) => {
-                attempt += 1;
-                let Some(sleep) = next_wait(opts, start, attempt) else {
-                    return Err(CloneError::Busy { peer, why });
-                };
-                tracing::warn!(
-                    "donor {peer} busy ({why}); retrying in {}",
-                    humantime::format_duration(round(sleep))
-                );
-                std::thread::sleep(sleep);
+        let retry = match connect_once(&opts.from) {
+            Err(e) => Retry::Unreachable(e),
+            Ok(sock) => match open_session(opts, sock) {
+                Err(CloneError::Busy { why, .. }) => Retry::Busy(why),
+                other => return other,
+            },
+        };
+        attempt += 1;
+        let Some(sleep) = next_wait(opts, start, attempt) else {
+            return Err(match retry {
+                Retry::Unreachable(e) => CloneError::Unreachable {
+                    addr: opts.from.clone(),
+                    waited: humantime::format_duration(round(start.elapsed())).to_string(),
+                    last: e.to_string(),
+                },
+                Retry::Busy(why) => CloneError::Busy {
+                    peer: opts.from.clone(),
+                    why,
+                },
+            });
+        };
+        let wait = humantime::format_duration(round(sleep));
+        match &retry {
+            Retry::Unreachable(e) => tracing::warn!(
+                "donor {} not reachable yet ({e}); retrying in {wait}",
+                opts.from
+            ),
+            Retry::Busy(why) => {
+                tracing::warn!("donor {} busy ({why}); retrying in {wait}", opts.from)
             }
-            other => return other,
         }
+        std::thread::sleep(sleep);
     }
 }
 
-fn try_donor(opts: &ReceiveOptions, start: Instant) -> Result<Conn> {
+/// TLS (if configured) and the handshake on a fresh connection.
+fn open_session(opts: &ReceiveOptions, sock: TcpStream) -> Result<Conn> {
     let peer = &opts.from;
     let ioerr = |e: io::Error| CloneError::Io {
         peer: peer.clone(),
         source: e,
     };
-    let sock = connect(opts, start)?;
     sock.set_read_timeout(Some(opts.stall_timeout))
         .map_err(ioerr)?;
     sock.set_write_timeout(Some(Duration::from_secs(60)))
