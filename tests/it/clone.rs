@@ -114,15 +114,7 @@ fn start_receive(dir: &Path, name: &str, args: &[&str]) -> Proc {
 
 /// Run `xbagent receive ARGS` to its end (at most `limit`).
 fn receive(dir: &Path, name: &str, args: &[&str], limit: Duration) -> Outcome {
-    let out = start_receive(dir, name, args).wait(limit);
-    // Shown with --nocapture: what each receive ended with.
-    eprintln!(
-        "[{name}] exit {:?} after {:.1?}: {}",
-        out.code,
-        out.elapsed,
-        out.log.lines().last().unwrap_or("")
-    );
-    out
+    start_receive(dir, name, args).wait_shown(limit)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,19 +18,12 @@ use xbagent::clone::transport::read_frame;
 
 use crate::support::proc::{Outcome, Proc};
 use crate::support::trees::{tree_skipping, Tree};
-use crate::support::{free_port, noise, short_tempdir, xb};
+use crate::support::{free_port, noise, short_tempdir, write_token_text, xb};
 
 const COMPLETE: &str = ".xbagent-clone-complete";
 const PARTIAL: &str = ".xbagent-clone-in-progress";
 const FLOOD: usize = 10_000;
 const ATTACKER: &str = "127.0.0.2";
-
-fn write_token(dir: &Path, name: &str, token: &str) -> PathBuf {
-    let p = dir.join(name);
-    fs::write(&p, format!("{token}\n")).unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
 
 const TOKEN: &str = "5f2c8e1a9b7d4c3e6a0f1b2d3c4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a";
 
@@ -85,14 +77,7 @@ fn receive(
         "--retry-for",
         "60s",
     ];
-    let out = Proc::spawn(name, &mut xb(&args), dir.join(format!("{name}.log")), false).wait(limit);
-    eprintln!(
-        "[{name}] exit {:?} after {:.1?}: {}",
-        out.code,
-        out.elapsed,
-        out.log.lines().last().unwrap_or("")
-    );
-    out
+    Proc::spawn(name, &mut xb(&args), dir.join(format!("{name}.log")), false).wait_shown(limit)
 }
 
 /// `Threads` and `VmRSS` (KiB) of a process, from /proc.
@@ -196,20 +181,14 @@ impl Flood {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        let (go3, opened2) = (go.clone(), opened.clone());
-        rt.spawn(async move {
-            let mut held = std::collections::VecDeque::new();
-            while go3.load(Ordering::SeqCst) {
-                if let Ok(s) = attacker_conn(target).await {
-                    opened2.fetch_add(1, Ordering::SeqCst);
-                    held.push_back(s);
-                    if held.len() > 200 {
-                        held.pop_front();
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
+        rt.spawn(churn(
+            ATTACKER.into(),
+            target,
+            200,
+            Duration::from_millis(2),
+            go.clone(),
+            opened.clone(),
+        ));
         Flood { rt, go, opened }
     }
 
@@ -217,6 +196,29 @@ impl Flood {
         self.go.store(false, Ordering::SeqCst);
         self.rt.shutdown_timeout(Duration::from_secs(5));
         self.opened.load(Ordering::SeqCst)
+    }
+}
+
+/// While `go` holds, open connections from `from` one after another (a `pause` apart), keeping
+/// the newest `keep` open: whatever places the donor gives that address stay taken.
+async fn churn(
+    from: String,
+    target: SocketAddr,
+    keep: usize,
+    pause: Duration,
+    go: Arc<AtomicBool>,
+    opened: Arc<AtomicU64>,
+) {
+    let mut held = std::collections::VecDeque::new();
+    while go.load(Ordering::SeqCst) {
+        if let Ok(s) = conn_from(&from, target).await {
+            opened.fetch_add(1, Ordering::SeqCst);
+            held.push_back(s);
+            if held.len() > keep {
+                held.pop_front();
+            }
+        }
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -237,7 +239,7 @@ fn a_flood_of_idle_and_slow_connections_neither_stops_nor_starves_serve() {
     raise_open_files(FLOOD as u64 + 2_000);
     let w = short_tempdir("flood");
     let src = make_src(w.path());
-    let token = write_token(w.path(), "token", TOKEN);
+    let token = write_token_text(w.path(), "token", TOKEN);
     let port = free_port();
     let mut serve = start_serve(w.path(), port, &src, &token, &["--handshake-timeout", "3s"]);
     let (threads0, rss0) = threads_and_rss(serve.pid());
@@ -312,8 +314,8 @@ fn a_flood_of_idle_and_slow_connections_neither_stops_nor_starves_serve() {
 fn repeated_wrong_tokens_from_one_address_are_slowed_down() {
     let w = short_tempdir("slowdn");
     let src = make_src(w.path());
-    let token = write_token(w.path(), "token", TOKEN);
-    let wrong = write_token(w.path(), "wrong", &TOKEN.replace('5', "6"));
+    let token = write_token_text(w.path(), "token", TOKEN);
+    let wrong = write_token_text(w.path(), "wrong", &TOKEN.replace('5', "6"));
     let port = free_port();
     let mut serve = start_serve(w.path(), port, &src, &token, &[]);
     let from = format!("127.0.0.1:{port}");
@@ -421,7 +423,7 @@ fn a_recorded_handshake_gives_nothing_to_test_guesses_against() {
     let src = make_src(w.path());
     // A weak, dictionary-like token: the kind that fell in 0.34 s to protocol version 1.
     let weak = "hunter2hunter2";
-    let token = write_token(w.path(), "token", weak);
+    let token = write_token_text(w.path(), "token", weak);
     let port = free_port();
     let _serve = start_serve(w.path(), port, &src, &token, &["--allow-weak-token"]);
     let (rport, relay) = recording_relay(port);
@@ -499,7 +501,7 @@ fn donor_says(s: &mut TcpStream) -> String {
 fn oversized_and_dripping_handshakes_cost_little_and_end_on_time() {
     let w = short_tempdir("hostile");
     let src = make_src(w.path());
-    let token = write_token(w.path(), "token", TOKEN);
+    let token = write_token_text(w.path(), "token", TOKEN);
     let port = free_port();
     let mut serve = start_serve(
         w.path(),
@@ -599,7 +601,7 @@ fn authenticate_and_sit(port: u16, token: &str) -> TcpStream {
 /// source is gone with it. Once with a real receiver, once with one that reads nothing.
 fn sigterm_mid_clone(tag: &str, src: &Path) {
     let w = short_tempdir(tag);
-    let token = write_token(w.path(), "token", TOKEN);
+    let token = write_token_text(w.path(), "token", TOKEN);
     for sitting in [false, true] {
         let port = free_port();
         let mut serve = start_serve(w.path(), port, src, &token, &[]);
@@ -680,7 +682,7 @@ fn many_attacking_addresses_cannot_keep_a_receiver_out() {
     // places. Without eviction, a receiver would wait for a place to expire (30 s here).
     let w = short_tempdir("manyaddr");
     let src = make_src(w.path());
-    let token = write_token(w.path(), "token", TOKEN);
+    let token = write_token_text(w.path(), "token", TOKEN);
     let port = free_port();
     let mut serve = start_serve(
         w.path(),
@@ -698,21 +700,15 @@ fn many_attacking_addresses_cannot_keep_a_receiver_out() {
     let go = Arc::new(AtomicBool::new(true));
     let opened = Arc::new(AtomicU64::new(0));
     for a in 0..20u8 {
-        let (go, opened) = (go.clone(), opened.clone());
-        rt.spawn(async move {
-            let from = format!("127.0.0.{}", 10 + a);
-            let mut held = std::collections::VecDeque::new();
-            while go.load(Ordering::SeqCst) {
-                if let Ok(s) = conn_from(&from, target).await {
-                    opened.fetch_add(1, Ordering::SeqCst);
-                    held.push_back(s);
-                    if held.len() > 16 {
-                        held.pop_front();
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
+        let from = format!("127.0.0.{}", 10 + a);
+        rt.spawn(churn(
+            from,
+            target,
+            16,
+            Duration::from_millis(20),
+            go.clone(),
+            opened.clone(),
+        ));
     }
     thread::sleep(Duration::from_secs(2));
     let dst = w.path().join("dst");

@@ -31,6 +31,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::support::backends::{on_both_backends, Kind};
 use crate::support::cli::{run, Out};
 use crate::support::proc::Proc;
 use crate::support::s3env::{s3_env, S3Env};
@@ -40,12 +41,6 @@ use crate::support::{s, XBAGENT as BIN};
 const PART: &str = "6MiB";
 const PART_BYTES: u64 = 6 << 20;
 const MARKER: &str = ".xbagent-restore-in-progress";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Local,
-    S3,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Source data: a directory and the stream `xbagent create` makes of it.
@@ -1324,23 +1319,6 @@ fn b64url_matches_s3s_fs() {
     assert_eq!(b64url("ab"), "YWI");
     assert_eq!(b64url("abc"), "YWJj");
     assert_eq!(b64url("~~~"), "fn5-");
-}
-
-/// Each scenario above runs once per backend, as `NAME::local` and `NAME::s3`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn local() {
-                super::$name(super::Kind::Local);
-            }
-
-            #[test]
-            fn s3() {
-                super::$name(super::Kind::S3);
-            }
-        }
-    )*};
 }
 
 on_both_backends!(

@@ -29,6 +29,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use xbagent::store::{ObjectInfo, Repository, StoreError, Upload};
 
+use crate::support::backends::{on_both_backends, Kind};
 use crate::support::cli::{run, Out};
 use crate::support::proc::Proc;
 use crate::support::s3env::{s3_env, S3Env};
@@ -37,12 +38,6 @@ use crate::support::{noise, s, short_tempdir, XBAGENT as BIN};
 
 const MARKER: &str = ".xbagent-restore-in-progress";
 const MIB: u64 = 1 << 20;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Local,
-    S3,
-}
 
 /// A repository under test, read and written without the binary: the files themselves, or the
 /// library's S3 client (its plain object calls: get, put, list).
@@ -727,23 +722,6 @@ fn huge_manifest(kind: Kind) {
         .says(want);
     let out = repo.run(&["backups", "list", &repo.url]);
     out.code(0).prints(id).prints("damaged").prints(want);
-}
-
-/// Each scenario on both backends, as `NAME::local` and `NAME::s3`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn local() {
-                super::$name(super::Kind::Local);
-            }
-
-            #[test]
-            fn s3() {
-                super::$name(super::Kind::S3);
-            }
-        }
-    )*};
 }
 
 on_both_backends!(

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod cli;
 pub mod mariadb;
 pub mod proc;
@@ -94,8 +95,6 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 /// A proper clone token in `dir/token`: 64 hex digits and a newline, mode 0600, as
 /// `xbagent token new > FILE` writes it. Each call writes a different one.
 pub fn write_token(dir: &Path) -> std::path::PathBuf {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut raw = [0u8; 32];
     let mut filled = 0;
     while filled < raw.len() {
@@ -104,7 +103,15 @@ pub fn write_token(dir: &Path) -> std::path::PathBuf {
                 .expect("no randomness");
     }
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let path = dir.join("token");
+    write_token_text(dir, "token", &hex)
+}
+
+/// A token file `dir/name` holding `token` and a newline, created with mode 0600 (it is never
+/// readable by others, not even for a moment). Replaces an earlier one.
+pub fn write_token_text(dir: &Path, name: &str, token: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -112,6 +119,6 @@ pub fn write_token(dir: &Path) -> std::path::PathBuf {
         .mode(0o600)
         .open(&path)
         .expect("cannot create the token file");
-    writeln!(f, "{hex}").expect("cannot write the token file");
+    writeln!(f, "{token}").expect("cannot write the token file");
     path
 }

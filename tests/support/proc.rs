@@ -94,6 +94,19 @@ impl Proc {
         }
     }
 
+    /// [`Proc::wait`], then show (with --nocapture) how it ended: exit, time, last log line.
+    pub fn wait_shown(&mut self, limit: Duration) -> Outcome {
+        let out = self.wait(limit);
+        eprintln!(
+            "[{}] exit {:?} after {:.1?}: {}",
+            self.name,
+            out.code,
+            out.elapsed,
+            out.log.lines().last().unwrap_or("")
+        );
+        out
+    }
+
     /// Wait until the log holds `needle` (the process must stay alive meanwhile).
     pub fn wait_log(&mut self, needle: &str, limit: Duration) {
         let start = Instant::now();
