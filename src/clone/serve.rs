@@ -188,26 +188,9 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
         tracing::info!("connected");
         let _ = sock.set_nodelay(true);
         // One deadline for the whole handshake, TLS included.
-        let deadline = ctx.gate.limits().deadline;
-        let until = tokio::time::Instant::now() + deadline;
-        let ended = match ctx.tls.clone() {
-            Some(acc) => {
-                let accepted = tokio::select! {
-                    r = tokio::time::timeout_at(until, acc.accept(sock).into_fallible()) => r,
-                    _ = ticket.evicted().cancelled() => {
-                        tracing::info!("closed: {}", SessionError::Evicted);
-                        return;
-                    }
-                };
-                match accepted {
-                    Ok(Ok(tls)) => session(&ctx, tls, peer.ip(), ticket, until).await,
-                    Ok(Err((e, sock))) => {
-                        linger_close(sock).await;
-                        Err(SessionError::Tls(e))
-                    }
-                    Err(_) => Err(SessionError::Timeout(deadline)),
-                }
-            }
+        let until = tokio::time::Instant::now() + ctx.gate.limits().deadline;
+        let ended = match &ctx.tls {
+            Some(acc) => tls_session(&ctx, acc, sock, peer.ip(), ticket, until).await,
             None => session(&ctx, sock, peer.ip(), ticket, until).await,
         };
         match ended {
@@ -232,6 +215,29 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
     }
     .instrument(span)
     .await
+}
+
+/// [`session`] over TLS: the TLS handshake first, within the same deadline.
+async fn tls_session(
+    ctx: &Arc<Ctx>,
+    acc: &tokio_rustls::TlsAcceptor,
+    sock: TcpStream,
+    ip: IpAddr,
+    ticket: Ticket,
+    until: tokio::time::Instant,
+) -> std::result::Result<Trailer, SessionError> {
+    let accepted = tokio::select! {
+        r = tokio::time::timeout_at(until, acc.accept(sock).into_fallible()) => r,
+        _ = ticket.evicted().cancelled() => return Err(SessionError::Evicted),
+    };
+    match accepted {
+        Ok(Ok(tls)) => session(ctx, tls, ip, ticket, until).await,
+        Ok(Err((e, sock))) => {
+            linger_close(sock).await;
+            Err(SessionError::Tls(e))
+        }
+        Err(_) => Err(SessionError::Timeout(ctx.gate.limits().deadline)),
+    }
 }
 
 /// Close a connection whose TLS set-up failed so that its peer reads our alert (say, "client
