@@ -56,7 +56,13 @@ fn command(args: &[&str]) -> Command {
 
 /// Run the fixture script; panic with its output on failure; return its stdout.
 pub fn fixture(args: &[&str]) -> String {
+    fixture_env(args, &[])
+}
+
+/// [`fixture`] with extra environment variables (e.g. `FIXTURE_BINLOG`).
+pub fn fixture_env(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = command(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {FIXTURE}: {e}"));
     assert!(out.status.success(), "{}", describe(args, &out));
@@ -78,6 +84,8 @@ pub fn fixture_to_file(args: &[&str], dest: &Path) {
 pub struct Server {
     pub dir: PathBuf,
     pub port: u16,
+    /// `Some(max_binlog_size)` for a binlogging server ([`Server::start_binlog`]).
+    pub binlog: Option<u64>,
 }
 
 impl Server {
@@ -91,13 +99,47 @@ impl Server {
         Server::run("start-on", datadir)
     }
 
-    fn run(how: &str, dir: &Path) -> Server {
-        let port = free_port();
-        fixture(&[how, s(dir), &port.to_string()]);
-        Server {
+    /// A new binlogging server in `dir`: log-bin (`DIR/data/mariadb-bin.*`), server id 1,
+    /// CRC32 checksums, ROW format, files rotated at `max_binlog_size` bytes.
+    pub fn start_binlog(dir: &Path, max_binlog_size: u64) -> Server {
+        let mut sv = Server {
             dir: dir.to_path_buf(),
-            port,
-        }
+            port: free_port(),
+            binlog: Some(max_binlog_size),
+        };
+        sv.launch("start");
+        sv
+    }
+
+    fn run(how: &str, dir: &Path) -> Server {
+        let mut sv = Server {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            binlog: None,
+        };
+        sv.launch(how);
+        sv
+    }
+
+    fn launch(&mut self, how: &str) {
+        let size = self.binlog.map(|n| n.to_string());
+        let env: Vec<(&str, &str)> = match &size {
+            Some(n) => vec![("FIXTURE_BINLOG", "1"), ("FIXTURE_BINLOG_SIZE", n.as_str())],
+            None => Vec::new(),
+        };
+        fixture_env(&[how, s(&self.dir), &self.port.to_string()], &env);
+    }
+
+    /// Shut the server down cleanly (a binlogging one writes STOP) and start it again on the
+    /// same directory, port and settings.
+    pub fn restart(&mut self) {
+        fixture(&["stop", s(&self.dir)]);
+        self.launch("start");
+    }
+
+    /// The data directory of a server made by `start`/`start_binlog`.
+    pub fn datadir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// `fixture load DIR SCALE`.
