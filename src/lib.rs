@@ -7,6 +7,7 @@
 //! function with typed options; `main.rs` only parses the command line and maps errors to
 //! exit codes.
 
+pub mod binlog;
 pub mod clone;
 pub mod create;
 pub mod extract;
