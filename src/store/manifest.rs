@@ -26,6 +26,42 @@ pub struct Manifest {
     pub object: ObjectEntry,
     pub stream: StreamEntry,
     pub files: Vec<FileEntry>,
+    /// Where the backup ends in the server's binlog (from `xtrabackup_binlog_info` or
+    /// `mariadb_backup_binlog_info`). Needed for point-in-time recovery. Absent from older
+    /// manifests and from streams without (or with a malformed) info file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binlog: Option<BinlogInfo>,
+    /// The InnoDB LSNs of the backup (from `xtrabackup_checkpoints`), likewise optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<Checkpoints>,
+}
+
+/// Where a backup ends in the server's binlog, as mariabackup recorded it under its commit
+/// lock (see `super::position` for how it is read from the stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinlogInfo {
+    /// Which of the two names it was read from.
+    pub info_file: String,
+    /// The binlog file, a plain name (e.g. `mariadb-bin.000096`).
+    pub file: String,
+    /// Byte position in that file (e.g. 568).
+    pub position: u64,
+    /// `gtid_current_pos` as written (`0-1-2`, several domains comma-separated; may be "").
+    pub gtid: String,
+    /// RFC 3339 UTC, milliseconds: when the info file passed through the upload. The backup
+    /// holds no transaction committed after this instant, so point-in-time restore can use
+    /// it as the backup's end time.
+    pub end_time: String,
+}
+
+/// The InnoDB log sequence numbers of a backup (`xtrabackup_checkpoints`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoints {
+    /// `full-backuped`, `incremental`, `full-prepared`...
+    pub backup_type: String,
+    pub from_lsn: u64,
+    pub to_lsn: u64,
+    pub last_lsn: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +243,8 @@ mod tests {
                 crc32: 7,
                 state: FileState::Complete,
             }],
+            binlog: None,
+            checkpoints: None,
         }
     }
 
@@ -225,6 +263,58 @@ mod tests {
         bad.producer_exit_status = 1;
         assert!(Manifest::parse(&m.id, &serde_json::to_vec(&bad).unwrap()).is_err());
         assert!(Manifest::parse(&m.id, b"{").is_err());
+    }
+
+    #[test]
+    fn position_fields_round_trip_and_are_left_out_when_absent() {
+        let mut m = sample();
+        let plain = serde_json::to_string(&m).unwrap();
+        assert!(
+            !plain.contains("binlog") && !plain.contains("checkpoints"),
+            "{plain}"
+        );
+        m.binlog = Some(BinlogInfo {
+            info_file: "xtrabackup_binlog_info".into(),
+            file: "mariadb-bin.000096".into(),
+            position: 568,
+            gtid: "0-1-2".into(),
+            end_time: "2026-11-27T05:12:48.500Z".into(),
+        });
+        m.checkpoints = Some(Checkpoints {
+            backup_type: "full-backuped".into(),
+            from_lsn: 0,
+            to_lsn: 47011,
+            last_lsn: 47020,
+        });
+        let j = serde_json::to_vec(&m).unwrap();
+        assert_eq!(Manifest::parse(&m.id, &j).unwrap(), m);
+    }
+
+    /// A manifest written before the position fields existed (verbatim shape of one) still
+    /// parses, with neither field.
+    #[test]
+    fn an_old_manifest_without_the_position_still_parses() {
+        let old = format!(
+            r#"{{
+  "format": 1,
+  "tool": "xbagent 0.1.0",
+  "id": "20261127T051149.123Z",
+  "started": "2026-11-27T05:11:49.123Z",
+  "finished": "2026-11-27T05:12:49.000Z",
+  "source": {{ "kind": "stdin", "detail": "stdin" }},
+  "producer_exit_status": 0,
+  "compression": "none",
+  "object": {{ "key": "{}", "size": 10, "blake3": "{}", "parts": 1 }},
+  "stream": {{ "bytes": 100, "chunks": 2, "files": 1, "data_bytes": 5, "dialect": "mariadb" }},
+  "files": [ {{ "path": "a", "size": 5, "chunks": 2, "crc32": 7, "state": "complete" }} ]
+}}"#,
+            super::super::STREAM,
+            "ab".repeat(32)
+        );
+        let m = Manifest::parse("20261127T051149.123Z", old.as_bytes()).unwrap();
+        assert_eq!(m.binlog, None);
+        assert_eq!(m.checkpoints, None);
+        assert_eq!(m.files.len(), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod address;
 pub mod local;
 pub mod manifest;
 pub mod parts;
+pub mod position;
 pub mod restore;
 pub mod retention;
 pub mod s3;

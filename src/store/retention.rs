@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::address::{id_time, is_valid_id};
-use super::manifest::Manifest;
+use super::manifest::{BinlogInfo, Checkpoints, Manifest};
 use super::{BackupError, Repository, StoreError, MANIFEST};
 
 /// One backup as the repository shows it.
@@ -38,6 +38,11 @@ pub struct ManifestSummary {
     pub object_size: u64,
     pub stream_bytes: u64,
     pub files: u64,
+    /// Where the backup ends in the binlog, as in the manifest (absent when not recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binlog: Option<BinlogInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<Checkpoints>,
 }
 
 impl From<&Manifest> for ManifestSummary {
@@ -49,6 +54,8 @@ impl From<&Manifest> for ManifestSummary {
             object_size: m.object.size,
             stream_bytes: m.stream.bytes,
             files: m.stream.files,
+            binlog: m.binlog.clone(),
+            checkpoints: m.checkpoints.clone(),
         }
     }
 }

@@ -20,6 +20,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use super::address::{id_for, is_valid_id};
 use super::manifest::{self, Manifest, ObjectEntry, SourceInfo};
 use super::parts::{self, Holding};
+use super::position::SharedCapture;
 use super::{BackupError, PartBody, Repository, StoreError, Upload, MANIFEST, STARTED};
 use crate::format::{DecodeOptions, Ledger};
 use crate::progress::Progress;
@@ -594,6 +595,8 @@ impl Backup {
             },
             stream: manifest::stream_entry(&sent.totals),
             files: manifest::files_of(&sent.ledger),
+            binlog: sent.position.binlog,
+            checkpoints: sent.position.checkpoints,
         };
         let body = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| StoreError::Setup(format!("cannot encode the manifest: {e}")))?;
@@ -671,6 +674,8 @@ struct Sent {
     totals: StreamTotals,
     ledger: Ledger,
     exit_status: i32,
+    /// Where the backup ends, from the info files captured as they passed.
+    position: super::position::Position,
 }
 
 /// Run the source through the pump into parts, send them with `--concurrency` senders, and
@@ -749,7 +754,11 @@ fn fill_parts(
         // computes it.
         digest: false,
     };
-    let checker = StreamChecker::with_ledger(opts.decode, Ledger::with_crcs());
+    // The info files saying where the backup ends are caught as their chunks pass: they are
+    // never read again.
+    let capture = SharedCapture::new();
+    let checker = StreamChecker::with_ledger(opts.decode, Ledger::with_crcs())
+        .with_tap(Box::new(capture.clone()));
     let pumped =
         pump(&opts.source, &settings, checker, &mut filler, shutdown).map_err(|e| match e {
             PumpError::Start(e) => BackupError::SourceFailed(e.to_string()),
@@ -777,11 +786,16 @@ fn fill_parts(
         .object
         .finish()
         .map_err(|e| write_failed(e, shared, shutdown))?;
+    let position = capture.position();
+    for w in &position.warnings {
+        tracing::warn!("{w}");
+    }
     Ok(Sent {
         object,
         totals,
         ledger,
         exit_status: pumped.exit_status,
+        position,
     })
 }
 

@@ -11,7 +11,11 @@ use crate::stream::error::StreamError;
 
 type Result<T> = std::result::Result<T, StreamError>;
 use crate::format::{Chunk, DecodeOptions, Decoder, Ledger, LedgerEvent};
-use crate::stream::sink::StreamTotals;
+use crate::stream::sink::{ChunkSink, StreamTotals};
+
+/// A sink that sees every accepted chunk as it passes (e.g. upload's capture of the small
+/// files that say where a backup ends). Its error stops the stream like a defect.
+pub type Tap = Box<dyn ChunkSink<Error = StreamError> + Send>;
 
 /// Checks a stream pushed to it piece by piece (a forwarder's view: the bytes go elsewhere,
 /// a copy passes through here). Memory: at most one chunk is held.
@@ -20,6 +24,7 @@ pub struct StreamChecker {
     buf: BytesMut,
     ledger: Ledger,
     totals: StreamTotals,
+    tap: Option<Tap>,
 }
 
 impl StreamChecker {
@@ -34,7 +39,14 @@ impl StreamChecker {
             buf: BytesMut::new(),
             ledger,
             totals: StreamTotals::default(),
+            tap: None,
         }
+    }
+
+    /// The same checker, also handing each accepted chunk to `tap`.
+    pub fn with_tap(mut self, tap: Tap) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Check the next bytes of the stream.
@@ -53,6 +65,10 @@ impl StreamChecker {
         if let LedgerEvent::File { closed: true, .. } = ev {
             self.totals.files += 1;
         }
+        if let Some(tap) = &mut self.tap {
+            // A clone shares the chunk's bytes: no copy of the data.
+            tap.chunk(chunk.clone(), &ev)?;
+        }
         Ok(())
     }
 
@@ -67,6 +83,9 @@ impl StreamChecker {
             self.account(&chunk)?;
         }
         self.ledger.finish()?;
+        if let Some(tap) = &mut self.tap {
+            tap.finish(&self.ledger)?;
+        }
         self.totals.bytes = self.decoder.stream_offset();
         self.totals.dialect = self.decoder.dialect().to_string();
         Ok((self.totals, self.ledger))

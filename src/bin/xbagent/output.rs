@@ -43,6 +43,11 @@ pub fn print_backups(
             "{:<22} {:<10} {:>14} {:>8} {:<8} {:<25} {}",
             b.id, state, b.stored_bytes, files, comp, fin, src
         )?;
+        // Where a complete backup ends, on a line of its own under the row: one more column
+        // would not fit 100 columns.
+        if let Some(m) = &b.manifest {
+            writeln!(out, "{:<22} binlog {}", "", binlog_position(m))?;
+        }
     }
     let complete = all.iter().filter(|b| b.complete).count();
     writeln!(
@@ -51,6 +56,24 @@ pub fn print_backups(
         all.len(),
         all.len() - complete
     )
+}
+
+/// `file:position gtid` (and the end LSN when known), or `-` when the backup recorded no
+/// position (not a point-in-time recovery base).
+fn binlog_position(m: &retention::ManifestSummary) -> String {
+    let Some(b) = &m.binlog else {
+        return "-".into();
+    };
+    let gtid = if b.gtid.is_empty() {
+        "(no gtid)"
+    } else {
+        &b.gtid
+    };
+    let mut s = format!("{}:{} {gtid}", b.file, b.position);
+    if let Some(c) = &m.checkpoints {
+        s.push_str(&format!("  lsn {}", c.to_lsn));
+    }
+    s
 }
 
 /// Print `value` on stdout as pretty JSON, or as `table` prints it.
