@@ -10,6 +10,7 @@
 //! program (the decoder, the extractor) stays plain threads.
 
 pub mod address;
+pub mod binlogs;
 pub mod local;
 pub mod manifest;
 pub mod parts;

@@ -616,6 +616,24 @@ pub fn restore(
     progress: Arc<Progress>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Checked, BackupError> {
+    let dir = opts.dir.clone();
+    let (checked, target) = restore_held(repo, r, opts, progress, shutdown)?;
+    // Every restored byte on disk before the marker goes: `finish` syncs the filesystem first.
+    target
+        .finish(None)
+        .map_err(|e| target_error(&checked.id, &dir, e))?;
+    Ok(checked)
+}
+
+/// [`restore`], but the in-progress marker stays: the caller has more to do in the directory
+/// (a point-in-time replay) and calls `finish` on the returned target when that is done.
+pub fn restore_held(
+    repo: Arc<dyn Repository>,
+    r: &BackupRef,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(Checked, Target), BackupError> {
     let (id, manifest) = resolve(&*repo, r)?;
     let dir = &opts.dir;
     let target = claim(&id, opts)?;
@@ -646,11 +664,12 @@ pub fn restore(
     };
     let totals = read_through(&job, &mut writer, &wrap)?;
     drop(writer);
-    // Every restored byte on disk before the marker goes: `finish` syncs the filesystem first.
-    target.finish(None).map_err(|e| target_error(&id, dir, e))?;
-    Ok(Checked {
-        id,
-        manifest,
-        totals,
-    })
+    Ok((
+        Checked {
+            id,
+            manifest,
+            totals,
+        },
+        target,
+    ))
 }

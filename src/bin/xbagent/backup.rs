@@ -30,6 +30,9 @@ pub fn names_a_repository(a: &VerifyArgs) -> bool {
 pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
     let input = a.input.as_deref().unwrap_or_default();
     let (repo, which, shutdown) = open_backup(input, &a.s3, a.read.concurrency)?;
+    // REPO alone: the latest backup and the binlog archive; REPO@ID: that backup only.
+    let which_given = which.is_some();
+    let (repo2, shutdown2) = (repo.clone(), shutdown.clone());
     let progress = Arc::new(Progress::new("verify", None, d.show, d.verbose));
     let res = xbagent::store::restore::verify(
         repo,
@@ -44,7 +47,10 @@ pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
         "ok: backup {} matches its manifest: {} files, {} chunks, {} stream bytes, {} bytes stored (blake3 {})",
         c.id, c.totals.files, c.totals.chunks, c.totals.bytes, c.manifest.object.size, c.manifest.object.blake3
     );
-    Ok(exit::OK)
+    if which_given {
+        return Ok(exit::OK);
+    }
+    crate::binlogs::verify_archive(&*repo2, &shutdown2)
 }
 
 /// `backups list REPO`.
@@ -65,7 +71,7 @@ fn s3_settings(a: &S3Args, concurrency: usize, cancel: Option<Arc<AtomicBool>>) 
     }
 }
 
-fn open_repo(
+pub(crate) fn open_repo(
     addr: &str,
     s3: &S3Args,
     concurrency: usize,
@@ -84,7 +90,7 @@ fn open_repo(
 type Opened = (Arc<dyn Repository>, Option<BackupRef>, Arc<AtomicBool>);
 
 /// Open an existing repository named as `REPO[@ID|@latest]` (verify REPO, restore).
-fn open_backup(addr: &str, s3: &S3Args, concurrency: usize) -> Result<Opened, Failure> {
+pub(crate) fn open_backup(addr: &str, s3: &S3Args, concurrency: usize) -> Result<Opened, Failure> {
     let (addr, which) = RepoAddress::parse_with_backup(addr).map_err(BackupError::from)?;
     let shutdown = shutdown_flag()?;
     let settings = s3_settings(s3, concurrency, Some(shutdown.clone()));
@@ -92,7 +98,7 @@ fn open_backup(addr: &str, s3: &S3Args, concurrency: usize) -> Result<Opened, Fa
     Ok((repo, which, shutdown))
 }
 
-fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> ReadOptions {
+pub(crate) fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> ReadOptions {
     ReadOptions {
         concurrency: r.concurrency.clamp(1, 64),
         memory_limit: r.memory_limit,
@@ -142,6 +148,9 @@ pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
 }
 
 pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
+    if a.until.is_some() || a.until_gtid.is_some() {
+        return crate::binlogs::restore_until(a, d);
+    }
     let (repo, which, shutdown) = open_backup(&a.from, &a.s3, a.read.concurrency)?;
     let which = which.unwrap_or(BackupRef::Latest);
     // The object's size, for the progress display's ETA.
@@ -191,14 +200,25 @@ pub fn prune(a: PruneArgs) -> Result<i32, Failure> {
     for d in &doomed {
         println!("{verb} {} ({})", d.id, d.reason);
     }
+    let binlogs = crate::binlogs::prune_plan(&*repo, &doomed)?;
+    for f in &binlogs.doomed {
+        println!("{verb} binlog {} ({})", f.file_id, f.reason);
+    }
+    if let Some(note) = &binlogs.note {
+        println!("{note}");
+    }
     let kept = all.len() - doomed.len();
     if !a.apply {
         println!(
-            "dry run: {} backup(s) would be deleted, {kept} kept; add --apply to delete",
-            doomed.len()
+            "dry run: {} backup(s) and {} archived binlog file(s) would be deleted, {kept} backup(s) kept; add --apply to delete",
+            doomed.len(),
+            binlogs.doomed.len()
         );
         return Ok(exit::OK);
     }
+    // Binlogs first: a backup is deleted only after the binlogs only it needed are gone, so an
+    // interrupted prune never leaves binlogs that no listing explains.
+    crate::binlogs::prune_apply(&*repo, &binlogs)?;
     let left = retention::apply(&*repo, &doomed)?;
     println!(
         "deleted {} backup(s), kept {kept}",

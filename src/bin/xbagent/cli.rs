@@ -54,6 +54,10 @@ pub enum Command {
     /// List or prune the backups of a repository.
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Archive a server's binlogs to a repository, or list what is archived (point-in-time
+    /// recovery: `restore --until`).
+    #[command(subcommand)]
+    Binlogs(BinlogsCommand),
     /// Make clone tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -64,6 +68,55 @@ pub enum TokenCommand {
     /// Print a fresh random 256-bit token (64 hex digits) for --token-file; `> FILE` gets
     /// mode 0600.
     New,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BinlogsCommand {
+    /// Ship the server's binlog files (read from the data directory shared with it) to the
+    /// repository: once, or as they grow with --follow.
+    Push(BinlogsPushArgs),
+    /// What is archived, per server, and the recoverable window.
+    List(BinlogsListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BinlogsPushArgs {
+    /// Repository: s3://bucket/prefix, file:///dir, or a directory (the backups' repository:
+    /// binlogs go under binlogs/ in it).
+    #[arg(long)]
+    pub to: String,
+    /// The server's binlog index file (`SELECT @@log_bin_index`), e.g.
+    /// /var/lib/mysql/mariadb-bin.index. The files it names are read beside it.
+    #[arg(long)]
+    pub binlog_index: PathBuf,
+    /// Keep running: ship transactions as they are committed (a sidecar).
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: a committed transaction is stored within this time (plus the upload).
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    pub max_lag: std::time::Duration,
+    /// How long a missing or unreadable binlog index is waited for before giving up (exit 4).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub index_wait: std::time::Duration,
+    /// A segment is stored once it reaches this size, even before --max-lag.
+    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    pub segment_size: u64,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct BinlogsListArgs {
+    /// Repository: s3://bucket/prefix, file:///dir, or a directory.
+    pub repo: String,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also list every archived file.
+    #[arg(long)]
+    pub files: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,12 +223,31 @@ pub struct RestoreArgs {
     /// it with O_DIRECT).
     #[arg(long)]
     pub buffered: bool,
+    /// Point in time: roll the newest backup that ends before TIME forward with the archived
+    /// binlogs, applying every transaction committed before TIME and none at or after it.
+    /// RFC 3339, to the second (UTC unless an offset is given), e.g. 2026-12-06T17:59:00Z.
+    /// Prepares the backup and replays with a private mariadbd (README, "Point-in-time
+    /// recovery").
+    #[arg(long, conflicts_with = "until_gtid", value_parser = parse_until)]
+    pub until: Option<u64>,
+    /// Point in time: roll forward up to and including this transaction (DOMAIN-SERVER-SEQ).
+    #[arg(long)]
+    pub until_gtid: Option<String>,
+    /// With --until/--until-gtid: where the binlogs are fetched (default: a new directory
+    /// beside -C DIR).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
     #[command(flatten)]
     pub read: ReadArgs,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
     pub decode: DecodeArgs,
+}
+
+/// `--until`: RFC 3339 to the second; an offset other than Z is honoured.
+pub fn parse_until(s: &str) -> Result<u64, String> {
+    xbagent::store::binlogs::plan::parse_time(s)
 }
 
 #[derive(Debug, Args)]

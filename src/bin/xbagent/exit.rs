@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use xbagent::clone::CloneError;
 use xbagent::create::error::CreateError;
 use xbagent::extract::ExtractError;
+use xbagent::store::binlogs::pitr::PitrError;
+use xbagent::store::binlogs::push::PushError;
+use xbagent::store::binlogs::replay::ReplayError;
 use xbagent::store::{BackupError, StoreError};
 use xbagent::stream::error::StreamError;
 
@@ -38,6 +41,10 @@ pub enum Failure {
     Clone(#[from] CloneError),
     #[error(transparent)]
     Backup(#[from] BackupError),
+    #[error(transparent)]
+    Push(#[from] PushError),
+    #[error(transparent)]
+    Pitr(#[from] PitrError),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("cannot install a signal handler: {0}")]
@@ -94,6 +101,8 @@ pub fn code(f: &Failure) -> i32 {
         },
         Failure::Clone(e) => clone(e),
         Failure::Backup(e) => backup(e),
+        Failure::Push(e) => push(e),
+        Failure::Pitr(e) => pitr(e),
         Failure::Token(e) => match e {
             TokenError::Read { .. }
             | TokenError::Empty { .. }
@@ -165,6 +174,29 @@ fn backup(e: &BackupError) -> i32 {
         | BackupError::Options(_) => LOCAL,
         BackupError::Restore { source, .. } => extract(source),
         BackupError::Interrupted(_) => INTERRUPTED,
+    }
+}
+
+fn push(e: &PushError) -> i32 {
+    match e {
+        PushError::Store(s) => store(s),
+        // The server's binlog index stayed unreadable: the server (or the shared volume) is
+        // not there.
+        PushError::Index { .. } => PEER,
+        PushError::Binlog(_) => BAD_STREAM,
+        PushError::Read { .. } | PushError::Conflict { .. } | PushError::BadName { .. } => LOCAL,
+        PushError::Interrupted => INTERRUPTED,
+    }
+}
+
+fn pitr(e: &PitrError) -> i32 {
+    match e {
+        PitrError::Refused { .. } | PitrError::BadBinlog { .. } => BAD_STREAM,
+        PitrError::Backup(b) => backup(b),
+        PitrError::Store(s) => store(s),
+        PitrError::Replay(ReplayError::MissingTool { .. }) | PitrError::Local { .. } => LOCAL,
+        PitrError::Replay(ReplayError::Interrupted) | PitrError::Interrupted => INTERRUPTED,
+        PitrError::Replay(_) => BAD_STREAM,
     }
 }
 

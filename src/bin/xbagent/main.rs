@@ -7,6 +7,7 @@
 
 mod archive;
 mod backup;
+mod binlogs;
 mod cli;
 mod clone;
 mod exit;
@@ -23,7 +24,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::exit::Failure;
-use cli::{BackupsCommand, Cli, Command, DropIn, TokenCommand};
+use cli::{BackupsCommand, BinlogsCommand, Cli, Command, DropIn, TokenCommand};
 
 /// How much a command shows while it works: a progress display (`show`) and a line per file
 /// (`verbose`).
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
                 | Command::Upload(_)
                 | Command::Restore(_)
                 | Command::Backups(BackupsCommand::Prune(_))
+                | Command::Binlogs(BinlogsCommand::Push(_))
         );
         init_logging(cli.verbose || service, cli.quiet);
         run(cli)
@@ -101,6 +103,8 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Backups(BackupsCommand::List(a)) => backup::list(a),
         Command::Backups(BackupsCommand::Prune(a)) => backup::prune(a),
         Command::Token(TokenCommand::New) => clone::token_new(),
+        Command::Binlogs(BinlogsCommand::Push(a)) => binlogs::push(a),
+        Command::Binlogs(BinlogsCommand::List(a)) => binlogs::list(a),
     }
 }
 
