@@ -350,6 +350,7 @@ impl Pusher<'_> {
             source: e,
         })?;
         head.truncate(n);
+        normalize(&mut head, 0);
         let Some(header_end) = header_events_end(name, &head)? else {
             if n == head.len() {
                 return Err(PushError::Read {
@@ -361,7 +362,6 @@ impl Pusher<'_> {
             }
             return Ok(None);
         };
-        normalize(&mut head, 0);
         let (summary, _) = crate::binlog::scan_prefix(name, &head[..header_end as usize])?;
         let digest = blake3::hash(&head[..header_end as usize])
             .to_hex()
@@ -487,6 +487,9 @@ impl Pusher<'_> {
                 return Ok(grew);
             }
             grew = true;
+            // As archived (see `normalize`): the reader checks the FORMAT_DESCRIPTION's CRC32
+            // as a closed file has it.
+            normalize(&mut buf[..n], at);
             events.clear();
             t.reader.feed(&buf[..n], &mut events)?;
             for ev in &events {
