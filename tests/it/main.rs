@@ -15,6 +15,7 @@ mod extract_behaviour;
 mod hardening_cli;
 mod hostile;
 mod mariadb_backup;
+mod pitr;
 mod receive_target_untouched;
 mod reference;
 mod s3_proxy_selftest;
