@@ -35,6 +35,10 @@ pub const GTID_EVENT: u8 = 162;
 pub const GTID_LIST_EVENT: u8 = 163;
 pub const START_ENCRYPTION_EVENT: u8 = 164;
 
+/// Header flag of a FORMAT_DESCRIPTION: the file is still open for writing (not covered by
+/// its CRC, since the server clears it in place when it closes the file).
+pub const LOG_EVENT_BINLOG_IN_USE_F: u16 = 1;
+
 /// GTID event flag: the group is this event and the one statement after it (DDL etc.).
 pub const FL_STANDALONE: u8 = 1;
 /// GTID event flag: a commit id (u64) follows the flags byte.

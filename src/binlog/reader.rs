@@ -354,8 +354,12 @@ impl EventReader {
         };
         if checksum {
             let split = b.kept.len() - CRC_LEN;
+            // The server sets LOG_EVENT_BINLOG_IN_USE_F in the FDE of the file it writes and
+            // clears it in place on close; the CRC is computed with the flag cleared.
+            let mut header = b.raw_header;
+            header[17] &= !(event::LOG_EVENT_BINLOG_IN_USE_F as u8);
             let mut h = crc32fast::Hasher::new();
-            h.update(&b.raw_header);
+            h.update(&header);
             h.update(&b.kept[..split]);
             let computed = h.finalize();
             let stored = u32::from_le_bytes(b.kept[split..].try_into().unwrap_or_default());
