@@ -348,9 +348,9 @@ impl EventReader {
         let e = self.err_at(b.start);
         let fde = event::parse_fde(&b.kept).map_err(|w| e.malformed(w))?;
         let checksum = match fde.checksum_alg {
-            None | Some(0) => false,
-            Some(1) => true,
-            Some(a) => return Err(e.malformed(format!("unknown checksum algorithm {a}"))),
+            0 => false,
+            1 => true,
+            a => return Err(e.malformed(format!("unknown checksum algorithm {a}"))),
         };
         if checksum {
             let split = b.kept.len() - CRC_LEN;

@@ -687,3 +687,17 @@ fn the_in_use_flag_of_an_open_file_is_outside_the_fde_crc() {
         BinlogError::Checksum { offset: 4, .. }
     ));
 }
+
+#[test]
+fn an_fde_without_a_checksum_algorithm_is_refused() {
+    // A pre-5.6.1 MySQL version: where the CRC is must not hinge on the version text.
+    let mut e = Enc::new(true);
+    let v = b"5.5.60-log\0";
+    e.buf[4 + 19 + 2..4 + 19 + 2 + v.len()].copy_from_slice(v);
+    let err = err_of(&e.buf);
+    assert!(
+        err.to_string().contains("predates binlog checksums"),
+        "{err}"
+    );
+    assert_eq!(err.offset(), 4);
+}
