@@ -35,6 +35,10 @@ pub const GTID_EVENT: u8 = 162;
 pub const GTID_LIST_EVENT: u8 = 163;
 pub const START_ENCRYPTION_EVENT: u8 = 164;
 
+/// Header flag of a FORMAT_DESCRIPTION: the file is still open for writing (not covered by
+/// its CRC, since the server clears it in place when it closes the file).
+pub const LOG_EVENT_BINLOG_IN_USE_F: u16 = 1;
+
 /// GTID event flag: the group is this event and the one statement after it (DDL etc.).
 pub const FL_STANDALONE: u8 = 1;
 /// GTID event flag: a commit id (u64) follows the flags byte.
@@ -155,8 +159,8 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 pub(crate) struct Fde {
     pub binlog_version: u16,
     pub server_version: String,
-    /// The checksum algorithm byte, when the server is new enough to write one.
-    pub checksum_alg: Option<u8>,
+    /// The checksum algorithm byte (0 off, 1 CRC32).
+    pub checksum_alg: u8,
     /// Post-header length of QUERY events.
     pub query_post_header: usize,
 }
@@ -206,15 +210,18 @@ pub(crate) fn parse_fde(body: &[u8]) -> Result<Fde, String> {
             body[56]
         ));
     }
-    let (post_headers, checksum_alg) = if writes_checksum_alg(&server_version) {
-        if body.len() < FDE_FIXED + 1 + CRC_LEN {
-            return Err("FORMAT_DESCRIPTION too short for its checksum algorithm".into());
-        }
-        let alg_at = body.len() - CRC_LEN - 1;
-        (&body[FDE_FIXED..alg_at], Some(body[alg_at]))
-    } else {
-        (&body[FDE_FIXED..], None)
-    };
+    // Older servers wrote no checksum-algorithm byte; their files are not supported, so that
+    // where the CRC is never depends on the (CRC-protected) version text alone.
+    if !writes_checksum_alg(&server_version) {
+        return Err(format!(
+            "server version {server_version:?} predates binlog checksums (MariaDB 5.3, MySQL 5.6.1); not supported"
+        ));
+    }
+    if body.len() < FDE_FIXED + 1 + CRC_LEN {
+        return Err("FORMAT_DESCRIPTION too short for its checksum algorithm".into());
+    }
+    let alg_at = body.len() - CRC_LEN - 1;
+    let (post_headers, checksum_alg) = (&body[FDE_FIXED..alg_at], body[alg_at]);
     let query_post_header = post_headers
         .get(usize::from(QUERY_EVENT) - 1)
         .map_or(13, |&b| usize::from(b));

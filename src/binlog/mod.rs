@@ -27,4 +27,6 @@ pub use reader::{
 };
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

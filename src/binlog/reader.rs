@@ -348,14 +348,18 @@ impl EventReader {
         let e = self.err_at(b.start);
         let fde = event::parse_fde(&b.kept).map_err(|w| e.malformed(w))?;
         let checksum = match fde.checksum_alg {
-            None | Some(0) => false,
-            Some(1) => true,
-            Some(a) => return Err(e.malformed(format!("unknown checksum algorithm {a}"))),
+            0 => false,
+            1 => true,
+            a => return Err(e.malformed(format!("unknown checksum algorithm {a}"))),
         };
         if checksum {
             let split = b.kept.len() - CRC_LEN;
+            // The server sets LOG_EVENT_BINLOG_IN_USE_F in the FDE of the file it writes and
+            // clears it in place on close; the CRC is computed with the flag cleared.
+            let mut header = b.raw_header;
+            header[17] &= !(event::LOG_EVENT_BINLOG_IN_USE_F as u8);
             let mut h = crc32fast::Hasher::new();
-            h.update(&b.raw_header);
+            h.update(&header);
             h.update(&b.kept[..split]);
             let computed = h.finalize();
             let stored = u32::from_le_bytes(b.kept[split..].try_into().unwrap_or_default());

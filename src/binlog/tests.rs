@@ -671,3 +671,33 @@ fn reader_reports_offsets_and_checksum() {
     assert_eq!(r.event_boundary(), out[0].end());
     assert_eq!(out.len(), 1);
 }
+
+#[test]
+fn the_in_use_flag_of_an_open_file_is_outside_the_fde_crc() {
+    let mut e = Enc::new(true);
+    e.gtid_list(&[]);
+    // The server writes the FDE's CRC with the flag cleared, then sets it while writing.
+    e.buf[4 + 17] |= LOG_EVENT_BINLOG_IN_USE_F as u8;
+    let (s, _) = scan("f", &e.buf).unwrap();
+    assert!(s.checksum);
+    // Any other flag is covered.
+    e.buf[4 + 17] |= 2;
+    assert!(matches!(
+        err_of(&e.buf),
+        BinlogError::Checksum { offset: 4, .. }
+    ));
+}
+
+#[test]
+fn an_fde_without_a_checksum_algorithm_is_refused() {
+    // A pre-5.6.1 MySQL version: where the CRC is must not hinge on the version text.
+    let mut e = Enc::new(true);
+    let v = b"5.5.60-log\0";
+    e.buf[4 + 19 + 2..4 + 19 + 2 + v.len()].copy_from_slice(v);
+    let err = err_of(&e.buf);
+    assert!(
+        err.to_string().contains("predates binlog checksums"),
+        "{err}"
+    );
+    assert_eq!(err.offset(), 4);
+}
