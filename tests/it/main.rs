@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod backup_position;
 mod clone;
 mod extract_behaviour;
 mod hardening_cli;
