@@ -669,6 +669,58 @@ mod tests {
         assert!(p.warnings[0].contains("removes it"), "{:?}", p.warnings);
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Hostile bytes never panic the parsers, and whatever they accept obeys the rules.
+            #[test]
+            fn parsers_never_panic_and_accept_only_plain_names(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+                if let Ok(b) = binlog(&data) {
+                    prop_assert!(!b.file.is_empty() && b.file.len() <= 255);
+                    prop_assert!(!b.file.contains('/') && !b.file.contains(".."));
+                    prop_assert!(b.file.bytes().all(|c| c.is_ascii_graphic()));
+                    prop_assert!(b.gtid.bytes().all(|c| c.is_ascii_digit() || b"-, ".contains(&c)));
+                }
+                let _ = parse_checkpoints(&data);
+            }
+
+            /// What mariabackup writes reads back as written.
+            #[test]
+            fn binlog_info_round_trips(
+                file in "[a-z][a-z0-9_.-]{0,40}\\.[0-9]{6}",
+                pos in any::<u64>(),
+                gtid in proptest::collection::vec((0u32..5, 1u32..1000, any::<u64>()), 0..4),
+                newline in any::<bool>(),
+            ) {
+                prop_assume!(!file.contains(".."));
+                let gtid: Vec<String> = gtid.iter().map(|(d, s, n)| format!("{d}-{s}-{n}")).collect();
+                let gtid = gtid.join(",");
+                let text = format!("{file}\t{pos}\t{gtid}{}", if newline { "\n" } else { "" });
+                let b = binlog(text.as_bytes()).unwrap();
+                prop_assert_eq!((b.file, b.position, b.gtid), (file, pos, gtid));
+            }
+
+            /// However the file is cut into chunks, the capture sees the same bytes.
+            #[test]
+            fn the_cut_does_not_matter(cuts in proptest::collection::vec(1usize..20, 0..8)) {
+                let text = b"mariadb-bin.000042\t123456\t0-1-77,1-2-88\n";
+                let mut s = Vec::new();
+                let mut at = 0usize;
+                for c in cuts {
+                    let end = (at + c).min(text.len());
+                    payload(&mut s, XTRABACKUP_BINLOG_INFO, at as u64, &text[at..end]);
+                    at = end;
+                }
+                payload(&mut s, XTRABACKUP_BINLOG_INFO, at as u64, &text[at..]);
+                eof(&mut s, XTRABACKUP_BINLOG_INFO);
+                let b = capture(&s).binlog.unwrap();
+                prop_assert_eq!((b.position, b.gtid.as_str()), (123456, "0-1-77,1-2-88"));
+            }
+        }
+    }
+
     #[test]
     fn the_shared_capture_is_a_sink() {
         let mut shared = SharedCapture::new();

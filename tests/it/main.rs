@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod backup_position;
 mod binlog_reader;
 mod clone;
 mod extract_behaviour;
