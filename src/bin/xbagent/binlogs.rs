@@ -162,7 +162,7 @@ pub fn restore_until(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
     let r = res?;
     println!(
         "restored backup {} into {} and replayed {} transaction(s) from {} binlog file(s) to {}: \
-         last applied {}{}; GTID state {}",
+         last applied {}{}; GTID state {}; replay took {:.3}s",
         r.backup,
         a.dir.display(),
         r.transactions,
@@ -174,7 +174,8 @@ pub fn restore_until(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
         r.last_time
             .map(|t| format!(" ({})", rfc3339(u64::from(t))))
             .unwrap_or_default(),
-        r.gtid_state
+        r.gtid_state,
+        r.replay_seconds
     );
     Ok(exit::OK)
 }

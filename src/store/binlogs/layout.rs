@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         let id = file_id(1_765_048_231, 1, "mariadb-bin.000001", "1a2b3c4d5e6f");
-        assert_eq!(id, "20261206T191031Z-s1-mariadb-bin.000001-1a2b3c4d");
+        assert_eq!(id, "20251206T191031Z-s1-mariadb-bin.000001-1a2b3c4d");
         assert!(valid_file_id(&id));
         assert_eq!(
             parse_key(&segment_data(&id, 4096)),

@@ -51,6 +51,8 @@ pub struct PitrReport {
     /// The GTID state the restored server is at.
     pub gtid_state: GtidState,
     pub stream_bytes: u64,
+    /// The replay alone: `mariadb-binlog | mariadb` from the first file to the stop.
+    pub replay_seconds: f64,
 }
 
 #[derive(Debug, Error)]
@@ -156,7 +158,10 @@ pub fn restore_to(
         plan.files.len(),
         plan.files
             .first()
-            .map(|f| format!("{}:{}", f.file, f.from))
+            .map(|f| match f.from {
+                Some(p) => format!("{}:{p}", f.file),
+                None => format!("{} (after GTID {})", f.file, plan.start_gtid),
+            })
             .unwrap_or_default()
     );
     let tools = opts.tools.locate()?;
@@ -182,7 +187,7 @@ pub fn restore_to(
             what: format!("mark {}", dir.display()),
             source: io::Error::other(e.to_string()),
         })?;
-    apply(&tools, dir, work.path(), &scanned.steps, &shutdown)?;
+    let replay = apply(&tools, dir, work.path(), &scanned.steps, &shutdown)?;
     target.finish(None).map_err(|e| PitrError::Local {
         what: format!("finish {}", dir.display()),
         source: io::Error::other(e.to_string()),
@@ -196,17 +201,18 @@ pub fn restore_to(
         last_time: scanned.last_time,
         gtid_state: scanned.state,
         stream_bytes: checked.totals.bytes,
+        replay_seconds: replay.as_secs_f64(),
     })
 }
 
-/// Prepare, start the private server, replay, shut down.
+/// Prepare, start the private server, replay, shut down. Returns how long the replay took.
 fn apply(
     tools: &Located,
     dir: &Path,
     work: &Path,
     steps: &[Step],
     shutdown: &AtomicBool,
-) -> Result<(), PitrError> {
+) -> Result<std::time::Duration, PitrError> {
     // The socket path must stay short (a unix socket path is limited to ~107 bytes).
     let run = tempfile::Builder::new()
         .prefix("xbagent-pitr.")
@@ -216,12 +222,14 @@ fn apply(
     replay::prepare(tools, dir, work)?;
     if steps.is_empty() {
         tracing::info!("the backup is already at the target: nothing to replay");
-        return Ok(());
+        return Ok(std::time::Duration::ZERO);
     }
     let server = PrivateServer::start(tools, dir, run.path())?;
+    let started = std::time::Instant::now();
     replay::replay(tools, &server, steps, work, shutdown)?;
+    let took = started.elapsed();
     server.shutdown()?;
-    Ok(())
+    Ok(took)
 }
 
 /// The directory the binlogs are fetched to.
@@ -345,7 +353,7 @@ fn scan_all(plan: &Plan, files: &[PathBuf], target: Target) -> Result<Scanned, P
         if s.applied > 0 {
             out.steps.push(Step {
                 file: path.clone(),
-                start: (i == 0 && pf.from > 4).then_some(pf.from),
+                start: if i == 0 { s.start } else { None },
                 stop: s.stop,
             });
             out.transactions += s.applied;
@@ -382,6 +390,8 @@ fn scan_all(plan: &Plan, files: &[PathBuf], target: Target) -> Result<Scanned, P
 
 #[derive(Debug, Default)]
 struct FileScan {
+    /// In the first file: the offset of the first transaction the backup does not hold.
+    start: Option<u64>,
     gtid_before: Option<GtidState>,
     gtid_after: GtidState,
     /// `--stop-position` when the target is inside this file.
@@ -424,6 +434,24 @@ fn take(
     Ok(())
 }
 
+/// The backup's recorded position or GTID state does not cut the file where it should.
+fn start_mismatch(
+    pf: &PlannedFile,
+    t: &crate::binlog::Transaction,
+    start_gtid: &GtidState,
+) -> PitrError {
+    PitrError::BadBinlog {
+        object: layout::dir(&pf.file_id),
+        reason: format!(
+            "the backup's position ({}GTID state {start_gtid}) does not match the file: \
+             transaction {} at byte {}",
+            pf.from.map(|p| format!("byte {p}, ")).unwrap_or_default(),
+            t.gtid,
+            t.start
+        ),
+    }
+}
+
 fn bad(pf: &PlannedFile, e: BinlogError) -> PitrError {
     PitrError::BadBinlog {
         object: layout::dir(&pf.file_id),
@@ -445,7 +473,6 @@ fn scan_file(
     let mut events: Vec<Event> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut out = FileScan::default();
-    let mut from_seen = !first || pf.from <= 4;
     loop {
         let n = f
             .read(&mut buf)
@@ -458,27 +485,22 @@ fn scan_file(
             .feed(&buf[..n], &mut events)
             .map_err(|e| bad(pf, e))?;
         for ev in &events {
-            let end = ev.offset + u64::from(ev.header.event_size);
-            let txn = tracker.event(ev).map_err(|e| bad(pf, e))?;
-            if !from_seen && end == pf.from {
-                from_seen = true;
-                let at = &tracker.summary().gtid_after;
-                if !at
-                    .iter()
-                    .all(|g| start_gtid.get(g.domain).is_none_or(|b| b.seq == g.seq))
-                {
-                    return Err(PitrError::BadBinlog {
-                        object: layout::dir(&pf.file_id),
-                        reason: format!(
-                            "at the backup's position {} its GTID state is {at}, the backup recorded {start_gtid}",
-                            pf.from
-                        ),
-                    });
-                }
-            }
-            let Some(t) = txn else { continue };
-            if t.start < pf.from && first {
+            let Some(t) = tracker.event(ev).map_err(|e| bad(pf, e))? else {
                 continue;
+            };
+            // The first file: what the backup holds is skipped, by GTID (as mariadb-binlog
+            // --start-position=GTID would); a recorded position must agree.
+            if first && start_gtid.contains(t.gtid) {
+                if out.applied > 0 || pf.from.is_some_and(|p| t.end > p) {
+                    return Err(start_mismatch(pf, &t, start_gtid));
+                }
+                continue;
+            }
+            if first && out.start.is_none() {
+                if pf.from.is_some_and(|p| t.start < p) {
+                    return Err(start_mismatch(pf, &t, start_gtid));
+                }
+                out.start = Some(t.start);
             }
             take(&mut out, &t, target, pf)?;
             if out.stop.is_some() {
@@ -488,15 +510,6 @@ fn scan_file(
         if out.stop.is_some() {
             break;
         }
-    }
-    if !from_seen {
-        return Err(PitrError::BadBinlog {
-            object: layout::dir(&pf.file_id),
-            reason: format!(
-                "the backup's position {} is not an event boundary of {}",
-                pf.from, pf.file
-            ),
-        });
     }
     let s = tracker.summary();
     out.gtid_before = s.gtid_before.clone();

@@ -90,8 +90,11 @@ pub struct PlannedFile {
     pub file: String,
     /// The archived bytes to fetch: `[0, size)`.
     pub size: u64,
-    /// Replay from this offset (the backup's position in the first file; 4 otherwise).
-    pub from: u64,
+    /// In the first file: the backup's recorded position, when the archive holds the very
+    /// file the backup names (a backup of the primary). `None`: the whole file (later files),
+    /// or, in the first file, every transaction the backup's GTID state does not include (a
+    /// backup taken on a replica records the replica's own file and position).
+    pub from: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,16 +123,32 @@ fn same_state(a: &GtidState, b: &GtidState) -> bool {
     a.is_within(b) && b.is_within(a)
 }
 
-/// The archived file a backup's position lies in.
-fn file_of<'a>(archive: &'a Archive, base: &Base) -> Option<&'a ArchivedFile> {
+/// The archived file a backup's position lies in, and the position if the archive has the
+/// very file the backup names. Else (a backup taken on a replica, whose file and position are
+/// the replica's own) the latest file whose GTID range holds the backup's GTID state.
+fn file_of<'a>(archive: &'a Archive, base: &Base) -> Option<(&'a ArchivedFile, Option<u64>)> {
+    let holds = |f: &&ArchivedFile| {
+        f.problems.is_empty()
+            && f.gtid_before().is_some_and(|g| g.is_within(&base.gtid))
+            && f.gtid_after().is_some_and(|a| base.gtid_in(a))
+    };
+    let by_name = archive
+        .files
+        .iter()
+        .filter(holds)
+        .filter(|f| f.file == base.file && f.end() >= base.position)
+        .filter(|f| u64::from(f.created) * 1000 <= base.end_ms + 1000)
+        .max_by_key(|f| f.created);
+    if let Some(f) = by_name {
+        return Some((f, Some(base.position)));
+    }
     archive
         .files
         .iter()
-        .filter(|f| f.file == base.file && f.end() >= base.position && f.problems.is_empty())
-        .filter(|f| f.gtid_before().is_some_and(|g| g.is_within(&base.gtid)))
-        .filter(|f| u64::from(f.created) * 1000 <= base.end_ms + 1000)
-        .filter(|f| f.gtid_after().is_some_and(|a| base.gtid_in(a)))
+        .filter(holds)
+        .filter(|f| !base.gtid.is_empty() || f.gtid_before().is_some_and(GtidState::is_empty))
         .max_by_key(|f| f.created)
+        .map(|f| (f, None))
 }
 
 impl Base {
@@ -232,7 +251,7 @@ pub fn window(archive: &Archive, bases: &[Base]) -> Window {
     let mut sorted: Vec<&Base> = bases.iter().collect();
     sorted.sort_by_key(|b| b.end_ms);
     for b in sorted {
-        let Some(first) = file_of(archive, b) else {
+        let Some((first, _)) = file_of(archive, b) else {
             continue;
         };
         let (files, _) = chain(archive, first, |_| true);
@@ -305,7 +324,7 @@ pub fn plan(
                 ))
             })?,
     };
-    let first = file_of(archive, base).ok_or_else(|| {
+    let (first, position) = file_of(archive, base).ok_or_else(|| {
         refuse(format!(
             "backup {}'s binlog position {}:{} (GTID {}) is not in the archive",
             base.id, base.file, base.position, base.gtid
@@ -342,7 +361,7 @@ pub fn plan(
                 file_id: f.file_id.clone(),
                 file: f.file.clone(),
                 size: f.end(),
-                from: if i == 0 { base.position } else { 4 },
+                from: if i == 0 { position } else { None },
             })
             .collect(),
         window,
@@ -353,7 +372,7 @@ pub fn plan(
 /// position and the chain that continues it.
 pub fn chain_from<'a>(archive: &'a Archive, base: &Base) -> Vec<&'a ArchivedFile> {
     match file_of(archive, base) {
-        Some(first) => chain(archive, first, |_| true).0,
+        Some((first, _)) => chain(archive, first, |_| true).0,
         None => Vec::new(),
     }
 }
@@ -381,4 +400,193 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
         ));
     }
     u64::try_from(dt.unix_timestamp()).map_err(|_| format!("'{s}' is before 1970"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::binlogs::inventory::{Segment, FORMAT};
+
+    fn st(s: &str) -> GtidState {
+        s.parse().unwrap()
+    }
+
+    /// A finished (or growing) file of server 1 holding transactions `first..=last` of domain
+    /// 0, stamped `t0 + seq`.
+    fn file(
+        name: &str,
+        created: u32,
+        first: u64,
+        last: u64,
+        closed: Option<Closed>,
+    ) -> ArchivedFile {
+        let g = |seq: u64| Gtid {
+            domain: 0,
+            server: 1,
+            seq,
+        };
+        let before = if first > 1 {
+            st(&format!("0-1-{}", first - 1))
+        } else {
+            GtidState::new()
+        };
+        let after = st(&format!("0-1-{last}"));
+        let n = last + 1 - first;
+        let seg = Segment {
+            format: FORMAT,
+            file_id: format!("{created}-{name}"),
+            file: name.into(),
+            server_id: 1,
+            created,
+            start: 0,
+            end: 1000,
+            blake3: "0".repeat(64),
+            gtid_before: before,
+            gtid_after: after,
+            first_gtid: (n > 0).then(|| g(first)),
+            last_gtid: (n > 0).then(|| g(last)),
+            first_time: (n > 0).then(|| 1000 + first as u32),
+            last_time: (n > 0).then(|| 1000 + last as u32),
+            transactions: n,
+            closed: closed.clone(),
+            read_at: 1000 + last + 1,
+        };
+        ArchivedFile {
+            file_id: seg.file_id.clone(),
+            file: name.into(),
+            server_id: 1,
+            created,
+            segments: vec![seg],
+            closed: closed.clone(),
+            sealed: closed.is_some(),
+            unindexed: vec![],
+            problems: vec![],
+            stored_bytes: 1000,
+        }
+    }
+
+    fn rot(next: &str) -> Option<Closed> {
+        Some(Closed::Rotate {
+            next_file: next.into(),
+        })
+    }
+
+    fn archive() -> Archive {
+        Archive {
+            files: vec![
+                file("b.1", 1000, 1, 10, rot("b.2")),
+                file("b.2", 1010, 11, 20, rot("b.3")),
+                file("b.3", 1020, 21, 30, None),
+            ],
+        }
+    }
+
+    fn base(id: &str, file: &str, pos: u64, seq: u64) -> Base {
+        Base {
+            id: id.into(),
+            end_ms: (1000 + seq) * 1000 + 500,
+            file: file.into(),
+            position: pos,
+            gtid: st(&format!("0-1-{seq}")),
+        }
+    }
+
+    fn gtid(seq: u64) -> Target {
+        Target::Gtid(Gtid {
+            domain: 0,
+            server: 1,
+            seq,
+        })
+    }
+
+    #[test]
+    fn newest_backup_before_the_target_and_the_files_after_it() {
+        let bases = [base("A", "b.1", 500, 5), base("B", "b.2", 600, 15)];
+        let p = plan(&archive(), &bases, gtid(25), None).unwrap();
+        assert_eq!(p.backup, "B");
+        let names: Vec<&str> = p.files.iter().map(|f| f.file.as_str()).collect();
+        assert_eq!(names, ["b.2", "b.3"]);
+        assert_eq!(p.files[0].from, Some(600));
+        assert_eq!(p.files[1].from, None);
+        // A target before B's end: A, and the chain stops at the target's file.
+        let p = plan(&archive(), &bases, gtid(12), None).unwrap();
+        assert_eq!(p.backup, "A");
+        assert_eq!(p.files.len(), 2);
+        // By time: B ended at 1015.5 s.
+        assert_eq!(
+            plan(&archive(), &bases, Target::Time(1016), None)
+                .unwrap()
+                .backup,
+            "B"
+        );
+        assert_eq!(
+            plan(&archive(), &bases, Target::Time(1015), None)
+                .unwrap()
+                .backup,
+            "A"
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_window() {
+        let bases = [base("A", "b.1", 500, 5)];
+        let e = plan(&archive(), &bases, gtid(31), None).unwrap_err();
+        assert!(
+            e.reason.contains("after the last archived transaction"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("recoverable from"), "{e}");
+        assert_eq!(e.window.to_gtid.map(|g| g.seq), Some(30));
+        let e = plan(&archive(), &bases, gtid(3), None).unwrap_err();
+        assert!(e.reason.contains("before the end"), "{e}");
+        // The growing last file was read at 1031: a time up to then is reachable.
+        assert!(plan(&archive(), &bases, Target::Time(1031), None).is_ok());
+        assert!(plan(&archive(), &bases, Target::Time(1032), None).is_err());
+        let e = plan(&archive(), &bases, gtid(25), Some("X")).unwrap_err();
+        assert!(e.reason.contains("no recorded binlog position"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_a_gap() {
+        let mut a = archive();
+        a.files.remove(1);
+        let bases = [base("A", "b.1", 500, 5)];
+        let e = plan(&a, &bases, gtid(25), None).unwrap_err();
+        assert!(e.reason.contains("gap") && e.reason.contains("b.1"), "{e}");
+        // Up to the gap is still reachable.
+        assert!(plan(&a, &bases, gtid(9), None).is_ok());
+        assert_eq!(window(&a, &bases).to_gtid.map(|g| g.seq), Some(10));
+    }
+
+    #[test]
+    fn a_replica_backup_is_placed_by_its_gtid() {
+        // The replica's own file name and position mean nothing in the primary's archive.
+        let bases = [base("R", "replica-bin.000007", 1234, 15)];
+        let p = plan(&archive(), &bases, gtid(25), None).unwrap();
+        assert_eq!(p.files[0].file, "b.2");
+        assert_eq!(p.files[0].from, None);
+    }
+
+    #[test]
+    fn prune_keeps_what_a_kept_backup_needs() {
+        let a = archive();
+        let kept = [base("B", "b.2", 600, 15)];
+        let gone: Vec<&str> = crate::store::binlogs::check::prunable(&a, &kept)
+            .iter()
+            .map(|f| f.file.as_str())
+            .collect();
+        assert_eq!(gone, ["b.1"]);
+        assert!(crate::store::binlogs::check::prunable(&a, &[]).is_empty());
+    }
+
+    #[test]
+    fn until_times() {
+        assert_eq!(parse_time("1970-01-01T00:01:00Z"), Ok(60));
+        assert_eq!(parse_time("1970-01-01 00:01:00"), Ok(60));
+        assert_eq!(parse_time("1970-01-01T01:01:00+01:00"), Ok(60));
+        assert!(parse_time("1970-01-01T00:01:00.5Z")
+            .unwrap_err()
+            .contains("whole seconds"));
+        assert!(parse_time("yesterday").is_err());
+    }
 }
