@@ -497,6 +497,12 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
     .says(&victim);
     assert!(!dir.exists() || dir.read_dir().unwrap().next().is_none());
     repo.run(&["verify", &repo.url]).code(1).says(&victim);
+    // The push finds the archive's last segment of the growing file differs from the
+    // server's bytes: it stops, overwriting nothing.
+    repo.run(&["binlogs", "push", "--to", &repo.url, "--binlog-index", s(index)])
+        .code(3)
+        .says("exists with other contents");
+    assert_ne!(repo.lib.get(&victim, 1 << 30).unwrap(), good);
     repo.lib.put(&victim, good).unwrap();
 
     // A deleted archived binlog (a whole file after backup B's): a refusal naming the gap.
