@@ -469,6 +469,21 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
     .says("after the last archived transaction")
     .says("recoverable from");
     assert!(!dir.exists(), "a refused restore wrote {}", dir.display());
+    // A target before every backup's end: refused the same way.
+    let first = rows.first().unwrap().gtid;
+    repo.run(&[
+        "restore",
+        "--from",
+        &repo.url,
+        "-C",
+        s(&dir),
+        "--until-gtid",
+        &first.to_string(),
+    ])
+    .code(1)
+    .says("before the end of every full backup")
+    .says("recoverable from");
+    assert!(!dir.exists(), "a refused restore wrote {}", dir.display());
 
     // A corrupted archived binlog: exit 1 naming the object, nothing restored.
     let data_keys: Vec<String> = repo
@@ -499,9 +514,16 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
     repo.run(&["verify", &repo.url]).code(1).says(&victim);
     // The push finds the archive's last segment of the growing file differs from the
     // server's bytes: it stops, overwriting nothing.
-    repo.run(&["binlogs", "push", "--to", &repo.url, "--binlog-index", s(index)])
-        .code(3)
-        .says("exists with other contents");
+    repo.run(&[
+        "binlogs",
+        "push",
+        "--to",
+        &repo.url,
+        "--binlog-index",
+        s(index),
+    ])
+    .code(3)
+    .says("exists with other contents");
     assert_ne!(repo.lib.get(&victim, 1 << 30).unwrap(), good);
     repo.lib.put(&victim, good).unwrap();
 

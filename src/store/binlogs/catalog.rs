@@ -120,6 +120,15 @@ struct Listed {
 /// Read the archive's inventory. Entries that cannot be read are reported in the file's
 /// `problems`, never skipped silently; store errors end the read.
 pub fn load(repo: &dyn Repository) -> Result<Archive, StoreError> {
+    load_matching(repo, |_| true)
+}
+
+/// [`load`], reading the records of only the files whose id `wanted` accepts (the push reads
+/// only the files its server still has, not the whole history).
+pub fn load_matching(
+    repo: &dyn Repository,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Archive, StoreError> {
     let mut by_id: BTreeMap<String, Listed> = BTreeMap::new();
     for o in repo.list(layout::ROOT)? {
         let Some(k) = layout::parse_key(&o.key) else {
@@ -141,7 +150,7 @@ pub fn load(repo: &dyn Repository) -> Result<Archive, StoreError> {
         }
     }
     let mut files = Vec::with_capacity(by_id.len());
-    for (id, listed) in by_id {
+    for (id, listed) in by_id.into_iter().filter(|(id, _)| wanted(id)) {
         files.push(load_file(repo, &id, listed)?);
     }
     files.sort_by(|a, b| (a.created, &a.file, &a.file_id).cmp(&(b.created, &b.file, &b.file_id)));

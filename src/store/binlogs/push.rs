@@ -200,7 +200,11 @@ pub fn push(repo: &dyn Repository, opts: &PushOptions) -> Result<PushReport, Pus
         report: PushReport::default(),
         index_failing_since: None,
     };
-    let archive = catalog::load(repo)?;
+    // Only the files the server still has matter; their ids hold their names.
+    let names = read_index(&opts.index).unwrap_or_default();
+    let archive = catalog::load_matching(repo, |id| {
+        names.is_empty() || names.iter().any(|n| id.contains(&format!("-{n}-")))
+    })?;
     for f in archive.files {
         p.archive.insert(f.file_id.clone(), f);
     }
@@ -727,6 +731,8 @@ impl Pusher<'_> {
         tracing::info!("{} is wholly archived ({} bytes)", t.name, t.shipped);
         self.report.files_sealed += 1;
         t.sealed = true;
+        // Nothing more is read of it: memory stays flat however long the push runs.
+        self.archive.remove(&t.id);
         Ok(())
     }
 }
