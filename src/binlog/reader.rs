@@ -352,8 +352,12 @@ impl EventReader {
             1 => true,
             a => return Err(e.malformed(format!("unknown checksum algorithm {a}"))),
         };
-        if checksum {
-            let split = b.kept.len() - CRC_LEN;
+        // A checksum-aware server fills the FDE's CRC slot even when checksums are off, so
+        // the FDE is always checked: a flipped algorithm byte cannot switch checking off. An
+        // all-zero slot with checksums off is taken as a writer that left it empty.
+        let split = b.kept.len() - CRC_LEN;
+        let stored = u32::from_le_bytes(b.kept[split..].try_into().unwrap_or_default());
+        if checksum || stored != 0 {
             // The server sets LOG_EVENT_BINLOG_IN_USE_F in the FDE of the file it writes and
             // clears it in place on close; the CRC is computed with the flag cleared.
             let mut header = b.raw_header;
@@ -362,7 +366,6 @@ impl EventReader {
             h.update(&header);
             h.update(&b.kept[..split]);
             let computed = h.finalize();
-            let stored = u32::from_le_bytes(b.kept[split..].try_into().unwrap_or_default());
             if stored != computed {
                 return Err(e.checksum(stored, computed));
             }

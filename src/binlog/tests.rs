@@ -60,12 +60,11 @@ impl Enc {
         post[usize::from(QUERY_EVENT) - 1] = 13;
         b.extend_from_slice(&post);
         b.push(u8::from(self.crc));
-        // The CRC slot: without checksums MariaDB still reserves it; with them the generic
-        // path appends the CRC, so leave it out here.
-        if !self.crc {
-            b.extend_from_slice(&[0; 4]);
-        }
+        // Without checksums MariaDB still fills the FDE's CRC slot.
+        let crc = self.crc;
+        self.crc = true;
         self.event(FORMAT_DESCRIPTION_EVENT, &b);
+        self.crc = crc;
     }
 
     pub fn gtid_list(&mut self, gtids: &[Gtid]) -> u64 {
@@ -700,4 +699,26 @@ fn an_fde_without_a_checksum_algorithm_is_refused() {
         "{err}"
     );
     assert_eq!(err.offset(), 4);
+}
+
+#[test]
+fn the_fde_crc_is_checked_also_when_checksums_are_off() {
+    // As a real server writes it: checksums off, the FDE's CRC slot filled.
+    let e = Enc::new(false);
+    let fde_end = e.buf.len();
+    let (s, _) = scan("f", &e.buf).unwrap();
+    assert!(!s.checksum);
+    // Turning checksums off by flipping the algorithm byte is caught.
+    let mut on = Enc::new(true);
+    on.gtid_list(&[]);
+    let mut bad = on.buf.clone();
+    bad[fde_end - 5] = 0;
+    assert!(matches!(
+        err_of(&bad),
+        BinlogError::Checksum { offset: 4, .. }
+    ));
+    // A writer that left the slot empty with checksums off is accepted.
+    let mut empty = e.buf.clone();
+    empty[fde_end - 4..fde_end].copy_from_slice(&[0; 4]);
+    assert!(scan("f", &empty).is_ok());
 }
