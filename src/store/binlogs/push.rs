@@ -585,11 +585,28 @@ impl Pusher<'_> {
         })?;
         let bytes = read_segment(&file, &t.path, v.start, v.end)?;
         let digest = blake3::hash(&bytes).to_hex().to_string();
+        let key = layout::segment_data(&t.id, v.start);
         if digest != v.blake3 {
             return Err(self.conflict(
-                &layout::segment_data(&t.id, v.start),
+                &key,
                 &t.name,
-                format!("stored digest {}, the server's bytes {digest}", v.blake3),
+                format!(
+                    "its entry's digest {}, the server's bytes {digest}",
+                    v.blake3
+                ),
+            ));
+        }
+        // And the stored object itself: the archive's end must be sound before more is added.
+        let stored = self.repo.get(&key, v.len())?;
+        let stored_digest = blake3::hash(&stored).to_hex().to_string();
+        if stored_digest != v.blake3 {
+            return Err(self.conflict(
+                &key,
+                &t.name,
+                format!(
+                    "its digest {stored_digest}, its entry and the server's bytes {}",
+                    v.blake3
+                ),
             ));
         }
         Ok(())
