@@ -34,6 +34,22 @@ pub struct ArchivedFile {
 }
 
 impl ArchivedFile {
+    /// A file id with nothing known of it yet.
+    pub fn empty(id: &str) -> ArchivedFile {
+        ArchivedFile {
+            file_id: id.to_string(),
+            file: String::new(),
+            server_id: 0,
+            created: 0,
+            segments: Vec::new(),
+            closed: None,
+            sealed: false,
+            unindexed: Vec::new(),
+            problems: Vec::new(),
+            stored_bytes: 0,
+        }
+    }
+
     /// Bytes of the file the archive holds without a hole, from offset 0.
     pub fn end(&self) -> u64 {
         let mut at = 0;
@@ -167,16 +183,8 @@ fn read_record(repo: &dyn Repository, id: &str) -> Result<Result<FileRecord, Str
 
 fn load_file(repo: &dyn Repository, id: &str, listed: Listed) -> Result<ArchivedFile, StoreError> {
     let mut f = ArchivedFile {
-        file_id: id.to_string(),
-        file: String::new(),
-        server_id: 0,
-        created: 0,
-        segments: Vec::new(),
-        closed: None,
-        sealed: false,
-        unindexed: Vec::new(),
-        problems: Vec::new(),
         stored_bytes: listed.bytes,
+        ..ArchivedFile::empty(id)
     };
     if listed.record {
         match read_record(repo, id)? {

@@ -693,7 +693,7 @@ impl Pusher<'_> {
         t.adopt = None;
         self.archive
             .entry(t.id.clone())
-            .or_insert_with(|| empty_archived(&t.id))
+            .or_insert_with(|| ArchivedFile::empty(&t.id))
             .segments
             .push(seg);
         Ok(())
@@ -791,21 +791,6 @@ fn segment_of(t: &Tracked, cut: u64, digest: String, read_at: u64) -> Segment {
             None
         },
         read_at: read_at.max(t.last_read_at),
-    }
-}
-
-fn empty_archived(id: &str) -> ArchivedFile {
-    ArchivedFile {
-        file_id: id.to_string(),
-        file: String::new(),
-        server_id: 0,
-        created: 0,
-        segments: Vec::new(),
-        closed: None,
-        sealed: false,
-        unindexed: Vec::new(),
-        problems: Vec::new(),
-        stored_bytes: 0,
     }
 }
 
