@@ -186,6 +186,11 @@ impl PrivateServer {
                 "--skip-slave-start",
                 "--skip-grant-tables",
                 "--skip-name-resolve",
+                // No fsync per replayed commit and no doublewrite: the clean shutdown at the
+                // end writes everything, and a replay cut short leaves the restore's marker,
+                // so its directory is never taken for a finished one (about twice as fast).
+                "--innodb-flush-log-at-trx-commit=2",
+                "--innodb-doublewrite=0",
             ]);
         if rustix::process::geteuid().is_root() {
             c.arg("--user=root");
