@@ -210,15 +210,23 @@ pub fn prune(a: PruneArgs) -> Result<i32, Failure> {
     let kept = all.len() - doomed.len();
     if !a.apply {
         println!(
-            "dry run: {} backup(s) and {} archived binlog file(s) would be deleted, {kept} backup(s) kept; add --apply to delete",
-            doomed.len(),
-            binlogs.doomed.len()
+            "dry run: {} backup(s) would be deleted, {kept} kept; add --apply to delete",
+            doomed.len()
         );
+        if !binlogs.doomed.is_empty() {
+            println!(
+                "dry run: {} archived binlog file(s) would be deleted",
+                binlogs.doomed.len()
+            );
+        }
         return Ok(exit::OK);
     }
     // Binlogs first: a backup is deleted only after the binlogs only it needed are gone, so an
     // interrupted prune never leaves binlogs that no listing explains.
     crate::binlogs::prune_apply(&*repo, &binlogs)?;
+    if !binlogs.doomed.is_empty() {
+        println!("deleted {} archived binlog file(s)", binlogs.doomed.len());
+    }
     let left = retention::apply(&*repo, &doomed)?;
     println!(
         "deleted {} backup(s), kept {kept}",
