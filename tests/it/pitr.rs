@@ -644,3 +644,65 @@ fn prune(repo: &Repo, b: &Backup) {
 }
 
 on_both_backends!(pitr_roundtrip);
+
+/// The shipped CronJob backs up a replica: its `xtrabackup_binlog_info` names the replica's
+/// own binlog file (here with the same name as one of the primary's) and position. Restore
+/// rolls it forward with the primary's archive, placed by the backup's GTID state.
+#[test]
+fn pitr_from_a_replica_backup() {
+    require_mariadb();
+    require_tools(
+        &["mariadb-binlog"],
+        "mariadb-client (apt-get install mariadb-client)",
+    );
+    let Some(repo) = Repo::open(Kind::Local, "rep") else {
+        return;
+    };
+    let primary = Server::start_binlog(&repo.path("pri"), 64 << 10);
+    primary.sql(
+        "CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'replpw'; \
+         GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1'; \
+         CREATE DATABASE p; \
+         CREATE TABLE p.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64)) ENGINE=InnoDB",
+    );
+    let replica = Server::start_binlog_with(&repo.path("rep"), 64 << 10, "--server-id=2");
+    replica.sql(&format!(
+        "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', \
+         MASTER_PASSWORD='replpw', MASTER_USE_GTID=slave_pos; START SLAVE",
+        primary.port
+    ));
+    let index = primary.datadir().join("mariadb-bin.index");
+    let push = push_follow(&repo, &index, repo.path("push.log"));
+    let writer = Writer::start(primary.dir.join("sock"));
+    thread::sleep(Duration::from_secs(3));
+    let b = upload(&repo, &replica);
+    thread::sleep(Duration::from_secs(3));
+    let rows = writer.finish();
+    let last = rows.last().unwrap().gtid;
+    wait_archived(&repo, last);
+    push.signal(rustix::process::Signal::TERM);
+    assert!(
+        b.gtid_seq > 4,
+        "the replica's backup recorded GTID seq {} (nothing replicated?)",
+        b.gtid_seq
+    );
+    // The restored copies are replicas of a primary that must not feed them more rows.
+    drop(replica);
+    drop(primary);
+
+    let after_b: Vec<&Row> = rows.iter().filter(|r| r.gtid.seq > b.gtid_seq).collect();
+    assert!(
+        !after_b.is_empty(),
+        "no row was written after the replica's backup"
+    );
+    let mid = after_b[after_b.len() / 2].gtid;
+    let (out, ids) = restore_ids(&repo, "r-mid", &["--until-gtid", &mid.to_string()]);
+    out.prints(&format!("restored backup {}", b.id));
+    assert_eq!(
+        ids,
+        ids_where(&rows, |r| r.gtid.seq <= mid.seq),
+        "--until-gtid {mid}"
+    );
+    let (_, ids) = restore_ids(&repo, "r-last", &["--until-gtid", &last.to_string()]);
+    assert_eq!(ids, ids_where(&rows, |_| true), "--until-gtid {last}");
+}

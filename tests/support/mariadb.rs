@@ -86,6 +86,8 @@ pub struct Server {
     pub port: u16,
     /// `Some(max_binlog_size)` for a binlogging server ([`Server::start_binlog`]).
     pub binlog: Option<u64>,
+    /// Extra mariadbd options (FIXTURE_SERVER_OPTS), e.g. another `--server-id`.
+    pub opts: String,
 }
 
 impl Server {
@@ -102,10 +104,17 @@ impl Server {
     /// A new binlogging server in `dir`: log-bin (`DIR/data/mariadb-bin.*`), server id 1,
     /// CRC32 checksums, ROW format, files rotated at `max_binlog_size` bytes.
     pub fn start_binlog(dir: &Path, max_binlog_size: u64) -> Server {
+        Server::start_binlog_with(dir, max_binlog_size, "")
+    }
+
+    /// [`Server::start_binlog`] with extra mariadbd options (later options win, so
+    /// `--server-id=2` makes a second server).
+    pub fn start_binlog_with(dir: &Path, max_binlog_size: u64, opts: &str) -> Server {
         let mut sv = Server {
             dir: dir.to_path_buf(),
             port: free_port(),
             binlog: Some(max_binlog_size),
+            opts: opts.to_string(),
         };
         sv.launch("start");
         sv
@@ -116,6 +125,7 @@ impl Server {
             dir: dir.to_path_buf(),
             port: free_port(),
             binlog: None,
+            opts: String::new(),
         };
         sv.launch(how);
         sv
@@ -123,10 +133,13 @@ impl Server {
 
     fn launch(&mut self, how: &str) {
         let size = self.binlog.map(|n| n.to_string());
-        let env: Vec<(&str, &str)> = match &size {
+        let mut env: Vec<(&str, &str)> = match &size {
             Some(n) => vec![("FIXTURE_BINLOG", "1"), ("FIXTURE_BINLOG_SIZE", n.as_str())],
             None => Vec::new(),
         };
+        if !self.opts.is_empty() {
+            env.push(("FIXTURE_SERVER_OPTS", self.opts.as_str()));
+        }
         fixture_env(&[how, s(&self.dir), &self.port.to_string()], &env);
     }
 

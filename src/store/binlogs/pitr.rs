@@ -434,7 +434,8 @@ fn take(
     Ok(())
 }
 
-/// The backup's recorded position or GTID state does not cut the file where it should.
+/// The backup's GTID state does not cut the file in two: a transaction it holds follows one
+/// it does not (domains interleaved).
 fn start_mismatch(
     pf: &PlannedFile,
     t: &crate::binlog::Transaction,
@@ -443,11 +444,9 @@ fn start_mismatch(
     PitrError::BadBinlog {
         object: layout::dir(&pf.file_id),
         reason: format!(
-            "the backup's position ({}GTID state {start_gtid}) does not match the file: \
-             transaction {} at byte {}",
-            pf.from.map(|p| format!("byte {p}, ")).unwrap_or_default(),
-            t.gtid,
-            t.start
+            "the backup's GTID state {start_gtid} does not cut the file in two: transaction {} \
+             at byte {}, which the backup holds, follows one it does not",
+            t.gtid, t.start
         ),
     }
 }
@@ -473,6 +472,7 @@ fn scan_file(
     let mut events: Vec<Event> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut out = FileScan::default();
+    let mut skipped_end = 0;
     loop {
         let n = f
             .read(&mut buf)
@@ -489,17 +489,17 @@ fn scan_file(
                 continue;
             };
             // The first file: what the backup holds is skipped, by GTID (as mariadb-binlog
-            // --start-position=GTID would); a recorded position must agree.
+            // --start-position=GTID would). The GTID state decides, not the recorded position:
+            // a backup taken on a replica records the replica's own file and position, and its
+            // file name may well be one the primary also used.
             if first && start_gtid.contains(t.gtid) {
-                if out.applied > 0 || pf.from.is_some_and(|p| t.end > p) {
+                if out.start.is_some() {
                     return Err(start_mismatch(pf, &t, start_gtid));
                 }
+                skipped_end = t.end;
                 continue;
             }
             if first && out.start.is_none() {
-                if pf.from.is_some_and(|p| t.start < p) {
-                    return Err(start_mismatch(pf, &t, start_gtid));
-                }
                 out.start = Some(t.start);
             }
             take(&mut out, &t, target, pf)?;
@@ -509,6 +509,16 @@ fn scan_file(
         }
         if out.stop.is_some() {
             break;
+        }
+    }
+    if let Some(p) = pf.from.filter(|_| first) {
+        if p < skipped_end || out.start.is_some_and(|start| p > start) {
+            tracing::warn!(
+                "backup position {}:{p} is not where its GTID state {start_gtid} ends in the \
+                 archived {} (a backup taken on a replica?); replaying from the GTID state",
+                pf.file,
+                pf.file_id
+            );
         }
     }
     let s = tracker.summary();
