@@ -202,6 +202,27 @@ impl Repo {
         self.tmp.path().join(name)
     }
 
+    /// A one-shot `binlogs push` of the server whose index is `index`, with `extra` flags.
+    fn push_once(&self, index: &Path, extra: &[&str]) -> Out {
+        let mut args = vec![
+            "binlogs",
+            "push",
+            "--to",
+            &self.url,
+            "--binlog-index",
+            s(index),
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// `restore --from REPO -C DIR TARGET...`.
+    fn restore_into(&self, dir: &Path, target: &[&str]) -> Out {
+        let mut args = vec!["restore", "--from", &self.url, "-C", s(dir)];
+        args.extend_from_slice(target);
+        self.run(&args)
+    }
+
     fn binlog_keys(&self) -> Vec<(String, Key)> {
         self.lib
             .list(layout::ROOT)
@@ -267,9 +288,7 @@ fn rfc3339(t: u64) -> String {
 /// Restore with `target` into a fresh directory, start a server on it, and return its ids.
 fn restore_ids(repo: &Repo, name: &str, target: &[&str]) -> (Out, Vec<u64>) {
     let dir = repo.path(name);
-    let mut args = vec!["restore", "--from", &repo.url, "-C", s(&dir)];
-    args.extend_from_slice(target);
-    let out = repo.run(&args);
+    let out = repo.restore_into(&dir, target);
     out.code(0);
     let server = Server::start_on(&dir);
     let ids = server
@@ -407,14 +426,7 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
     // A push killed with SIGKILL, then run again: nothing re-uploaded, nothing overwritten.
     push.signal(rustix::process::Signal::KILL);
     let before = repo.binlog_keys();
-    let out = repo.run(&[
-        "binlogs",
-        "push",
-        "--to",
-        &repo.url,
-        "--binlog-index",
-        s(index),
-    ]);
+    let out = repo.push_once(index, &[]);
     out.code(0).prints("0 bytes stored");
     // A push killed between a segment and its entry: the entry is written, the data kept.
     let (entry_key, data_key) = before
@@ -429,14 +441,7 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
         .unwrap();
     let data_before = repo.lib.get(&data_key, 1 << 30).unwrap();
     repo.lib.delete(&entry_key).unwrap();
-    let out = repo.run(&[
-        "binlogs",
-        "push",
-        "--to",
-        &repo.url,
-        "--binlog-index",
-        s(index),
-    ]);
+    let out = repo.push_once(index, &[]);
     out.code(0).prints("0 bytes stored");
     assert_eq!(repo.lib.get(&data_key, 1 << 30).unwrap(), data_before);
     assert!(
@@ -456,33 +461,17 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
     // A target beyond the archive: refused, naming the latest recoverable time.
     let far = rfc3339(now() as u64 + 3600);
     let dir = repo.path("r-far");
-    repo.run(&[
-        "restore",
-        "--from",
-        &repo.url,
-        "-C",
-        s(&dir),
-        "--until",
-        &far,
-    ])
-    .code(1)
-    .says("after the last archived transaction")
-    .says("recoverable from");
+    repo.restore_into(&dir, &["--until", &far])
+        .code(1)
+        .says("after the last archived transaction")
+        .says("recoverable from");
     assert!(!dir.exists(), "a refused restore wrote {}", dir.display());
     // A target before every backup's end: refused the same way.
     let first = rows.first().unwrap().gtid;
-    repo.run(&[
-        "restore",
-        "--from",
-        &repo.url,
-        "-C",
-        s(&dir),
-        "--until-gtid",
-        &first.to_string(),
-    ])
-    .code(1)
-    .says("before the end of every full backup")
-    .says("recoverable from");
+    repo.restore_into(&dir, &["--until-gtid", &first.to_string()])
+        .code(1)
+        .says("before the end of every full backup")
+        .says("recoverable from");
     assert!(!dir.exists(), "a refused restore wrote {}", dir.display());
 
     // A corrupted archived binlog: exit 1 naming the object, nothing restored.
@@ -499,31 +488,16 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
     bad[i] ^= 0x40;
     repo.lib.put(&victim, bad.into()).unwrap();
     let dir = repo.path("r-corrupt");
-    repo.run(&[
-        "restore",
-        "--from",
-        &repo.url,
-        "-C",
-        s(&dir),
-        "--until-gtid",
-        &last.to_string(),
-    ])
-    .code(1)
-    .says(&victim);
+    repo.restore_into(&dir, &["--until-gtid", &last.to_string()])
+        .code(1)
+        .says(&victim);
     assert!(!dir.exists() || dir.read_dir().unwrap().next().is_none());
     repo.run(&["verify", &repo.url]).code(1).says(&victim);
     // The push finds the archive's last segment of the growing file differs from the
     // server's bytes: it stops, overwriting nothing.
-    repo.run(&[
-        "binlogs",
-        "push",
-        "--to",
-        &repo.url,
-        "--binlog-index",
-        s(index),
-    ])
-    .code(3)
-    .says("exists with other contents");
+    repo.push_once(index, &[])
+        .code(3)
+        .says("exists with other contents");
     assert_ne!(repo.lib.get(&victim, 1 << 30).unwrap(), good);
     repo.lib.put(&victim, good).unwrap();
 
@@ -552,17 +526,9 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
         repo.lib.delete(k).unwrap();
     }
     let dir = repo.path("r-gap");
-    repo.run(&[
-        "restore",
-        "--from",
-        &repo.url,
-        "-C",
-        s(&dir),
-        "--until-gtid",
-        &last.to_string(),
-    ])
-    .code(1)
-    .says("gap");
+    repo.restore_into(&dir, &["--until-gtid", &last.to_string()])
+        .code(1)
+        .says("gap");
     assert!(!dir.exists());
     repo.run(&["binlogs", "list", &repo.url])
         .code(0)
@@ -574,19 +540,10 @@ fn faults(repo: &Repo, index: &Path, push: &mut Proc, rows: &[Row], b: &Backup) 
     // The server unreachable (no binlog index): retried, then a clear error.
     let missing = repo.path("nowhere/mariadb-bin.index");
     let t = Instant::now();
-    repo.run(&[
-        "binlogs",
-        "push",
-        "--to",
-        &repo.url,
-        "--binlog-index",
-        s(&missing),
-        "--index-wait",
-        "2s",
-    ])
-    .code(4)
-    .says("retrying")
-    .says("cannot read the binlog index");
+    repo.push_once(&missing, &["--index-wait", "2s"])
+        .code(4)
+        .says("retrying")
+        .says("cannot read the binlog index");
     assert!(t.elapsed() >= Duration::from_secs(2));
 
     prune(repo, b);
