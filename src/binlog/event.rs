@@ -17,6 +17,8 @@ use super::gtid::{Gtid, GtidState};
 pub const MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
 /// The v4 event header: timestamp, type, server id, size, next position, flags.
 pub const HEADER_LEN: usize = 19;
+/// Offset of the flags (u16) in an event header.
+pub const FLAGS_OFFSET: usize = 17;
 /// Size of the CRC32 that ends each event when checksums are on.
 pub const CRC_LEN: usize = 4;
 

@@ -110,6 +110,12 @@ impl GtidState {
             .all(|g| other.get(g.domain).is_some_and(|o| g.seq <= o.seq))
     }
 
+    /// The same seq in every domain, server ids aside: whether a file whose GTID_LIST is
+    /// `self` continues one that ended at `other`.
+    pub fn same_seqs(&self, other: &GtidState) -> bool {
+        self.is_within(other) && other.is_within(self)
+    }
+
     /// Whether `g` is already included in this state (its domain's seq >= g.seq).
     pub fn contains(&self, g: Gtid) -> bool {
         self.get(g.domain).is_some_and(|o| o.seq >= g.seq)

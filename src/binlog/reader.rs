@@ -361,7 +361,7 @@ impl EventReader {
             // The server sets LOG_EVENT_BINLOG_IN_USE_F in the FDE of the file it writes and
             // clears it in place on close; the CRC is computed with the flag cleared.
             let mut header = b.raw_header;
-            header[17] &= !(event::LOG_EVENT_BINLOG_IN_USE_F as u8);
+            header[event::FLAGS_OFFSET] &= !(event::LOG_EVENT_BINLOG_IN_USE_F as u8);
             let mut h = crc32fast::Hasher::new();
             h.update(&header);
             h.update(&b.kept[..split]);

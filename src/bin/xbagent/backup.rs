@@ -200,7 +200,7 @@ pub fn prune(a: PruneArgs) -> Result<i32, Failure> {
     for d in &doomed {
         println!("{verb} {} ({})", d.id, d.reason);
     }
-    let binlogs = crate::binlogs::prune_plan(&*repo, &doomed)?;
+    let binlogs = crate::binlogs::prune_plan(&*repo, &all, &doomed)?;
     for f in &binlogs.doomed {
         println!("{verb} binlog {} ({})", f.file_id, f.reason);
     }

@@ -195,6 +195,7 @@ pub struct DoomedFile {
 /// What `backups prune` deletes of the binlog archive once `doomed` backups are gone.
 pub fn prune_plan(
     repo: &dyn xbagent::store::Repository,
+    all: &[xbagent::store::retention::BackupSummary],
     doomed: &[xbagent::store::retention::Doomed],
 ) -> Result<BinlogPrune, Failure> {
     let archive = catalog::load(repo).map_err(BackupError::from)?;
@@ -204,7 +205,7 @@ pub fn prune_plan(
             note: None,
         });
     }
-    let kept: Vec<_> = pitr::bases(repo)?
+    let kept: Vec<_> = pitr::bases_among(repo, all)?
         .into_iter()
         .filter(|b| !doomed.iter().any(|d| d.id == b.id))
         .collect();

@@ -7,12 +7,8 @@ use serde::Serialize;
 use super::catalog::{Archive, ArchivedFile};
 use super::layout;
 use super::plan::Base;
-use crate::binlog::{Closed, Event, EventReader, FileTracker, GtidState};
+use crate::binlog::{Closed, Event, EventReader, FileTracker};
 use crate::store::{Repository, StoreError};
-
-fn same_state(a: &GtidState, b: &GtidState) -> bool {
-    a.is_within(b) && b.is_within(a)
-}
 
 /// Gaps and damaged files: a closed file that no archived file continues while newer files
 /// exist, and each file's own problems. Pure: from the inventory only.
@@ -29,11 +25,7 @@ pub fn continuity(archive: &Archive) -> Vec<String> {
             continue;
         };
         let newer = archive.files.iter().any(|g| g.created > f.created);
-        let continued = archive.files.iter().any(|g| {
-            g.file_id != f.file_id
-                && g.created >= f.created
-                && g.gtid_before().is_some_and(|b| same_state(b, after))
-        });
+        let continued = archive.files.iter().any(|g| super::plan::continues(g, f));
         if newer && !continued {
             let how = match &f.closed {
                 Some(Closed::Rotate { next_file }) => format!("rotated to {next_file}"),
@@ -123,7 +115,7 @@ pub fn verify(
                 break;
             }
             let sum = tracker.summary();
-            if sum.complete_end != s.end || !same_state(&sum.gtid_after, &s.gtid_after) {
+            if sum.complete_end != s.end || !sum.gtid_after.same_seqs(&s.gtid_after) {
                 v.problems.push(format!(
                     "{key}: the bytes end a transaction at {} with GTID state {}, its entry says {} and {}",
                     sum.complete_end, sum.gtid_after, s.end, s.gtid_after

@@ -88,8 +88,16 @@ fn local(what: impl Into<String>) -> impl FnOnce(io::Error) -> PitrError {
 
 /// The complete backups that recorded a binlog position, read from their manifests.
 pub fn bases(repo: &dyn Repository) -> Result<Vec<Base>, BackupError> {
+    bases_among(repo, &retention::scan(repo)?)
+}
+
+/// [`bases`] of backups already listed (prune has listed the repository).
+pub fn bases_among(
+    repo: &dyn Repository,
+    backups: &[retention::BackupSummary],
+) -> Result<Vec<Base>, BackupError> {
     let mut out = Vec::new();
-    for b in retention::scan(repo)?.into_iter().filter(|b| b.complete) {
+    for b in backups.iter().filter(|b| b.complete) {
         let data = base_restore::fetch_manifest(repo, &b.id)?;
         let Ok(m) = Manifest::parse(&b.id, &data) else {
             continue;
@@ -340,7 +348,7 @@ fn scan_all(plan: &Plan, files: &[PathBuf], target: Target) -> Result<Scanned, P
     for (i, (pf, path)) in plan.files.iter().zip(files).enumerate() {
         let s = scan_file(pf, path, i == 0, target, &plan.start_gtid)?;
         if let (Some(prev), Some(before)) = (&prev_after, &s.gtid_before) {
-            if !(prev.is_within(before) && before.is_within(prev)) {
+            if !before.same_seqs(prev) {
                 return Err(PitrError::BadBinlog {
                     object: layout::dir(&pf.file_id),
                     reason: format!(

@@ -118,11 +118,6 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Same state, ignoring server ids: what a file's GTID_LIST must be to follow a file.
-fn same_state(a: &GtidState, b: &GtidState) -> bool {
-    a.is_within(b) && b.is_within(a)
-}
-
 /// The archived file a backup's position lies in, and the position if the archive has the
 /// very file the backup names. Else (a backup taken on a replica, whose file and position are
 /// the replica's own) the latest file whose GTID range holds the backup's GTID state.
@@ -160,10 +155,20 @@ impl Base {
     }
 }
 
+/// Whether `next` can follow `prev`: another file, created no earlier, whose GTID_LIST is
+/// `prev`'s final state.
+pub fn continues(next: &ArchivedFile, prev: &ArchivedFile) -> bool {
+    next.file_id != prev.file_id
+        && next.created >= prev.created
+        && next
+            .gtid_before()
+            .zip(prev.gtid_after())
+            .is_some_and(|(b, a)| b.same_seqs(a))
+}
+
 /// The file that continues `f` in the archive: its GTID_LIST is `f`'s final state.
 fn successor<'a>(archive: &'a Archive, f: &ArchivedFile) -> Option<&'a ArchivedFile> {
     f.closed.as_ref()?;
-    let after = f.gtid_after()?;
     let next_name = match &f.closed {
         Some(Closed::Rotate { next_file }) => Some(next_file.as_str()),
         _ => None,
@@ -171,8 +176,7 @@ fn successor<'a>(archive: &'a Archive, f: &ArchivedFile) -> Option<&'a ArchivedF
     archive
         .files
         .iter()
-        .filter(|g| g.file_id != f.file_id && g.created >= f.created)
-        .filter(|g| g.gtid_before().is_some_and(|b| same_state(b, after)))
+        .filter(|g| continues(g, f))
         .min_by_key(|g| {
             (
                 Some(g.file.as_str()) != next_name,

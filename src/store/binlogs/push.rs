@@ -27,13 +27,10 @@ use thiserror::Error;
 use super::catalog::{self, ArchivedFile};
 use super::inventory::{FileRecord, Segment, FORMAT, MAX_FILE_RECORD};
 use super::layout;
+use crate::binlog::event::{FLAGS_OFFSET, LOG_EVENT_BINLOG_IN_USE_F};
 use crate::binlog::{
     BinlogError, Event, EventReader, FileTracker, Gtid, GtidState, Transaction, MAGIC,
 };
-
-/// Offset of the flags in an event header, and FORMAT_DESCRIPTION's "file in use" flag.
-const FLAGS_OFFSET: usize = 17;
-const LOG_EVENT_BINLOG_IN_USE_F: u16 = 0x1;
 use crate::store::{Repository, StoreError};
 
 /// How much of a file is read at once.
@@ -491,9 +488,6 @@ impl Pusher<'_> {
                 return Ok(grew);
             }
             grew = true;
-            // As archived (see `normalize`): the reader checks the FORMAT_DESCRIPTION's CRC32
-            // as a closed file has it.
-            normalize(&mut buf[..n], at);
             events.clear();
             t.reader.feed(&buf[..n], &mut events)?;
             for ev in &events {
