@@ -342,7 +342,7 @@ impl Drop for FetchReader {
 /// How one fetcher reads a range: as stored, or opened (its reader made at the first range).
 enum RangeRead<'s, 'r> {
     Clear,
-    Sealed(&'s SealedSource, Option<RangeOpener<'r>>),
+    Sealed(&'s SealedSource, Option<Box<RangeOpener<'r>>>),
 }
 
 impl<'r> RangeRead<'_, 'r> {
@@ -374,7 +374,7 @@ impl<'r> RangeRead<'_, 'r> {
                     SEALED_RANGE,
                 )
                 .map_err(|e| damaged(e.to_string()))?;
-                opener.insert(o)
+                opener.insert(Box::new(o))
             }
         };
         opener.read_at(start, buf).map_err(|e| match e {

@@ -290,7 +290,7 @@ fn damaged(e: age::DecryptError) -> OpenError {
 }
 
 /// The age crate reports a failed chunk as an I/O error; say what it means for a stored object.
-fn stream_error(e: &io::Error) -> String {
+pub fn stream_error(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::UnexpectedEof => "it is truncated (age: the last chunk is missing)".into(),
         _ => format!("it fails authentication, altered or cut ({e})"),
@@ -596,5 +596,87 @@ mod tests {
         assert!(!e.is_usage());
         assert!(e.to_string().contains("id.txt:4"), "{e}");
         assert!(!e.to_string().contains(&secret[15..]));
+    }
+
+    /// Interop in: the Go implementation (Debian's `age`) seals, our ranged reader opens any
+    /// range at computed chunk offsets, through a real repository's ranged reads.
+    #[test]
+    fn go_age_sealed_objects_open_by_ranges() {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let id = x25519::Identity::generate();
+        let recipient = id.to_public().to_string();
+        let repo = crate::store::local::LocalRepo::open(dir.path()).unwrap();
+        let ids = Identities { keys: vec![id] };
+        for len in [0usize, 1000, 65536, 3 * 65536, 1_000_003] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 + i / 7) as u8).collect();
+            let mut child = Command::new("age")
+                .args(["-r", &recipient])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("Debian's `age` (the Go implementation) is needed: apt-get install age");
+            let mut stdin = child.stdin.take().unwrap();
+            let feed = data.clone();
+            let writer = std::thread::spawn(move || stdin.write_all(&feed));
+            let out = child.wait_with_output().unwrap();
+            writer.join().unwrap().unwrap();
+            assert!(out.status.success());
+            let sealed = out.stdout;
+            let key = format!("go-{len}.age");
+            repo.put(&key, bytes::Bytes::from(sealed.clone())).unwrap();
+            let header = header_len(&sealed).unwrap();
+            assert_eq!(plain_len(header, sealed.len() as u64), Some(len as u64));
+            let prefix = sealed[..(header + 16) as usize].to_vec();
+            // A small window: ranges cross several GETs.
+            let mut r = RangeOpener::new(
+                &ids,
+                &repo,
+                &key,
+                sealed.len() as u64,
+                prefix,
+                2 * SEALED_CHUNK,
+            )
+            .unwrap();
+            let starts = [
+                0usize,
+                1,
+                65535,
+                65536,
+                65537,
+                200_000,
+                len / 2,
+                len.saturating_sub(5),
+            ];
+            for &start in starts.iter().rev() {
+                if start > len {
+                    continue;
+                }
+                let n = (len - start).min(150_000);
+                let mut buf = vec![0u8; n];
+                r.read_at(start as u64, &mut buf).unwrap();
+                assert_eq!(buf, data[start..start + n], "len {len} start {start}");
+            }
+            // And whole, through the plain reader.
+            assert_eq!(ids.open_bytes(&sealed, 1 << 24).unwrap(), data);
+            // A flipped byte in the last chunk: the range that covers it fails.
+            if len > 0 {
+                let mut bad = sealed.clone();
+                let last = bad.len() - 3;
+                bad[last] ^= 1;
+                let key = format!("go-{len}-bad.age");
+                repo.put(&key, bytes::Bytes::from(bad)).unwrap();
+                let prefix = sealed[..(header + 16) as usize].to_vec();
+                let opened =
+                    RangeOpener::new(&ids, &repo, &key, sealed.len() as u64, prefix, SEALED_CHUNK);
+                if let Ok(mut r) = opened {
+                    let mut buf = vec![0u8; len];
+                    assert!(matches!(
+                        r.read_at(0, &mut buf),
+                        Err(RangeError::Damaged(_))
+                    ));
+                }
+            }
+        }
     }
 }

@@ -34,10 +34,11 @@ pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
     let which_given = which.is_some();
     let (repo2, shutdown2) = (repo.clone(), shutdown.clone());
     let progress = Arc::new(Progress::new("verify", None, d.show, d.verbose));
+    let opts = read_opts(&a.read, &a.decode)?;
     let res = xbagent::store::restore::verify(
         repo,
         &which.unwrap_or(BackupRef::Latest),
-        &read_opts(&a.read, &a.decode)?,
+        &opts,
         progress.clone(),
         shutdown,
     );
@@ -50,7 +51,7 @@ pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
     if which_given {
         return Ok(exit::OK);
     }
-    crate::binlogs::verify_archive(&*repo2, &shutdown2)
+    crate::binlogs::verify_archive(&*repo2, &opts.identities, &shutdown2)
 }
 
 /// `backups list REPO`.

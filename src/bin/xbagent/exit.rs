@@ -208,6 +208,8 @@ fn pitr(e: &PitrError) -> i32 {
         PitrError::Replay(ReplayError::MissingTool { .. }) | PitrError::Local { .. } => LOCAL,
         PitrError::Replay(ReplayError::Interrupted) | PitrError::Interrupted => INTERRUPTED,
         PitrError::Replay(_) => BAD_STREAM,
+        PitrError::NeedsIdentity(_) => USAGE,
+        PitrError::NoIdentity(_) => LOCAL,
     }
 }
 
