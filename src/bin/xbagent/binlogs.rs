@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use xbagent::progress::Progress;
 use xbagent::store::binlogs::inventory::rfc3339;
-use xbagent::store::binlogs::pitr::{self, PitrOptions};
+use xbagent::store::binlogs::pitr::{self, PitrError, PitrOptions};
 use xbagent::store::binlogs::plan::Target;
 use xbagent::store::binlogs::push::{self, PushOptions};
 use xbagent::store::binlogs::{self as archive, catalog, Listing};
@@ -258,6 +258,21 @@ pub fn verify_archive(
     let archive = catalog::load(repo).map_err(BackupError::from)?;
     if archive.files.is_empty() {
         return Ok(exit::OK);
+    }
+    // Sealed segments and no identity: a usage error (exit 2), as for a sealed backup.
+    if ids.is_empty() {
+        if let Some(s) = archive
+            .files
+            .iter()
+            .flat_map(|f| &f.segments)
+            .find_map(|s| s.sealed.as_ref())
+        {
+            return Err(PitrError::NeedsIdentity(format!(
+                "the archived binlogs are encrypted (for {}): give --identity-file to verify them",
+                xbagent::store::seal::describe(&s.recipients)
+            ))
+            .into());
+        }
     }
     let v = xbagent::store::binlogs::check::verify(repo, &archive, ids, stop)
         .map_err(BackupError::from)?;
