@@ -27,6 +27,7 @@ pub fn push(a: BinlogsPushArgs) -> Result<i32, Failure> {
     opts.max_lag = a.max_lag;
     opts.retry_for = a.index_wait;
     opts.segment_max = a.segment_size.max(64 << 10);
+    opts.recipients = a.seal.recipients()?;
     opts.stop = stop;
     tracing::info!(
         "archiving the binlogs of {} to {}{}",
@@ -151,7 +152,7 @@ pub fn restore_until(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
             force: a.force,
             writers: a.parallel.unwrap_or_else(default_writers).max(1),
             buffered: a.buffered,
-            read: read_opts(&a.read, &a.decode),
+            read: read_opts(&a.read, &a.decode)?,
         },
         target,
         tools: Default::default(),
@@ -251,14 +252,15 @@ pub fn prune_apply(
 /// The binlog part of `verify REPO`.
 pub fn verify_archive(
     repo: &dyn xbagent::store::Repository,
+    ids: &xbagent::store::seal::Identities,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<i32, Failure> {
     let archive = catalog::load(repo).map_err(BackupError::from)?;
     if archive.files.is_empty() {
         return Ok(exit::OK);
     }
-    let v =
-        xbagent::store::binlogs::check::verify(repo, &archive, stop).map_err(BackupError::from)?;
+    let v = xbagent::store::binlogs::check::verify(repo, &archive, ids, stop)
+        .map_err(BackupError::from)?;
     if v.problems.is_empty() {
         println!(
             "ok: {} archived binlog file(s), {} segment(s), {} bytes, {} transactions: digests, event checksums and GTID continuity hold",

@@ -47,6 +47,9 @@ pub fn print_backups(
         // would not fit 100 columns.
         if let Some(m) = &b.manifest {
             writeln!(out, "{:<22} binlog {}", "", binlog_position(m))?;
+            if let Some(e) = &m.encryption {
+                writeln!(out, "{:<22} encrypted for {}", "", e.recipients.join(", "))?;
+            }
         }
     }
     let complete = all.iter().filter(|b| b.complete).count();

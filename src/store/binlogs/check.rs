@@ -7,7 +7,9 @@ use serde::Serialize;
 use super::catalog::{Archive, ArchivedFile};
 use super::layout;
 use super::plan::Base;
+use super::segment::{self, SegmentError};
 use crate::binlog::{Closed, Event, EventReader, FileTracker};
+use crate::store::seal::Identities;
 use crate::store::{Repository, StoreError};
 
 /// Gaps and damaged files: a closed file that no archived file continues while newer files
@@ -57,6 +59,7 @@ pub struct Verified {
 pub fn verify(
     repo: &dyn Repository,
     archive: &Archive,
+    ids: &Identities,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Verified, StoreError> {
     let mut v = Verified {
@@ -69,7 +72,7 @@ pub fn verify(
         let mut reader = EventReader::new(&f.file);
         let mut tracker = FileTracker::new(&f.file);
         let mut events: Vec<Event> = Vec::new();
-        'segments: for s in &f.segments {
+        for s in &f.segments {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(StoreError::Setup("interrupted".into()));
             }
@@ -79,40 +82,28 @@ pub fn verify(
                 // A hole, already reported by the catalog; the rest of the file cannot be read.
                 break;
             }
-            let mut hasher = blake3::Hasher::new();
-            let mut at = 0;
-            while at < s.len() {
-                let n = (s.len() - at).min(buf.len() as u64) as usize;
-                match repo.read_range(&key, at, &mut buf[..n]) {
-                    Ok(()) => {}
-                    Err(StoreError::NotFound { .. }) => {
-                        v.problems.push(format!("{key} is missing"));
-                        break 'segments;
-                    }
-                    Err(e) => return Err(e),
-                }
-                hasher.update(&buf[..n]);
+            let mut feed = |piece: &[u8]| -> Result<(), String> {
                 events.clear();
-                if let Err(e) = reader.feed(&buf[..n], &mut events) {
-                    v.problems.push(format!("{key}: {e}"));
-                    break 'segments;
-                }
+                reader.feed(piece, &mut events).map_err(|e| e.to_string())?;
                 for ev in &events {
-                    if let Err(e) = tracker.event(ev) {
-                        v.problems.push(format!("{key}: {e}"));
-                        break 'segments;
-                    }
+                    tracker.event(ev).map_err(|e| e.to_string())?;
                 }
-                at += n as u64;
-                v.bytes += n as u64;
-            }
-            let digest = hasher.finalize().to_hex().to_string();
-            if digest != s.blake3 {
-                v.problems.push(format!(
-                    "{key}: BLAKE3 {digest}, its inventory entry says {}",
-                    s.blake3
-                ));
-                break;
+                Ok(())
+            };
+            match segment::read(repo, s, ids, &mut buf, stop, &mut feed) {
+                Ok(()) => v.bytes += s.len(),
+                Err(SegmentError::Store(e)) => return Err(e),
+                Err(SegmentError::Interrupted) => {
+                    return Err(StoreError::Setup("interrupted".into()))
+                }
+                // Not the archive's fault: the caller's keys.
+                Err(e @ (SegmentError::NeedsIdentity { .. } | SegmentError::NoIdentity { .. })) => {
+                    return Err(StoreError::Setup(e.describe(&key)))
+                }
+                Err(e) => {
+                    v.problems.push(e.describe(&key));
+                    break;
+                }
             }
             let sum = tracker.summary();
             if sum.complete_end != s.end || !sum.gtid_after.same_seqs(&s.gtid_after) {

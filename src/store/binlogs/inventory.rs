@@ -23,8 +23,11 @@ pub struct Segment {
     pub created: u32,
     pub start: u64,
     pub end: u64,
-    /// BLAKE3 of the stored bytes, hex.
+    /// BLAKE3 of the server's bytes `[start, end)`, hex (for a clear segment, the stored bytes).
     pub blake3: String,
+    /// Set when the stored object is sealed with age: what is stored, and for whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedSegment>,
     /// The GTID state at `start` (for a file's first segment: its GTID_LIST).
     pub gtid_before: GtidState,
     /// The GTID state at `end`.
@@ -45,6 +48,15 @@ pub struct Segment {
     /// When the push read the server's file for this segment (seconds since the epoch): every
     /// transaction the server had committed by then is in this segment or an earlier one.
     pub read_at: u64,
+}
+
+/// A sealed segment's stored object: `end - start` bytes sealed with age for `recipients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSegment {
+    pub size: u64,
+    /// BLAKE3 of the stored (sealed) bytes, hex.
+    pub blake3: String,
+    pub recipients: Vec<String>,
 }
 
 /// A finished file: every segment, in order, covering `[0, size)`.
@@ -85,6 +97,18 @@ impl Segment {
         }
         if !is_hex_digest(&self.blake3) {
             return Err("its digest is not 64 hex digits".into());
+        }
+        if let Some(sealed) = &self.sealed {
+            if !is_hex_digest(&sealed.blake3) || sealed.recipients.is_empty() {
+                return Err("its sealed object's digest or recipients are malformed".into());
+            }
+            if sealed.size <= self.end - self.start {
+                return Err(format!(
+                    "its sealed object has {} bytes, fewer than the {} it holds",
+                    sealed.size,
+                    self.end - self.start
+                ));
+            }
         }
         if !self.gtid_before.is_within(&self.gtid_after) {
             return Err(format!(

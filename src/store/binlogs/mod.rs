@@ -15,6 +15,7 @@ pub mod pitr;
 pub mod plan;
 pub mod push;
 pub mod replay;
+pub mod segment;
 
 use serde::Serialize;
 

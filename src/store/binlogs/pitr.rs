@@ -20,11 +20,13 @@ use super::catalog::{self, Archive};
 use super::layout;
 use super::plan::{self, Base, Plan, PlannedFile, Refusal, Target};
 use super::replay::{self, Located, PrivateServer, ReplayError, Step, Tools};
+use super::segment::{self, SegmentError};
 use crate::binlog::{BinlogError, Event, EventReader, FileTracker, Gtid, GtidState};
 use crate::progress::Progress;
 use crate::store::address::BackupRef;
 use crate::store::manifest::Manifest;
 use crate::store::restore::{self as base_restore, RestoreOptions};
+use crate::store::seal::Identities;
 use crate::store::{retention, BackupError, Repository, StoreError};
 
 const RANGE: usize = 8 << 20;
@@ -79,6 +81,12 @@ pub enum PitrError {
     },
     #[error("interrupted")]
     Interrupted,
+    /// An archived binlog is sealed, and no identity was given.
+    #[error("{0}")]
+    NeedsIdentity(String),
+    /// None of the identities given opens an archived binlog.
+    #[error("{0}")]
+    NoIdentity(String),
 }
 
 fn local(what: impl Into<String>) -> impl FnOnce(io::Error) -> PitrError {
@@ -174,12 +182,21 @@ pub fn restore_to(
     );
     let tools = opts.tools.locate()?;
     let work = work_dir(&opts.restore.dir, opts.work_dir.as_deref())?;
-    let fetched = fetch_all(&*repo, &archive, &plan, work.path(), &shutdown)?;
+    // A sealed backup's identity is checked before the binlogs are fetched.
+    let base = BackupRef::Id(plan.backup.clone());
+    base_restore::resolve_open(&*repo, &base, &opts.restore.read.identities)?;
+    let fetched = fetch_all(
+        &*repo,
+        &archive,
+        &plan,
+        work.path(),
+        &opts.restore.read.identities,
+        &shutdown,
+    )?;
     let scanned = scan_all(&plan, &fetched, opts.target)?;
     if shutdown.load(Ordering::Relaxed) {
         return Err(PitrError::Interrupted);
     }
-    let base = BackupRef::Id(plan.backup.clone());
     let (checked, target) =
         base_restore::restore_held(repo, &base, &opts.restore, progress, shutdown.clone())?;
     let dir = &opts.restore.dir;
@@ -266,6 +283,7 @@ fn fetch_all(
     archive: &Archive,
     plan: &Plan,
     work: &Path,
+    ids: &Identities,
     shutdown: &AtomicBool,
 ) -> Result<Vec<PathBuf>, PitrError> {
     let mut out = Vec::new();
@@ -284,29 +302,18 @@ fn fetch_all(
         let mut f = File::create(&path).map_err(local(format!("create {}", path.display())))?;
         for seg in af.segments.iter().filter(|s| s.end <= pf.size) {
             let key = layout::segment_data(&pf.file_id, seg.start);
-            let mut hasher = blake3::Hasher::new();
-            let mut at = 0;
-            while at < seg.len() {
-                if shutdown.load(Ordering::Relaxed) {
-                    return Err(PitrError::Interrupted);
-                }
-                let n = (seg.len() - at).min(RANGE as u64) as usize;
-                repo.read_range(&key, at, &mut buf[..n])?;
-                hasher.update(&buf[..n]);
-                f.write_all(&buf[..n])
-                    .map_err(local(format!("write {}", path.display())))?;
-                at += n as u64;
-            }
-            let digest = hasher.finalize().to_hex().to_string();
-            if digest != seg.blake3 {
-                return Err(PitrError::BadBinlog {
+            let mut write = |piece: &[u8]| f.write_all(piece);
+            segment::read(repo, seg, ids, &mut buf, shutdown, &mut write).map_err(|e| match e {
+                SegmentError::Store(se) => PitrError::Store(se),
+                SegmentError::Piece(io) => local(format!("write {}", path.display()))(io),
+                SegmentError::Interrupted => PitrError::Interrupted,
+                SegmentError::NeedsIdentity { .. } => PitrError::NeedsIdentity(e.describe(&key)),
+                SegmentError::NoIdentity { .. } => PitrError::NoIdentity(e.describe(&key)),
+                SegmentError::Missing | SegmentError::Damaged(_) => PitrError::BadBinlog {
+                    reason: e.describe(&key),
                     object: key,
-                    reason: format!(
-                        "its BLAKE3 is {digest}, its inventory entry says {}",
-                        seg.blake3
-                    ),
-                });
-            }
+                },
+            })?;
         }
         f.sync_all()
             .map_err(local(format!("sync {}", path.display())))?;

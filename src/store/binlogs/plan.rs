@@ -445,6 +445,7 @@ mod tests {
             start: 0,
             end: 1000,
             blake3: "0".repeat(64),
+            sealed: None,
             gtid_before: before,
             gtid_after: after,
             first_gtid: (n > 0).then(|| g(first)),

@@ -25,12 +25,13 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::catalog::{self, ArchivedFile};
-use super::inventory::{FileRecord, Segment, FORMAT, MAX_FILE_RECORD};
+use super::inventory::{FileRecord, SealedSegment, Segment, FORMAT, MAX_FILE_RECORD};
 use super::layout;
 use crate::binlog::event::{FLAGS_OFFSET, LOG_EVENT_BINLOG_IN_USE_F};
 use crate::binlog::{
     BinlogError, Event, EventReader, FileTracker, Gtid, GtidState, Transaction, MAGIC,
 };
+use crate::store::seal::{self, Recipients};
 use crate::store::{Repository, StoreError};
 
 /// How much of a file is read at once.
@@ -52,6 +53,8 @@ pub struct PushOptions {
     pub segment_max: u64,
     /// Set by SIGINT/SIGTERM.
     pub stop: Arc<AtomicBool>,
+    /// Seal each segment for these recipients (none: stored in the clear).
+    pub recipients: Recipients,
 }
 
 impl PushOptions {
@@ -63,6 +66,7 @@ impl PushOptions {
             retry_for: Duration::from_secs(300),
             segment_max: 16 << 20,
             stop: Arc::new(AtomicBool::new(false)),
+            recipients: Recipients::default(),
         }
     }
 
@@ -591,16 +595,19 @@ impl Pusher<'_> {
             ));
         }
         // And the stored object itself: the archive's end must be sound before more is added.
-        let stored = self.repo.get(&key, v.len())?;
+        // A sealed one is checked against its entry's digest of the sealed bytes (the push
+        // holds no key to open it).
+        let (want, size) = match &v.sealed {
+            Some(s) => (&s.blake3, s.size),
+            None => (&v.blake3, v.len()),
+        };
+        let stored = self.repo.get(&key, size)?;
         let stored_digest = blake3::hash(&stored).to_hex().to_string();
-        if stored_digest != v.blake3 {
+        if stored_digest != *want {
             return Err(self.conflict(
                 &key,
                 &t.name,
-                format!(
-                    "its digest {stored_digest}, its entry and the server's bytes {}",
-                    v.blake3
-                ),
+                format!("its digest {stored_digest}, its entry {want}"),
             ));
         }
         Ok(())
@@ -626,30 +633,8 @@ impl Pusher<'_> {
         let bytes = read_segment(file, &t.path, t.shipped, cut)?;
         let digest = blake3::hash(&bytes).to_hex().to_string();
         let data_key = layout::segment_data(&t.id, t.shipped);
-        let len = bytes.len() as u64;
-        if !self.repo.put_new(&data_key, Bytes::from(bytes))? {
-            let size = self.repo.size(&data_key)?;
-            if size != Some(len) {
-                return Err(self.conflict(
-                    &data_key,
-                    &t.name,
-                    format!("it holds {size:?} bytes, the server's segment {len}"),
-                ));
-            }
-            let stored = self.repo.get(&data_key, len)?;
-            let stored_digest = blake3::hash(&stored).to_hex().to_string();
-            if stored_digest != digest {
-                return Err(self.conflict(
-                    &data_key,
-                    &t.name,
-                    format!("stored digest {stored_digest}, the server's bytes {digest}"),
-                ));
-            }
-            self.report.adopted += 1;
-        } else {
-            self.report.bytes += len;
-        }
-        let seg = segment_of(t, cut, digest, read_at);
+        let sealed = self.store_segment(t, &data_key, bytes, &digest)?;
+        let seg = segment_of(t, cut, digest, sealed, read_at);
         self.put_entry(
             &layout::segment_entry(&t.id, t.shipped),
             &seg,
@@ -691,6 +676,80 @@ impl Pusher<'_> {
             .segments
             .push(seg);
         Ok(())
+    }
+
+    /// Store one segment's object (sealed first when there are recipients); an object left
+    /// by a killed run is adopted if it is what this run would have stored. Returns the sealed
+    /// object's entry, if sealed.
+    fn store_segment(
+        &mut self,
+        t: &Tracked,
+        data_key: &str,
+        bytes: Vec<u8>,
+        digest: &str,
+    ) -> Result<Option<SealedSegment>, PushError> {
+        let plain_len = bytes.len() as u64;
+        let (stored, sealed) = if self.opts.recipients.is_empty() {
+            (bytes, None)
+        } else {
+            let s = self
+                .opts
+                .recipients
+                .seal_bytes(&bytes)
+                .map_err(|e| StoreError::Setup(format!("age: {e}")))?;
+            let entry = SealedSegment {
+                size: s.len() as u64,
+                blake3: blake3::hash(&s).to_hex().to_string(),
+                recipients: self.opts.recipients.strings(),
+            };
+            (s, Some(entry))
+        };
+        let len = stored.len() as u64;
+        let mut sealed = sealed;
+        if !self.repo.put_new(data_key, Bytes::from(stored))? {
+            let size = self.repo.size(data_key)?;
+            if size != Some(len) {
+                return Err(self.conflict(
+                    data_key,
+                    &t.name,
+                    format!("it holds {size:?} bytes, the server's segment {len}"),
+                ));
+            }
+            let stored = self.repo.get(data_key, len)?;
+            let stored_digest = blake3::hash(&stored).to_hex().to_string();
+            match &mut sealed {
+                None if stored_digest != *digest => {
+                    return Err(self.conflict(
+                        data_key,
+                        &t.name,
+                        format!("stored digest {stored_digest}, the server's bytes {digest}"),
+                    ));
+                }
+                None => {}
+                // Left by a push killed between the object and its entry. The push cannot
+                // open it (it holds no identity): sealing is randomised, so only its size
+                // (exactly what sealing these bytes for these recipients gives) and its
+                // header are checked; the restore authenticates every chunk and checks the
+                // server's digest recorded here.
+                Some(s) => {
+                    let header = seal::header_len(&stored).map_err(|e| {
+                        self.conflict(data_key, &t.name, format!("not an age file: {e}"))
+                    })?;
+                    if seal::plain_len(header, len) != Some(plain_len) {
+                        return Err(self.conflict(
+                            data_key,
+                            &t.name,
+                            format!("its sealed size {len} does not hold {plain_len} bytes"),
+                        ));
+                    }
+                    s.blake3 = stored_digest;
+                }
+            }
+            self.report.adopted += 1;
+        } else {
+            self.report.bytes += len;
+        }
+        Ok(sealed)
     }
 
     /// Write an inventory object that must not exist yet; one that exists is fine only if
@@ -749,7 +808,13 @@ impl Pusher<'_> {
 }
 
 /// The inventory entry of `[t.shipped, cut)`, from the tracker's summary at `cut`.
-fn segment_of(t: &Tracked, cut: u64, digest: String, read_at: u64) -> Segment {
+fn segment_of(
+    t: &Tracked,
+    cut: u64,
+    digest: String,
+    sealed: Option<SealedSegment>,
+    read_at: u64,
+) -> Segment {
     let s = t.tracker.summary();
     Segment {
         format: FORMAT,
@@ -760,6 +825,7 @@ fn segment_of(t: &Tracked, cut: u64, digest: String, read_at: u64) -> Segment {
         start: t.shipped,
         end: cut,
         blake3: digest,
+        sealed,
         gtid_before: if t.shipped == 0 {
             s.gtid_before.clone().unwrap_or_default()
         } else {
