@@ -139,6 +139,67 @@ fn four_gib_round_trip_with_bounded_memory() {
     );
     assert_same_tree(&src, &dst);
     assert!(!dst.join(".xbagent-restore-in-progress").exists());
+
+    // The same 4 GiB sealed with age (issue 13): the fetchers open whole STREAM chunks at
+    // computed offsets in parallel, within the same memory bound. The clear backup and its
+    // restore go first, so the disk holds one copy of each at a time.
+    fs::remove_dir_all(&dst).unwrap();
+    let lib =
+        xbagent::store::s3::S3Repo::open(&bucket, "nightly", &env.settings(&env.endpoint)).unwrap();
+    for o in xbagent::store::Repository::list(&lib, "").unwrap() {
+        xbagent::store::Repository::delete(&lib, &o.key).unwrap();
+    }
+    let key = work.path().join("key.txt");
+    let keygen = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("age-keygen (Debian package age) is needed");
+    assert!(keygen.status.success());
+    let public = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8(public.stdout).unwrap().trim().to_string();
+    let (out, up_rss) = timed(
+        &env,
+        &upload(
+            &repo,
+            &["--memory-limit", &limit_s, "--recipient", &recipient],
+            &src,
+        ),
+        &work.path().join("rss-up-age"),
+    );
+    ok(&out, "sealed upload");
+    let (out, down_rss) = timed(
+        &env,
+        &[
+            &restore(&format!("{repo}@latest"), &dst)[..],
+            &["--memory-limit", &limit_s, "--identity-file", p(&key)],
+        ]
+        .concat(),
+        &work.path().join("rss-down-age"),
+    );
+    ok(&out, "sealed restore");
+    eprintln!(
+        "4 GiB sealed: upload peak RSS {} MiB, restore peak RSS {} MiB (limit {} MiB)",
+        up_rss / MIB,
+        down_rss / MIB,
+        limit / MIB
+    );
+    assert!(
+        up_rss <= limit + overhead,
+        "sealed upload peak RSS {} MiB",
+        up_rss / MIB
+    );
+    assert!(
+        down_rss <= limit + overhead,
+        "sealed restore peak RSS {} MiB",
+        down_rss / MIB
+    );
+    assert_same_tree(&src, &dst);
+    assert!(!dst.join(".xbagent-restore-in-progress").exists());
 }
 
 /// A proxy answers 503 (SlowDown), 500, drops connections and cuts responses: upload,

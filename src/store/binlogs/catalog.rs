@@ -224,11 +224,11 @@ fn load_file(repo: &dyn Repository, id: &str, listed: Listed) -> Result<Archived
                 .push(format!("bytes {at}..{} of {} are missing", s.start, f.file));
         }
         match listed.data.get(&s.start) {
-            Some(&size) if size == s.len() => {}
+            Some(&size) if size == s.stored_len() => {}
             Some(&size) => f.problems.push(format!(
                 "{} holds {size} bytes, its entry says {}",
                 layout::segment_data(id, s.start),
-                s.len()
+                s.stored_len()
             )),
             None => f
                 .problems

@@ -126,6 +126,14 @@ impl Segment {
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }
+
+    /// The stored object's size: the segment's bytes, or what sealing them made.
+    pub fn stored_len(&self) -> u64 {
+        match &self.sealed {
+            Some(s) => s.size,
+            None => self.len(),
+        }
+    }
 }
 
 impl FileRecord {
