@@ -1345,29 +1345,40 @@ fn binlogs_encrypted(kind: Kind) {
     .code(2)
     .says("is encrypted")
     .says("--identity-file");
-    // The newest segment is needed to reach the target; altered, the replay stops on it.
+    // The newest segment is needed to reach the target; altered or cut, the restore stops on
+    // it (exit 1 naming it) and leaves no good-looking DIR; verify says the same.
     let victim = data_keys.last().unwrap().clone();
     let good = repo.get(&victim);
-    let mut bad = good.clone();
-    let i = bad.len() / 2;
-    bad[i] ^= 0x40;
-    repo.put(&victim, bad);
-    let d = tmp.path().join("bad-segment");
-    let out = repo.run(&[
-        "restore",
-        "--from",
-        &repo.url,
-        "-C",
-        s(&d),
-        "--until-gtid",
-        &mid,
-        ident[0],
-        ident[1],
-    ]);
-    assert_eq!(out.exit(), 1, "{}", out.describe());
-    out.says(&victim);
-    no_secret(&out, &[&a]);
+    let mut flipped = good.clone();
+    let i = flipped.len() / 2;
+    flipped[i] ^= 0x40;
+    let cut = good[..good.len() - 10].to_vec();
+    for (what, bad) in [("altered", flipped), ("cut", cut)] {
+        repo.put(&victim, bad);
+        let d = tmp.path().join(format!("bad-segment-{what}"));
+        let out = repo.run(&[
+            "restore",
+            "--from",
+            &repo.url,
+            "-C",
+            s(&d),
+            "--until-gtid",
+            &mid,
+            ident[0],
+            ident[1],
+        ]);
+        assert_eq!(out.exit(), 1, "{what}: {}", out.describe());
+        out.says(&victim);
+        no_secret(&out, &[&a]);
+        eprintln!("binlog segment {what}: {}", left_unfinished(&d, &out));
+        let v = repo.run(&["verify", &repo.url, ident[0], ident[1]]);
+        assert_eq!(v.exit(), 1, "verify, segment {what}: {}", v.describe());
+        v.says(&victim);
+    }
     repo.put(&victim, good);
+    repo.run(&["verify", &repo.url, ident[0], ident[1]])
+        .code(0)
+        .prints("GTID continuity hold");
 
     let d = tmp.path().join("restored");
     let out = repo.run(&[
