@@ -13,6 +13,7 @@ mod support;
 mod backup_position;
 mod binlog_reader;
 mod clone;
+mod encryption;
 mod extract_behaviour;
 mod hardening_cli;
 mod hostile;
