@@ -34,6 +34,44 @@ pub struct Manifest {
     /// The InnoDB LSNs of the backup (from `xtrabackup_checkpoints`), likewise optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<Checkpoints>,
+    /// Set when the backup's objects are sealed with age: the stream object, and the file list
+    /// and source in [`SEALED`] (this manifest then lists no file and no source detail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// The sealed part of an encrypted backup's manifest.
+pub const SEALED: &str = "sealed.json.age";
+/// Its plaintext is at most this large (like a manifest).
+pub const MAX_SEALED: u64 = MAX_MANIFEST;
+
+/// How an encrypted backup was sealed. Everything here is safe in the clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `age-x25519`.
+    pub scheme: String,
+    /// The recipients (`age1...` public keys) it was sealed for: any one's identity opens it.
+    pub recipients: Vec<String>,
+    /// The stream object's plaintext: the bytes an unencrypted backup would store.
+    pub plain_size: u64,
+    pub plain_blake3: String,
+    /// The sealed file list and source, as stored.
+    pub sealed: SealedEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedEntry {
+    pub key: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// What [`SEALED`] holds: the parts of a manifest that name the database's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedPart {
+    pub format: u32,
+    pub source: SourceInfo,
+    pub files: Vec<FileEntry>,
 }
 
 /// Where a backup ends in the server's binlog, as mariabackup recorded it under its commit
@@ -150,6 +188,13 @@ impl Manifest {
         } else {
             return Err(format!("unknown compression '{}'", m.compression));
         };
+        let expect_key = match &m.encryption {
+            None => expect_key.to_string(),
+            Some(e) => {
+                check_encryption(e)?;
+                format!("{expect_key}{}", super::seal::SUFFIX)
+            }
+        };
         if m.object.key != expect_key {
             return Err(format!(
                 "object key '{}' does not match compression '{}'",
@@ -171,6 +216,59 @@ impl Manifest {
     pub fn is_compressed(&self) -> bool {
         self.compression != "none"
     }
+
+    /// Move what names the database's files (the file list, the source's detail) out of the
+    /// manifest, to be sealed.
+    pub fn take_sealed_part(&mut self) -> SealedPart {
+        let source = self.source.clone();
+        self.source.detail = String::new();
+        SealedPart {
+            format: FORMAT,
+            source,
+            files: std::mem::take(&mut self.files),
+        }
+    }
+
+    /// Put an opened sealed part back.
+    pub fn put_sealed_part(&mut self, part: SealedPart) -> Result<(), String> {
+        if part.format != FORMAT {
+            return Err(format!("{SEALED} has format {}, not {FORMAT}", part.format));
+        }
+        self.source = part.source;
+        self.files = part.files;
+        Ok(())
+    }
+
+    /// The digest and size the stream object's bytes must have once read (and opened).
+    pub fn stream_digest(&self) -> (u64, &str) {
+        match &self.encryption {
+            Some(e) => (e.plain_size, &e.plain_blake3),
+            None => (self.object.size, &self.object.blake3),
+        }
+    }
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn check_encryption(e: &Encryption) -> Result<(), String> {
+    if e.scheme != super::seal::SCHEME {
+        return Err(format!("unknown encryption scheme '{}'", e.scheme));
+    }
+    if e.recipients.is_empty() {
+        return Err("it is encrypted for no recipient".into());
+    }
+    if e.sealed.key != SEALED {
+        return Err(format!(
+            "its sealed part is '{}', not {SEALED}",
+            e.sealed.key
+        ));
+    }
+    if !is_hex64(&e.plain_blake3) || !is_hex64(&e.sealed.blake3) {
+        return Err("an encryption digest is not 64 hex digits".into());
+    }
+    Ok(())
 }
 
 /// Compare what a read of the stream found with what the manifest lists. Returns the first
@@ -245,6 +343,7 @@ mod tests {
             }],
             binlog: None,
             checkpoints: None,
+            encryption: None,
         }
     }
 

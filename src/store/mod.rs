@@ -18,6 +18,7 @@ pub mod position;
 pub mod restore;
 pub mod retention;
 pub mod s3;
+pub mod seal;
 pub mod upload;
 
 /// Retries live in [`crate::retry`], shared with `receive`; the old path stays for callers here.
@@ -174,6 +175,13 @@ pub enum StoreError {
     Address { address: String, reason: String },
     #[error("{0}")]
     Setup(String),
+    /// A sealed object failed to open: altered, cut, or sealed for someone else.
+    #[error("'{key}' in {repo} cannot be opened: {reason}")]
+    Damaged {
+        key: String,
+        repo: String,
+        reason: String,
+    },
 }
 
 /// Errors of the backup commands.
@@ -223,4 +231,14 @@ pub enum BackupError {
     Options(#[from] upload::OptionsError),
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// An encrypted backup, and no identity to open it with.
+    #[error("backup {id} is encrypted (for {recipients}): give --identity-file with the identity of one of these recipients")]
+    NeedsIdentity { id: String, recipients: String },
+    /// Identities were given, and none is one the backup was sealed for.
+    #[error("no identity given opens backup {id}: it was made for {recipients}; the identities given are for {tried}")]
+    NoIdentity {
+        id: String,
+        recipients: String,
+        tried: String,
+    },
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::manifest::{self, Manifest};
+use super::seal::{self, Identities, RangeOpener};
 use super::{BackupError, BackupRef, Repository, StoreError, MANIFEST};
 use crate::extract::target::{Markers, Target};
 use crate::extract::{DirWriter, ExtractError, TargetDir, WriterOptions};
@@ -38,6 +39,8 @@ pub struct ReadOptions {
     pub concurrency: usize,
     pub memory_limit: u64,
     pub decode: DecodeOptions,
+    /// Identities to open sealed backups with.
+    pub identities: Arc<Identities>,
 }
 
 impl Default for ReadOptions {
@@ -46,6 +49,7 @@ impl Default for ReadOptions {
             concurrency: 4,
             memory_limit: 256 << 20,
             decode: DecodeOptions::default(),
+            identities: Arc::new(Identities::default()),
         }
     }
 }
@@ -107,6 +111,81 @@ pub fn resolve(repo: &dyn Repository, r: &BackupRef) -> Result<(String, Manifest
     Ok((id, m))
 }
 
+/// [`resolve`], and for a sealed backup, open its sealed part with `ids` and put the file list
+/// back in the manifest. Nothing but the manifest and the sealed part is read: a missing or
+/// wrong identity is known before the stream is touched.
+pub fn resolve_open(
+    repo: &dyn Repository,
+    r: &BackupRef,
+    ids: &Identities,
+) -> Result<(String, Manifest), BackupError> {
+    let (id, mut m) = resolve(repo, r)?;
+    unseal(repo, &id, &mut m, ids)?;
+    Ok((id, m))
+}
+
+/// Open a sealed backup's file list (a clear backup is left as it is).
+pub fn unseal(
+    repo: &dyn Repository,
+    id: &str,
+    m: &mut Manifest,
+    ids: &Identities,
+) -> Result<(), BackupError> {
+    let Some(enc) = m.encryption.clone() else {
+        return Ok(());
+    };
+    let recipients = seal::describe(&enc.recipients);
+    if ids.is_empty() {
+        return Err(BackupError::NeedsIdentity {
+            id: id.into(),
+            recipients,
+        });
+    }
+    let key = format!("{id}/{}", enc.sealed.key);
+    let mismatch = |reason: String| BackupError::Mismatch {
+        id: id.into(),
+        reason,
+    };
+    let data = match repo.get(&key, enc.sealed.size) {
+        Ok(d) => d,
+        Err(StoreError::NotFound { .. }) => {
+            return Err(mismatch(format!("{} is missing", enc.sealed.key)))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let digest = blake3::hash(&data).to_hex().to_string();
+    if data.len() as u64 != enc.sealed.size || digest != enc.sealed.blake3 {
+        return Err(mismatch(format!(
+            "{} has {} bytes with digest {digest}; the manifest says {} bytes, {}",
+            enc.sealed.key,
+            data.len(),
+            enc.sealed.size,
+            enc.sealed.blake3
+        )));
+    }
+    let plain = match ids.open_bytes(&data, manifest::MAX_SEALED) {
+        Ok(p) => p,
+        Err(seal::OpenError::NoMatch) => {
+            return Err(BackupError::NoIdentity {
+                id: id.into(),
+                recipients,
+                tried: seal::describe(&ids.recipients()),
+            })
+        }
+        Err(seal::OpenError::Damaged(reason)) => {
+            return Err(StoreError::Damaged {
+                key,
+                repo: repo.describe(),
+                reason,
+            }
+            .into())
+        }
+    };
+    let part: manifest::SealedPart = serde_json::from_slice(&plain)
+        .map_err(|e| mismatch(format!("{} does not hold a file list: {e}", enc.sealed.key)))?;
+    m.put_sealed_part(part).map_err(mismatch)
+}
+
 /// The bytes of backup `id`'s manifest. One larger than [`manifest::MAX_MANIFEST`] is refused
 /// from its size alone, before any of it is read.
 pub fn fetch_manifest(repo: &dyn Repository, id: &str) -> Result<bytes::Bytes, BackupError> {
@@ -147,8 +226,24 @@ struct FetchShared {
     pool_rx: Receiver<Vec<u8>>,
 }
 
+/// How the fetchers read a sealed object: each opens it with the identities and reads whole
+/// STREAM chunks at their computed offsets (a plaintext range of [`RANGE`] bytes is one GET of
+/// [`SEALED_RANGE`] bytes), decrypting in parallel.
+#[derive(Clone)]
+struct SealedSource {
+    ids: Arc<Identities>,
+    /// The stored object's size.
+    stored: u64,
+    /// Its first bytes (the header and nonce, checked), so that no fetcher GETs them again.
+    prefix: Vec<u8>,
+}
+
+/// The sealed bytes of one plaintext [`RANGE`].
+pub const SEALED_RANGE: u64 = RANGE / seal::CHUNK * seal::SEALED_CHUNK;
+
 /// The object as one ordered stream, fetched by parallel ranged GETs at most `window` ranges
-/// ahead of the reader. Digests what it delivers.
+/// ahead of the reader (for a sealed object, opened by the fetchers). Digests what it
+/// delivers.
 struct FetchReader {
     shared: Arc<FetchShared>,
     ranges: u64,
@@ -167,11 +262,20 @@ impl FetchReader {
         key: String,
         size: u64,
         opts: &ReadOptions,
+        sealed: Option<SealedSource>,
         progress: Arc<Progress>,
         shutdown: Arc<AtomicBool>,
     ) -> Self {
         let ranges = size.div_ceil(RANGE);
-        let budget = opts.memory_limit.saturating_sub(RESERVE).max(2 * RANGE);
+        // A sealed object's fetchers each hold one sealed range as well.
+        let held = match sealed {
+            Some(_) => opts.concurrency.max(1) as u64 * SEALED_RANGE,
+            None => 0,
+        };
+        let budget = opts
+            .memory_limit
+            .saturating_sub(RESERVE + held)
+            .max(2 * RANGE);
         let window = (budget / RANGE).clamp(2, 2 * opts.concurrency as u64 + 2);
         let (pool_tx, pool_rx) = crossbeam_channel::bounded(window as usize);
         for _ in 0..window.min(ranges.max(1)) {
@@ -191,7 +295,14 @@ impl FetchReader {
         let threads = (0..opts.concurrency.max(1))
             .map(|_| {
                 let (repo, key, shared) = (repo.clone(), key.clone(), shared.clone());
-                thread::spawn(move || fetcher(&*repo, &key, size, ranges, window, &shared))
+                let sealed = sealed.clone();
+                thread::spawn(move || {
+                    let mut read = match &sealed {
+                        None => RangeRead::Clear,
+                        Some(s) => RangeRead::Sealed(s, None),
+                    };
+                    fetcher(&*repo, &key, size, ranges, window, &shared, &mut read)
+                })
             })
             .collect();
         FetchReader {
@@ -228,13 +339,59 @@ impl Drop for FetchReader {
     }
 }
 
-fn fetcher(
-    repo: &dyn Repository,
-    key: &str,
+/// How one fetcher reads a range: as stored, or opened (its reader made at the first range).
+enum RangeRead<'s, 'r> {
+    Clear,
+    Sealed(&'s SealedSource, Option<RangeOpener<'r>>),
+}
+
+impl<'r> RangeRead<'_, 'r> {
+    fn read(
+        &mut self,
+        repo: &'r dyn Repository,
+        key: &'r str,
+        start: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let (source, opener) = match self {
+            RangeRead::Clear => return repo.read_range(key, start, buf),
+            RangeRead::Sealed(s, o) => (*s, o),
+        };
+        let damaged = |reason: String| StoreError::Damaged {
+            key: key.to_string(),
+            repo: repo.describe(),
+            reason,
+        };
+        let opener = match opener {
+            Some(o) => o,
+            None => {
+                let o = RangeOpener::new(
+                    &source.ids,
+                    repo,
+                    key,
+                    source.stored,
+                    source.prefix.clone(),
+                    SEALED_RANGE,
+                )
+                .map_err(|e| damaged(e.to_string()))?;
+                opener.insert(o)
+            }
+        };
+        opener.read_at(start, buf).map_err(|e| match e {
+            seal::RangeError::Store(se) => se,
+            seal::RangeError::Damaged(reason) => damaged(reason),
+        })
+    }
+}
+
+fn fetcher<'r>(
+    repo: &'r dyn Repository,
+    key: &'r str,
     size: u64,
     ranges: u64,
     window: u64,
     shared: &FetchShared,
+    read: &mut RangeRead<'_, 'r>,
 ) {
     loop {
         // A buffer first, then a range: every range handed out has a buffer to land in.
@@ -273,7 +430,7 @@ fn fetcher(
         };
         let start = idx * RANGE;
         let len = RANGE.min(size - start) as usize;
-        let r = repo.read_range(key, start, &mut buf[..len]);
+        let r = read.read(repo, key, start, &mut buf[..len]);
         let Ok(mut s) = shared.state.lock() else {
             return;
         };
@@ -396,11 +553,14 @@ fn read_through<S: ChunkSink + ?Sized>(
     let key = format!("{}/{}", job.id, m.object.key);
     job.check_size(&key)?;
     let what = format!("{}/{key}", job.repo.describe());
+    let sealed = sealed_source(job, &key)?;
+    let (size, _) = m.stream_digest();
     let mut fetch = FetchReader::start(
         job.repo.clone(),
         key,
-        m.object.size,
+        size,
         job.opts,
+        sealed,
         job.progress.clone(),
         job.shutdown.clone(),
     );
@@ -429,6 +589,36 @@ fn read_through<S: ChunkSink + ?Sized>(
     check_object_end(job, &mut fetch, &what)?;
     manifest::compare(m, &totals, &manifest::files_of(&ledger)).map_err(|r| job.mismatch(r))?;
     Ok(totals)
+}
+
+/// For a sealed object: read its header (one small GET), check it, and check that the stored
+/// size fits the plaintext size the manifest gives.
+fn sealed_source(job: &ReadJob, key: &str) -> Result<Option<SealedSource>, BackupError> {
+    let m = job.manifest;
+    let Some(enc) = &m.encryption else {
+        return Ok(None);
+    };
+    let prefix = job
+        .repo
+        .get_range(key, 0, m.object.size.min(seal::MAX_HEADER))?;
+    let header = seal::header_len(&prefix).map_err(|e| StoreError::Damaged {
+        key: key.to_string(),
+        repo: job.repo.describe(),
+        reason: e.to_string(),
+    })?;
+    if seal::plain_len(header, m.object.size) != Some(enc.plain_size) {
+        return Err(job.mismatch(format!(
+            "{} has {} bytes with a {header}-byte header, which cannot hold the {} bytes the manifest gives",
+            m.object.key, m.object.size, enc.plain_size
+        )));
+    }
+    let mut prefix = prefix.to_vec();
+    prefix.truncate(header as usize + 16);
+    Ok(Some(SealedSource {
+        ids: job.opts.identities.clone(),
+        stored: m.object.size,
+        prefix,
+    }))
 }
 
 /// Why [`decode`] stopped.
@@ -525,10 +715,11 @@ fn check_object_end(job: &ReadJob, fetch: &mut FetchReader, what: &str) -> Resul
         return Err(job.mismatch(format!("{trailing} bytes follow the end of the stream")));
     }
     let digest = fetch.digest.finalize().to_hex().to_string();
-    if fetch.delivered != m.object.size || digest != m.object.blake3 {
+    let (size, want) = m.stream_digest();
+    if fetch.delivered != size || digest != want {
         return Err(job.mismatch(format!(
-            "object digest {digest} ({} bytes) differs from the manifest's {} ({} bytes)",
-            fetch.delivered, m.object.blake3, m.object.size
+            "object digest {digest} ({} bytes) differs from the manifest's {want} ({size} bytes)",
+            fetch.delivered
         )));
     }
     Ok(())
@@ -542,7 +733,7 @@ pub fn verify(
     progress: Arc<Progress>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Checked, BackupError> {
-    let (id, manifest) = resolve(&*repo, r)?;
+    let (id, manifest) = resolve_open(&*repo, r, &opts.identities)?;
     tracing::info!("verifying backup {id} of {}", repo.describe());
     let job = ReadJob {
         repo,
@@ -634,7 +825,7 @@ pub fn restore_held(
     progress: Arc<Progress>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(Checked, Target), BackupError> {
-    let (id, manifest) = resolve(&*repo, r)?;
+    let (id, manifest) = resolve_open(&*repo, r, &opts.read.identities)?;
     let dir = &opts.dir;
     let target = claim(&id, opts)?;
     tracing::info!(

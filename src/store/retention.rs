@@ -43,6 +43,15 @@ pub struct ManifestSummary {
     pub binlog: Option<BinlogInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<Checkpoints>,
+    /// How it is sealed, when it is (the recipients it was made for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EncryptionSummary {
+    pub scheme: String,
+    pub recipients: Vec<String>,
 }
 
 impl From<&Manifest> for ManifestSummary {
@@ -56,6 +65,10 @@ impl From<&Manifest> for ManifestSummary {
             files: m.stream.files,
             binlog: m.binlog.clone(),
             checkpoints: m.checkpoints.clone(),
+            encryption: m.encryption.as_ref().map(|e| EncryptionSummary {
+                scheme: e.scheme.clone(),
+                recipients: e.recipients.clone(),
+            }),
         }
     }
 }

@@ -21,6 +21,7 @@ use super::address::{id_for, is_valid_id};
 use super::manifest::{self, Manifest, ObjectEntry, SourceInfo};
 use super::parts::{self, Holding};
 use super::position::SharedCapture;
+use super::seal::{self, Recipients};
 use super::{BackupError, PartBody, Repository, StoreError, Upload, MANIFEST, STARTED};
 use crate::format::{DecodeOptions, Ledger};
 use crate::progress::Progress;
@@ -53,6 +54,8 @@ pub struct UploadOptions {
     pub spool_dir: Option<PathBuf>,
     pub id: Option<String>,
     pub decode: DecodeOptions,
+    /// Seal the backup for these recipients (none: stored in the clear).
+    pub recipients: Recipients,
 }
 
 impl UploadOptions {
@@ -67,6 +70,7 @@ impl UploadOptions {
             spool_dir: None,
             id: None,
             decode: DecodeOptions::default(),
+            recipients: Recipients::default(),
         }
     }
 
@@ -179,11 +183,13 @@ struct OpenPart {
     held: u64,
 }
 
-/// What the part writer wrote: the object's parts, size and blake3 (hex).
+/// What the part writer wrote: the object's parts, size and blake3 (hex); when sealed, the
+/// plaintext's size and digest.
 struct Written {
     parts: u32,
     size: u64,
     digest: String,
+    plain: Option<seal::Plain>,
 }
 
 /// Cuts the object's bytes into parts and hands them to the senders; digests them on the way.
@@ -311,6 +317,7 @@ impl PartWriter {
             parts: self.number,
             size: self.offset,
             digest: self.digest.finalize().to_hex().to_string(),
+            plain: None,
         })
     }
 }
@@ -351,14 +358,76 @@ impl Write for PartWriter {
     }
 }
 
-/// Where the object's bytes go: straight to the parts, or through zstd first.
+/// The object's bytes after compression: to the parts as they are, or sealed with age first
+/// (digesting the plaintext on the way: a restore checks what it opens against it).
+enum Sealer {
+    Clear(PartWriter),
+    Sealed {
+        w: age::stream::StreamWriter<PartWriter>,
+        digest: Box<blake3::Hasher>,
+        len: u64,
+    },
+}
+
+impl Sealer {
+    fn new(parts: PartWriter, recipients: &Recipients) -> Result<Self, BackupError> {
+        if recipients.is_empty() {
+            return Ok(Sealer::Clear(parts));
+        }
+        let w = recipients
+            .seal(parts)
+            .map_err(|e| StoreError::Setup(format!("age: {e}")))?;
+        Ok(Sealer::Sealed {
+            w,
+            digest: Box::new(blake3::Hasher::new()),
+            len: 0,
+        })
+    }
+
+    fn finish(self) -> io::Result<Written> {
+        match self {
+            Sealer::Clear(w) => w.finish(),
+            Sealer::Sealed { w, digest, len } => {
+                let mut written = w.finish()?.finish()?;
+                written.plain = Some(seal::Plain {
+                    size: len,
+                    blake3: digest.finalize().to_hex().to_string(),
+                });
+                Ok(written)
+            }
+        }
+    }
+}
+
+impl Write for Sealer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Sealer::Clear(w) => w.write(data),
+            Sealer::Sealed { w, digest, len } => {
+                let n = w.write(data)?;
+                digest.update(&data[..n]);
+                *len += n as u64;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sealer::Clear(w) => w.flush(),
+            Sealer::Sealed { w, .. } => w.flush(),
+        }
+    }
+}
+
+/// Where the object's bytes go: straight on, or through zstd first.
 enum ObjectWriter {
-    Plain(PartWriter),
-    Zstd(zstd::stream::write::Encoder<'static, PartWriter>),
+    Plain(Sealer),
+    Zstd(zstd::stream::write::Encoder<'static, Sealer>),
 }
 
 impl ObjectWriter {
-    fn new(writer: PartWriter, compress: Option<i32>) -> Result<Self, BackupError> {
+    fn new(writer: Sealer, compress: Option<i32>) -> Result<Self, BackupError> {
         let Some(level) = compress else {
             return Ok(ObjectWriter::Plain(writer));
         };
@@ -446,8 +515,8 @@ pub fn upload(
 /// A backup being made: its id, its stream object and the `started.json` it announced.
 struct Backup {
     id: String,
-    /// Name of the stream object within the backup (plain or zstd).
-    object: &'static str,
+    /// Name of the stream object within the backup (plain or zstd, sealed or not).
+    object: String,
     /// The stream object's key in the repository.
     key: String,
     started: String,
@@ -509,10 +578,11 @@ impl Backup {
                 repo: repo.describe(),
             });
         }
-        let object = if opts.compress.is_some() {
-            super::STREAM_ZSTD
-        } else {
-            super::STREAM
+        let object = match (opts.compress.is_some(), opts.recipients.is_empty()) {
+            (true, true) => super::STREAM_ZSTD.to_string(),
+            (false, true) => super::STREAM.to_string(),
+            (true, false) => format!("{}{}", super::STREAM_ZSTD, seal::SUFFIX),
+            (false, false) => format!("{}{}", super::STREAM, seal::SUFFIX),
         };
         let backup = Backup {
             key: format!("{id}/{object}"),
@@ -525,11 +595,20 @@ impl Backup {
             },
             owner: owner_token(),
         };
+        // A sealed backup's source command stays out of the clear (it may name databases).
+        let source = if opts.recipients.is_empty() {
+            backup.source.clone()
+        } else {
+            SourceInfo {
+                kind: backup.source.kind.clone(),
+                detail: String::new(),
+            }
+        };
         let marker = serde_json::json!({
             "id": backup.id,
             "tool": format!("xbagent {}", env!("CARGO_PKG_VERSION")),
             "started": backup.started,
-            "source": backup.source,
+            "source": source,
             "owner": backup.owner,
         });
         // Created only if absent: of two uploads given the same id, one wins and the other
@@ -575,7 +654,7 @@ impl Backup {
     ) -> Result<Uploaded, BackupError> {
         let id = self.id.clone();
         let owner = self.owner.clone();
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             format: manifest::FORMAT,
             tool: format!("xbagent {}", env!("CARGO_PKG_VERSION")),
             id: self.id,
@@ -588,7 +667,7 @@ impl Backup {
                 None => "none".into(),
             },
             object: ObjectEntry {
-                key: self.object.to_string(),
+                key: self.object.clone(),
                 size: sent.object.size,
                 blake3: sent.object.digest,
                 parts: sent.object.parts,
@@ -597,7 +676,11 @@ impl Backup {
             files: manifest::files_of(&sent.ledger),
             binlog: sent.position.binlog,
             checkpoints: sent.position.checkpoints,
+            encryption: None,
         };
+        if let Some(plain) = sent.object.plain {
+            manifest.encryption = Some(seal_part(repo, &id, &mut manifest, opts, plain)?);
+        }
         let body = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| StoreError::Setup(format!("cannot encode the manifest: {e}")))?;
         repo.put(&format!("{id}/{MANIFEST}"), Bytes::from(body))?;
@@ -611,6 +694,37 @@ impl Backup {
         );
         Ok(Uploaded { manifest })
     }
+}
+
+/// Seal the manifest's file list and source into [`manifest::SEALED`] (written before the
+/// manifest, so a complete backup always has it) and say so in the manifest.
+fn seal_part(
+    repo: &dyn Repository,
+    id: &str,
+    m: &mut Manifest,
+    opts: &UploadOptions,
+    plain: seal::Plain,
+) -> Result<manifest::Encryption, BackupError> {
+    let part = m.take_sealed_part();
+    let json = serde_json::to_vec(&part)
+        .map_err(|e| StoreError::Setup(format!("cannot encode the file list: {e}")))?;
+    let sealed = opts
+        .recipients
+        .seal_bytes(&json)
+        .map_err(|e| StoreError::Setup(format!("age: {e}")))?;
+    let entry = manifest::SealedEntry {
+        key: manifest::SEALED.into(),
+        size: sealed.len() as u64,
+        blake3: blake3::hash(&sealed).to_hex().to_string(),
+    };
+    repo.put(&format!("{id}/{}", manifest::SEALED), Bytes::from(sealed))?;
+    Ok(manifest::Encryption {
+        scheme: seal::SCHEME.into(),
+        recipients: opts.recipients.strings(),
+        plain_size: plain.size,
+        plain_blake3: plain.blake3,
+        sealed: entry,
+    })
 }
 
 /// Where the object goes: which backup, which key, through which multipart upload.
@@ -740,7 +854,7 @@ fn fill_parts(
     shutdown: &AtomicBool,
 ) -> Result<Sent, BackupError> {
     let mut filler = PartFiller {
-        object: ObjectWriter::new(writer, opts.compress)?,
+        object: ObjectWriter::new(Sealer::new(writer, &opts.recipients)?, opts.compress)?,
         shared,
         progress,
         read: 0,

@@ -37,7 +37,7 @@ pub fn verify(a: VerifyArgs, d: Display) -> Result<i32, Failure> {
     let res = xbagent::store::restore::verify(
         repo,
         &which.unwrap_or(BackupRef::Latest),
-        &read_opts(&a.read, &a.decode),
+        &read_opts(&a.read, &a.decode)?,
         progress.clone(),
         shutdown,
     );
@@ -98,12 +98,14 @@ pub(crate) fn open_backup(addr: &str, s3: &S3Args, concurrency: usize) -> Result
     Ok((repo, which, shutdown))
 }
 
-pub(crate) fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> ReadOptions {
-    ReadOptions {
+/// The reading settings, with the identity files read (and checked) up front.
+pub(crate) fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> Result<ReadOptions, Failure> {
+    Ok(ReadOptions {
         concurrency: r.concurrency.clamp(1, 64),
         memory_limit: r.memory_limit,
         decode: d.options(),
-    }
+        identities: Arc::new(r.identities()?),
+    })
 }
 
 pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
@@ -126,6 +128,7 @@ pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
     opts.spool_dir = a.spool_dir.clone();
     opts.id = a.id.clone();
     opts.decode = a.decode.options();
+    opts.recipients = a.seal.recipients()?;
     opts.validate().map_err(BackupError::from)?;
     let shutdown = shutdown_flag()?;
     let repo = open_repo(&a.to, &a.s3, a.concurrency, true, Some(shutdown.clone()))?;
@@ -156,14 +159,14 @@ pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
     // The object's size, for the progress display's ETA.
     let total = xbagent::store::restore::resolve(&*repo, &which)
         .ok()
-        .map(|(_, m)| m.object.size);
+        .map(|(_, m)| m.stream_digest().0);
     let progress = Arc::new(Progress::new("restore", total, d.show, d.verbose));
     let opts = RestoreOptions {
         dir: a.dir.clone(),
         force: a.force,
         writers: a.parallel.unwrap_or_else(default_writers).max(1),
         buffered: a.buffered,
-        read: read_opts(&a.read, &a.decode),
+        read: read_opts(&a.read, &a.decode)?,
     };
     let res = xbagent::store::restore::restore(repo, &which, &opts, progress.clone(), shutdown);
     progress.finish();

@@ -151,7 +151,7 @@ pub fn restore_until(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
             force: a.force,
             writers: a.parallel.unwrap_or_else(default_writers).max(1),
             buffered: a.buffered,
-            read: read_opts(&a.read, &a.decode),
+            read: read_opts(&a.read, &a.decode)?,
         },
         target,
         tools: Default::default(),

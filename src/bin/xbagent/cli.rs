@@ -102,6 +102,8 @@ pub struct BinlogsPushArgs {
     #[arg(long, value_parser = parse_size, default_value = "16MiB")]
     pub segment_size: u64,
     #[command(flatten)]
+    pub seal: SealArgs,
+    #[command(flatten)]
     pub s3: S3Args,
 }
 
@@ -175,6 +177,8 @@ pub struct UploadArgs {
     #[arg(long)]
     pub id: Option<String>,
     #[command(flatten)]
+    pub seal: SealArgs,
+    #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
     pub decode: DecodeArgs,
@@ -202,6 +206,53 @@ pub struct ReadArgs {
     /// Memory for read-ahead and everything else.
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     pub memory_limit: u64,
+    /// age identity file (age-keygen's output) to open encrypted backups and binlogs with;
+    /// repeat it to give several (the one that matches is used). Must not be readable by group
+    /// or others.
+    #[arg(long = "identity-file", value_name = "FILE")]
+    pub identity_files: Vec<PathBuf>,
+    /// Accept an identity file that group or others can read.
+    #[arg(long)]
+    pub allow_readable_identity: bool,
+}
+
+/// Encrypting what is stored: the public keys only.
+#[derive(Debug, Args, Clone)]
+pub struct SealArgs {
+    /// Encrypt for this age recipient (age1..., a public key: `age-keygen -y KEYFILE` prints
+    /// it); repeat it for several. Compression, if any, comes first.
+    #[arg(long = "recipient", value_name = "AGE1...")]
+    pub recipients: Vec<String>,
+    /// Encrypt for every recipient in FILE (one per line, `#` comments); repeatable.
+    #[arg(long = "recipients-file", value_name = "FILE")]
+    pub recipients_files: Vec<PathBuf>,
+}
+
+impl SealArgs {
+    pub fn recipients(
+        &self,
+    ) -> Result<xbagent::store::seal::Recipients, xbagent::store::seal::KeyError> {
+        let mut r = xbagent::store::seal::Recipients::default();
+        for v in &self.recipients {
+            r.add_flag(v)?;
+        }
+        for f in &self.recipients_files {
+            r.add_file(f)?;
+        }
+        Ok(r)
+    }
+}
+
+impl ReadArgs {
+    pub fn identities(
+        &self,
+    ) -> Result<xbagent::store::seal::Identities, xbagent::store::seal::KeyError> {
+        let mut ids = xbagent::store::seal::Identities::default();
+        for f in &self.identity_files {
+            ids.add_file(f, self.allow_readable_identity)?;
+        }
+        Ok(ids)
+    }
 }
 
 #[derive(Debug, Args)]

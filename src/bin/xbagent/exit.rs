@@ -47,6 +47,8 @@ pub enum Failure {
     Pitr(#[from] PitrError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Key(#[from] xbagent::store::seal::KeyError),
     #[error("cannot install a signal handler: {0}")]
     Signals(#[source] io::Error),
     /// Stopped by SIGINT or SIGTERM: the signal and what the stop leaves behind.
@@ -103,6 +105,13 @@ pub fn code(f: &Failure) -> i32 {
         Failure::Backup(e) => backup(e),
         Failure::Push(e) => push(e),
         Failure::Pitr(e) => pitr(e),
+        Failure::Key(e) => {
+            if e.is_usage() {
+                USAGE
+            } else {
+                LOCAL
+            }
+        }
         Failure::Token(e) => match e {
             TokenError::Read { .. }
             | TokenError::Empty { .. }
@@ -174,6 +183,8 @@ fn backup(e: &BackupError) -> i32 {
         | BackupError::Options(_) => LOCAL,
         BackupError::Restore { source, .. } => extract(source),
         BackupError::Interrupted(_) => INTERRUPTED,
+        BackupError::NeedsIdentity { .. } => USAGE,
+        BackupError::NoIdentity { .. } => LOCAL,
     }
 }
 
@@ -204,5 +215,6 @@ fn store(e: &StoreError) -> i32 {
     match e {
         StoreError::Local { .. } | StoreError::Address { .. } | StoreError::Setup(_) => LOCAL,
         StoreError::Remote { .. } | StoreError::NotFound { .. } => PEER,
+        StoreError::Damaged { .. } => BAD_STREAM,
     }
 }
