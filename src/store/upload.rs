@@ -359,42 +359,123 @@ impl Write for PartWriter {
 }
 
 /// The object's bytes after compression: to the parts as they are, or sealed with age first
-/// (digesting the plaintext on the way: a restore checks what it opens against it).
+/// on a thread of its own (age, the plaintext's digest and the part writer's copy and digest
+/// cost about as much CPU as the rest of the upload; in line they would slow the pump).
 enum Sealer {
-    Clear(PartWriter),
-    Sealed {
-        w: age::stream::StreamWriter<PartWriter>,
-        digest: Box<blake3::Hasher>,
-        len: u64,
-    },
+    Clear(Box<PartWriter>),
+    Piped(SealPipe),
+}
+
+/// The pump's end of the sealing thread.
+struct SealPipe {
+    tx: Option<Sender<Vec<u8>>>,
+    worker: Option<thread::JoinHandle<io::Result<Written>>>,
+    /// Set when the upload is abandoned: the thread then stops without writing the last part.
+    abandon: Arc<AtomicBool>,
+}
+
+/// Pieces in flight to the sealing thread (each at most a pump piece, 1 MiB).
+const SEAL_QUEUE: usize = 4;
+
+/// The sealing thread's writer: age over the parts, digesting the plaintext on the way (a
+/// restore checks what it opens against it).
+struct Sealing {
+    w: age::stream::StreamWriter<PartWriter>,
+    digest: blake3::Hasher,
+    len: u64,
+    abandon: Arc<AtomicBool>,
+}
+
+impl Sealing {
+    fn run(mut self, rx: Receiver<Vec<u8>>) -> io::Result<Written> {
+        for piece in rx {
+            self.w.write_all(&piece)?;
+            self.digest.update(&piece);
+            self.len += piece.len() as u64;
+        }
+        if self.abandon.load(Ordering::SeqCst) {
+            return Err(stopped());
+        }
+        let mut written = self.w.finish()?.finish()?;
+        written.plain = Some(seal::Plain {
+            size: self.len,
+            blake3: self.digest.finalize().to_hex().to_string(),
+        });
+        Ok(written)
+    }
+}
+
+impl SealPipe {
+    fn start(parts: PartWriter, recipients: &Recipients) -> Result<Self, BackupError> {
+        let w = recipients
+            .seal(parts)
+            .map_err(|e| StoreError::Setup(format!("age: {e}")))?;
+        let abandon = Arc::new(AtomicBool::new(false));
+        let sealing = Sealing {
+            w,
+            digest: blake3::Hasher::new(),
+            len: 0,
+            abandon: abandon.clone(),
+        };
+        let (tx, rx) = bounded::<Vec<u8>>(SEAL_QUEUE);
+        let worker = thread::Builder::new()
+            .name("seal".into())
+            .spawn(move || sealing.run(rx))
+            .map_err(|e| StoreError::Setup(format!("cannot start the sealing thread: {e}")))?;
+        Ok(SealPipe {
+            tx: Some(tx),
+            worker: Some(worker),
+            abandon,
+        })
+    }
+
+    /// The sealing thread's result.
+    fn join(&mut self) -> io::Result<Written> {
+        self.tx = None;
+        match self.worker.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("the sealing thread panicked")),
+            None => Err(stopped()),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(t) = &self.tx {
+            if t.send(data.to_vec()).is_ok() {
+                return Ok(data.len());
+            }
+        }
+        // The thread stopped: its error is the cause.
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(stopped()),
+        }
+    }
+}
+
+impl Drop for SealPipe {
+    /// Dropped unfinished (the upload failed): the thread stops without its last part, and is
+    /// joined, so nothing of it outlives the upload.
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            self.abandon.store(true, Ordering::SeqCst);
+            let _ = self.join();
+        }
+    }
 }
 
 impl Sealer {
     fn new(parts: PartWriter, recipients: &Recipients) -> Result<Self, BackupError> {
         if recipients.is_empty() {
-            return Ok(Sealer::Clear(parts));
+            return Ok(Sealer::Clear(Box::new(parts)));
         }
-        let w = recipients
-            .seal(parts)
-            .map_err(|e| StoreError::Setup(format!("age: {e}")))?;
-        Ok(Sealer::Sealed {
-            w,
-            digest: Box::new(blake3::Hasher::new()),
-            len: 0,
-        })
+        Ok(Sealer::Piped(SealPipe::start(parts, recipients)?))
     }
 
     fn finish(self) -> io::Result<Written> {
         match self {
             Sealer::Clear(w) => w.finish(),
-            Sealer::Sealed { w, digest, len } => {
-                let mut written = w.finish()?.finish()?;
-                written.plain = Some(seal::Plain {
-                    size: len,
-                    blake3: digest.finalize().to_hex().to_string(),
-                });
-                Ok(written)
-            }
+            Sealer::Piped(mut p) => p.join(),
         }
     }
 }
@@ -403,19 +484,14 @@ impl Write for Sealer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         match self {
             Sealer::Clear(w) => w.write(data),
-            Sealer::Sealed { w, digest, len } => {
-                let n = w.write(data)?;
-                digest.update(&data[..n]);
-                *len += n as u64;
-                Ok(n)
-            }
+            Sealer::Piped(p) => p.write(data),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Sealer::Clear(w) => w.flush(),
-            Sealer::Sealed { w, .. } => w.flush(),
+            Sealer::Piped(_) => Ok(()),
         }
     }
 }
