@@ -128,20 +128,16 @@ impl Recipients {
     pub fn add_file(&mut self, path: &Path) -> Result<(), KeyError> {
         let text = read_small(path)?;
         let before = self.keys.len();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (n, line) in key_lines(&text) {
             if looks_secret(line) {
                 return Err(KeyError::SecretAsRecipient {
-                    place: format!("{}:{}", path.display(), i + 1),
+                    place: format!("{}:{n}", path.display()),
                     from_flag: false,
                 });
             }
             let key = x25519::Recipient::from_str(line).map_err(|e| KeyError::BadLine {
                 path: path.into(),
-                line: i + 1,
+                line: n,
                 reason: format!("'{line}' is not an age X25519 recipient (age1...): {e}"),
             })?;
             self.push(key);
@@ -216,14 +212,10 @@ impl Identities {
         }
         let text = read_small(path)?;
         let before = self.keys.len();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (n, line) in key_lines(&text) {
             let bad = |reason: &str| KeyError::BadLine {
                 path: path.into(),
-                line: i + 1,
+                line: n,
                 reason: reason.into(),
             };
             if line.starts_with("age1") {
@@ -290,11 +282,20 @@ fn damaged(e: age::DecryptError) -> OpenError {
 }
 
 /// The age crate reports a failed chunk as an I/O error; say what it means for a stored object.
-pub fn stream_error(e: &io::Error) -> String {
+fn stream_error(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::UnexpectedEof => "it is truncated (age: the last chunk is missing)".into(),
         _ => format!("it fails authentication, altered or cut ({e})"),
     }
+}
+
+/// The key lines of a recipients or identity file, with their line numbers: blank lines and
+/// `#` comments skipped, as age reads them.
+fn key_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
 }
 
 fn read_small(path: &Path) -> Result<String, KeyError> {

@@ -3,12 +3,11 @@
 //! order and their BLAKE3 checked against the entry; a sealed segment is opened with the
 //! identities as it is read (every 64 KiB chunk authenticated), never held whole.
 
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::inventory::{SealedSegment, Segment};
 use super::layout;
-use crate::store::seal::{self, Identities, OpenError, SealedObject};
+use crate::store::seal::{self, Identities, OpenError, RangeError, RangeOpener};
 use crate::store::{Repository, StoreError};
 
 /// Why a segment could not be read back.
@@ -70,22 +69,29 @@ pub fn read<E>(
 ) -> Result<(), SegmentError<E>> {
     let key = layout::segment_data(&seg.file_id, seg.start);
     let mut hasher = blake3::Hasher::new();
-    match &seg.sealed {
-        None => {
-            let mut at = 0;
-            while at < seg.len() {
-                if stop.load(Ordering::Relaxed) {
-                    return Err(SegmentError::Interrupted);
-                }
-                let n = (seg.len() - at).min(buf.len() as u64) as usize;
-                repo.read_range(&key, at, &mut buf[..n])
-                    .map_err(store_err)?;
-                hasher.update(&buf[..n]);
-                piece(&buf[..n]).map_err(SegmentError::Piece)?;
-                at += n as u64;
-            }
+    // A sealed segment is opened by ranges as it is read, like a backup's stream object.
+    let mut opener = match &seg.sealed {
+        None => None,
+        Some(sealed) => Some(open_sealed(repo, seg, sealed, &key, ids, buf.len() as u64)?),
+    };
+    let mut at = 0;
+    while at < seg.len() {
+        if stop.load(Ordering::Relaxed) {
+            return Err(SegmentError::Interrupted);
         }
-        Some(sealed) => read_sealed(repo, seg, sealed, &key, ids, buf, stop, &mut hasher, piece)?,
+        let n = (seg.len() - at).min(buf.len() as u64) as usize;
+        match &mut opener {
+            None => repo
+                .read_range(&key, at, &mut buf[..n])
+                .map_err(store_err)?,
+            Some(o) => o.read_at(at, &mut buf[..n]).map_err(|e| match e {
+                RangeError::Store(se) => store_err(se),
+                RangeError::Damaged(r) => SegmentError::Damaged(r),
+            })?,
+        }
+        hasher.update(&buf[..n]);
+        piece(&buf[..n]).map_err(SegmentError::Piece)?;
+        at += n as u64;
     }
     let digest = hasher.finalize().to_hex().to_string();
     if digest != seg.blake3 {
@@ -97,19 +103,16 @@ pub fn read<E>(
     Ok(())
 }
 
-/// The sealed branch of [`read`]: open the object by ranges as it is read.
-#[allow(clippy::too_many_arguments)]
-fn read_sealed<E>(
-    repo: &dyn Repository,
+/// Open a sealed segment: its stored size against the entry, its header, and whether that
+/// size holds exactly the segment's bytes; then a ranged reader with the identities.
+fn open_sealed<'a, E>(
+    repo: &'a dyn Repository,
     seg: &Segment,
     sealed: &SealedSegment,
-    key: &str,
+    key: &'a str,
     ids: &Identities,
-    buf: &mut [u8],
-    stop: &AtomicBool,
-    hasher: &mut blake3::Hasher,
-    piece: &mut dyn FnMut(&[u8]) -> Result<(), E>,
-) -> Result<(), SegmentError<E>> {
+    window: u64,
+) -> Result<RangeOpener<'a>, SegmentError<E>> {
     let recipients = seal::describe(&sealed.recipients);
     if ids.is_empty() {
         return Err(SegmentError::NeedsIdentity { recipients });
@@ -135,55 +138,21 @@ fn read_sealed<E>(
             seg.len()
         )));
     }
-    let failed = std::rc::Rc::new(std::cell::Cell::new(None));
-    let object = SealedObject::new(
+    let mut prefix = prefix.to_vec();
+    prefix.truncate(header as usize + 16);
+    RangeOpener::new(
+        ids,
         repo,
         key,
         sealed.size,
-        prefix.to_vec(),
-        buf.len() as u64 / seal::CHUNK * seal::SEALED_CHUNK,
-        failed.clone(),
-    );
-    let mut reader = match ids.open(object) {
-        Ok(r) => r,
-        Err(OpenError::NoMatch) => {
-            return Err(SegmentError::NoIdentity {
-                recipients,
-                tried: seal::describe(&ids.recipients()),
-            })
-        }
-        Err(OpenError::Damaged(r)) => return Err(SegmentError::Damaged(r)),
-    };
-    let mut at = 0;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(SegmentError::Interrupted);
-        }
-        let n = match reader.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                return Err(match failed.take() {
-                    Some(se) => store_err(se),
-                    None => SegmentError::Damaged(seal::stream_error(&e)),
-                })
-            }
-        };
-        at += n as u64;
-        if at > seg.len() {
-            return Err(SegmentError::Damaged(format!(
-                "it opens to more than the {} bytes its entry gives",
-                seg.len()
-            )));
-        }
-        hasher.update(&buf[..n]);
-        piece(&buf[..n]).map_err(SegmentError::Piece)?;
-    }
-    if at != seg.len() {
-        return Err(SegmentError::Damaged(format!(
-            "it opens to {at} bytes, its entry gives {}",
-            seg.len()
-        )));
-    }
-    Ok(())
+        prefix,
+        window / seal::CHUNK * seal::SEALED_CHUNK,
+    )
+    .map_err(|e| match e {
+        OpenError::NoMatch => SegmentError::NoIdentity {
+            recipients,
+            tried: seal::describe(&ids.recipients()),
+        },
+        OpenError::Damaged(r) => SegmentError::Damaged(r),
+    })
 }
