@@ -130,6 +130,7 @@ pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
     opts.id = a.id.clone();
     opts.decode = a.decode.options();
     opts.recipients = a.seal.recipients()?;
+    opts.rate_limit = a.rate_limit;
     opts.validate().map_err(BackupError::from)?;
     let shutdown = shutdown_flag()?;
     let repo = open_repo(&a.to, &a.s3, a.concurrency, true, Some(shutdown.clone()))?;

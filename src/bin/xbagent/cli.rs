@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use xbagent::format::{DecodeOptions, Dialect, CREATE_CHUNK_SIZE, DEFAULT_MAX_CHUNK_SIZE};
+use xbagent::throttle::RateLimit;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -176,6 +177,10 @@ pub struct UploadArgs {
     /// Backup id (default: the start time, UTC, YYYYMMDDTHHMMSS.mmmZ).
     #[arg(long)]
     pub id: Option<String>,
+    /// Read the stream no faster than SIZE per second (e.g. 50MiB): stream bytes as they leave
+    /// the source, before compression, which is what loads the donor's disk.
+    #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
+    pub rate_limit: Option<RateLimit>,
     #[command(flatten)]
     pub seal: SealArgs,
     #[command(flatten)]
@@ -389,6 +394,10 @@ pub struct ServeArgs {
     /// Total time a peer has to finish TLS and authentication.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: std::time::Duration,
+    /// Send each clone no faster than SIZE per second (e.g. 50MiB): stream bytes sent to the
+    /// receiver, per clone (--max-conns clones may use that many times it). Heartbeats still go.
+    #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Args)]
@@ -465,6 +474,12 @@ impl From<DialectArg> for Dialect {
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     parse_size::parse_size(s).map_err(|e| format!("{e} (examples: 64MiB, 10M, 1048576)"))
+}
+
+/// `--rate-limit`: a size per second (`50MiB`, `50MiB/s`), at least 1KiB.
+pub fn parse_rate(s: &str) -> Result<RateLimit, String> {
+    let size = parse_size(s.strip_suffix("/s").unwrap_or(s))?;
+    RateLimit::new(size).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
