@@ -182,6 +182,8 @@ pub struct UploadArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
     pub rate_limit: Option<RateLimit>,
     #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
     pub seal: SealArgs,
     #[command(flatten)]
     pub s3: S3Args,
@@ -200,6 +202,25 @@ pub fn parse_compress(s: &str) -> Result<i32, String> {
         },
         _ => Err(format!("unknown compression '{s}' (zstd or zstd:LEVEL)")),
     }
+}
+
+/// What a short job (upload, restore) reports besides its summary line.
+#[derive(Debug, Args, Clone)]
+pub struct JobArgs {
+    /// Also push the summary's figures to this Prometheus Pushgateway (http://HOST:PORT), as
+    /// job xbagent_upload or xbagent_restore (README, "Summary line and Pushgateway"). A failed
+    /// push is a warning: it never changes the exit code.
+    #[arg(long, value_name = "URL", value_parser = crate::pushgateway::check_url)]
+    pub pushgateway: Option<String>,
+    /// The push's `instance` grouping label, for several jobs sharing one Pushgateway (e.g.
+    /// the database's name); without it one group per job name.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "pushgateway",
+        value_parser = crate::pushgateway::check_instance
+    )]
+    pub pushgateway_instance: Option<String>,
 }
 
 /// Reading a backup back (restore, verify).
@@ -293,6 +314,8 @@ pub struct RestoreArgs {
     /// beside -C DIR).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub job: JobArgs,
     #[command(flatten)]
     pub read: ReadArgs,
     #[command(flatten)]
