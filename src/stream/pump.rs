@@ -444,15 +444,24 @@ mod tests {
         let mut out = Collect::default();
         let checker = StreamChecker::new(DecodeOptions::default());
         let start = Instant::now();
-        let pumped = pump(&Source::File(path), &s, checker, &mut out, &AtomicBool::new(false))
-            .expect("pump");
+        let pumped = pump(
+            &Source::File(path),
+            &s,
+            checker,
+            &mut out,
+            &AtomicBool::new(false),
+        )
+        .expect("pump");
         let took = start.elapsed().as_secs_f64();
         assert_eq!(out.bytes, bytes);
         assert_eq!(pumped.bytes, bytes.len() as u64);
         // The first tenth of a second's worth goes at once, the rest at the rate.
         let ideal = (bytes.len() as u64 - rate / 10) as f64 / rate as f64;
         assert!(took >= ideal * 0.95, "took {took:.3}s, ideal {ideal:.3}s");
-        assert!(out.idles > 0, "a piece held back longer than idle calls idle");
+        assert!(
+            out.idles > 0,
+            "a piece held back longer than idle calls idle"
+        );
     }
 
     #[test]

@@ -465,6 +465,7 @@ fn a_rate_limited_serve_sends_no_faster_than_asked() {
     assert_paced("serve → receive", sent, rate, took);
     // Memory stays flat: the donor never held the 48 MiB it sent.
     let hwm = vm_hwm_kib(serve.pid());
+    eprintln!("serve at 16 MiB/s: {sent} bytes in {took:.3}s, serve's peak RSS {hwm} KiB");
     assert!(
         hwm < 40 * 1024,
         "serve's peak RSS {hwm} KiB for a 48 MiB clone"
@@ -588,5 +589,9 @@ fn a_rate_limited_upload_reads_no_faster_than_asked_and_says_so() {
     let m = summary(&up, "upload");
     assert_eq!(float(&m, "rate_limit"), 16.0);
     assert_paced("upload", num(&m, "bytes"), 16 * MIB, took);
+    eprintln!(
+        "upload at 16 MiB/s: {} bytes in {took:.3}s",
+        num(&m, "bytes")
+    );
     assert!(float(&m, "rate") <= 16.0 * 1.05, "{m:?}");
 }
