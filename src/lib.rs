@@ -17,4 +17,5 @@ pub mod progress;
 pub mod retry;
 pub mod store;
 pub mod stream;
+pub mod throttle;
 pub mod workers;

@@ -2,6 +2,7 @@
 //! 30 seconds otherwise, and with `-v` a line per file as it completes.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ pub struct Progress {
     last_log: Mutex<Instant>,
     quiet: bool,
     total: Option<u64>,
+    /// The last position set, for a summary of work that stopped half way.
+    position: AtomicU64,
 }
 
 impl Progress {
@@ -49,6 +52,7 @@ impl Progress {
             last_log: Mutex::new(now),
             quiet: !show,
             total,
+            position: AtomicU64::new(0),
         }
     }
 
@@ -57,7 +61,13 @@ impl Progress {
         Progress::new("", None, false, false)
     }
 
+    /// The bytes done so far, as last set.
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Relaxed)
+    }
+
     pub fn set_position(&self, bytes: u64) {
+        self.position.store(bytes, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
             bar.set_position(bytes);
             return;

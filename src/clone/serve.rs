@@ -35,6 +35,7 @@ use crate::format::DecodeOptions;
 use crate::stream::check::StreamChecker;
 use crate::stream::pump::{pump, CheckedPiece, Forward, PumpError, PumpSettings};
 use crate::stream::source::Source;
+use crate::throttle::RateLimit;
 
 /// Settings of `serve`.
 #[derive(Clone)]
@@ -52,6 +53,8 @@ pub struct ServeOptions {
     pub parallel: usize,
     /// Bounds on connections that have not authenticated.
     pub handshakes: HandshakeLimits,
+    /// Stream bytes sent to each receiver, per second at most (`--rate-limit`).
+    pub rate_limit: Option<RateLimit>,
 }
 
 const DATA_FRAME: usize = 1 << 20;
@@ -571,6 +574,7 @@ fn send_stream(
         piece: DATA_FRAME,
         idle: opts.heartbeat,
         digest: true,
+        rate_limit: opts.rate_limit,
     };
     let checker = StreamChecker::new(DecodeOptions::default());
     let mut to_peer = ToPeer {

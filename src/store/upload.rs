@@ -29,6 +29,7 @@ use crate::stream::check::StreamChecker;
 use crate::stream::pump::{pump, CheckedPiece, Forward, PumpError, PumpSettings};
 use crate::stream::sink::StreamTotals;
 use crate::stream::source::Source;
+use crate::throttle::RateLimit;
 use crate::workers::{ByteBudget, FirstError};
 
 /// Memory kept for everything but part buffers: source buffers, the decoder's chunk, the
@@ -56,6 +57,8 @@ pub struct UploadOptions {
     pub decode: DecodeOptions,
     /// Seal the backup for these recipients (none: stored in the clear).
     pub recipients: Recipients,
+    /// Stream bytes read from the source, per second at most (`--rate-limit`).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl UploadOptions {
@@ -71,6 +74,7 @@ impl UploadOptions {
             id: None,
             decode: DecodeOptions::default(),
             recipients: Recipients::default(),
+            rate_limit: None,
         }
     }
 
@@ -943,6 +947,7 @@ fn fill_parts(
         // The manifest's digest is the stored object's (compressed or not): the part writer
         // computes it.
         digest: false,
+        rate_limit: opts.rate_limit,
     };
     // The info files saying where the backup ends are caught as their chunks pass: they are
     // never read again.

@@ -24,6 +24,7 @@ use crate::stream::check::StreamChecker;
 use crate::stream::error::StreamError;
 use crate::stream::sink::StreamTotals;
 use crate::stream::source::{Piece, Running, Source, SourceError};
+use crate::throttle::{RateLimit, Throttle};
 
 /// How to run the source and when to call the consumer between pieces.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct PumpSettings {
     pub idle: Duration,
     /// Compute the blake3 digest of the stream's bytes ([`Pumped::digest`]).
     pub digest: bool,
+    /// Hand the bytes on no faster than this (`--rate-limit`); each run gets a fresh bucket.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Stream bytes that the checker has seen, in a buffer with room in front of them.
@@ -123,8 +126,11 @@ pub struct Pumped {
     pub checked: Result<(StreamTotals, Ledger), StreamError>,
 }
 
-/// How often a pump waiting on a silent source looks at the shutdown flag.
+/// How often a pump waiting on a silent source (or on its rate limit) looks at the shutdown
+/// flag.
 const SIGNAL_POLL: Duration = Duration::from_millis(100);
+/// The smallest piece a throttled source is read in, whatever the rate.
+const MIN_THROTTLED_PIECE: usize = 4096;
 
 /// Run `source` to its end through `checker` into `out`, until done, an error, or `shutdown`.
 pub fn pump<F: Forward>(
@@ -134,12 +140,23 @@ pub fn pump<F: Forward>(
     out: &mut F,
     shutdown: &AtomicBool,
 ) -> Result<Pumped, PumpError<F::Error>> {
-    let mut running = Running::start(source, settings.parallel, settings.headroom, settings.piece)
+    // A throttled source is read in pieces no larger than the burst, so that each waits at
+    // most about a tenth of a second (and the bucket never has to split a piece).
+    let piece = match settings.rate_limit {
+        Some(r) => settings.piece.min(
+            usize::try_from(r.burst_bytes())
+                .unwrap_or(usize::MAX)
+                .max(MIN_THROTTLED_PIECE),
+        ),
+        None => settings.piece,
+    };
+    let mut running = Running::start(source, settings.parallel, settings.headroom, piece)
         .map_err(PumpError::Start)?;
     let mut pass = Pass {
         checker,
         digest: settings.digest.then(blake3::Hasher::new),
         bytes: 0,
+        throttle: settings.rate_limit.map(RateLimit::throttle),
     };
     if let Err(e) = pass.run(&mut running, settings, out, shutdown) {
         out.abort();
@@ -160,6 +177,7 @@ struct Pass {
     checker: StreamChecker,
     digest: Option<blake3::Hasher>,
     bytes: u64,
+    throttle: Option<Throttle>,
 }
 
 impl Pass {
@@ -186,6 +204,7 @@ impl Pass {
                 .min(SIGNAL_POLL);
             match running.rx.recv_timeout(wait) {
                 Ok(Piece::Data(mut buf, len)) => {
+                    self.pace(len, settings, out, shutdown, &mut last)?;
                     self.take(&mut buf, settings.headroom, len, out)?;
                     running.recycle(buf);
                     last = Instant::now();
@@ -199,6 +218,35 @@ impl Pass {
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
+    }
+
+    /// Hold a piece of `len` bytes back until the rate limit lets it go. The wait is cut in
+    /// slices: a signal still stops the pump, and a consumer that has sent nothing for `idle`
+    /// (serve's heartbeat) is still called as if the source were silent.
+    fn pace<F: Forward>(
+        &mut self,
+        len: usize,
+        settings: &PumpSettings,
+        out: &mut F,
+        shutdown: &AtomicBool,
+        last: &mut Instant,
+    ) -> Result<(), PumpError<F::Error>> {
+        let Some(t) = &mut self.throttle else {
+            return Ok(());
+        };
+        t.charge(len as u64);
+        while let Some(wait) = t.wait() {
+            if shutdown.load(Ordering::SeqCst) {
+                return Err(PumpError::Interrupted);
+            }
+            let to_idle = settings.idle.saturating_sub(last.elapsed());
+            std::thread::sleep(wait.min(SIGNAL_POLL).min(to_idle));
+            if last.elapsed() >= settings.idle {
+                out.idle(self.bytes).map_err(PumpError::Forward)?;
+                *last = Instant::now();
+            }
+        }
+        Ok(())
     }
 
     /// Check, digest and forward one piece.
@@ -236,6 +284,7 @@ mod tests {
         aborted: bool,
         pieces: usize,
         fail_at: Option<usize>,
+        idles: usize,
     }
 
     impl Forward for Collect {
@@ -252,6 +301,10 @@ mod tests {
             self.bytes.extend_from_slice(piece.data());
             Ok(())
         }
+        fn idle(&mut self, _sent: u64) -> Result<(), String> {
+            self.idles += 1;
+            Ok(())
+        }
         fn abort(&mut self) {
             self.aborted = true;
         }
@@ -264,6 +317,7 @@ mod tests {
             piece: 4096,
             idle: Duration::from_secs(5),
             digest: true,
+            rate_limit: None,
         }
     }
 
@@ -375,6 +429,39 @@ mod tests {
             &mut Collect::default(),
         );
         assert!(matches!(r, Err(PumpError::Start(_))));
+    }
+
+    #[test]
+    fn a_rate_limit_paces_the_pieces_and_idle_still_comes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, bytes) = stream_file(dir.path());
+        let rate = 100 << 10;
+        let s = PumpSettings {
+            idle: Duration::from_millis(30),
+            rate_limit: Some(RateLimit::new(rate).expect("rate")),
+            ..settings()
+        };
+        let mut out = Collect::default();
+        let checker = StreamChecker::new(DecodeOptions::default());
+        let start = Instant::now();
+        let pumped = pump(
+            &Source::File(path),
+            &s,
+            checker,
+            &mut out,
+            &AtomicBool::new(false),
+        )
+        .expect("pump");
+        let took = start.elapsed().as_secs_f64();
+        assert_eq!(out.bytes, bytes);
+        assert_eq!(pumped.bytes, bytes.len() as u64);
+        // The first tenth of a second's worth goes at once, the rest at the rate.
+        let ideal = (bytes.len() as u64 - rate / 10) as f64 / rate as f64;
+        assert!(took >= ideal * 0.95, "took {took:.3}s, ideal {ideal:.3}s");
+        assert!(
+            out.idles > 0,
+            "a piece held back longer than idle calls idle"
+        );
     }
 
     #[test]

@@ -2,10 +2,12 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::exit;
 use crate::exit::Failure;
 use xbagent::progress::Progress;
+use xbagent::store::address::id_for;
 use xbagent::store::restore::{ReadOptions, RestoreOptions};
 use xbagent::store::upload::UploadOptions;
 use xbagent::store::{retention, BackupError, BackupRef, RepoAddress, Repository, S3Settings};
@@ -16,6 +18,7 @@ use crate::cli::{
     UploadArgs, VerifyArgs,
 };
 use crate::output::{print_backups, print_json_or};
+use crate::summary::Figures;
 use crate::{shutdown_flag, Display};
 
 /// `verify` names a repository (`s3://...`, `file://...`, or an existing directory) rather
@@ -109,7 +112,8 @@ pub(crate) fn read_opts(r: &ReadArgs, d: &DecodeArgs) -> Result<ReadOptions, Fai
     })
 }
 
-pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
+/// `upload`; what it learns goes into `fig` for the summary line, also when it fails.
+pub fn upload(a: UploadArgs, d: Display, fig: &mut Figures) -> Result<i32, Failure> {
     let source = match (&a.exec, &a.dir, &a.input) {
         (Some(cmd), _, _) => Source::Exec(cmd.clone()),
         (None, Some(d), _) => Source::Dir(d.clone()),
@@ -127,17 +131,25 @@ pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
     opts.memory_limit = a.memory_limit;
     opts.first_part = a.part_size;
     opts.spool_dir = a.spool_dir.clone();
-    opts.id = a.id.clone();
+    // The id is fixed here (as the library would: the start time) so that a failed upload's
+    // summary names it too.
+    let id = a.id.clone().unwrap_or_else(|| id_for(SystemTime::now()));
+    opts.id = Some(id.clone());
     opts.decode = a.decode.options();
     opts.recipients = a.seal.recipients()?;
+    opts.rate_limit = a.rate_limit;
     opts.validate().map_err(BackupError::from)?;
     let shutdown = shutdown_flag()?;
     let repo = open_repo(&a.to, &a.s3, a.concurrency, true, Some(shutdown.clone()))?;
     let progress = Progress::new("upload", total, d.show, d.verbose);
+    fig.id = Some(id);
     let res = xbagent::store::upload::upload(&*repo, &opts, &progress, &shutdown);
     progress.finish();
+    fig.bytes = progress.position();
     let up = res?;
     let m = &up.manifest;
+    fig.bytes = m.stream.bytes;
+    fig.stored = Some(m.object.size);
     println!(
         "backup {} complete in {}: {} files, {} stream bytes, {} bytes stored ({}), blake3 {}",
         m.id,
@@ -151,16 +163,21 @@ pub fn upload(a: UploadArgs, d: Display) -> Result<i32, Failure> {
     Ok(exit::OK)
 }
 
-pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
+/// `restore`; what it learns goes into `fig` for the summary line, also when it fails.
+pub fn restore(a: RestoreArgs, d: Display, fig: &mut Figures) -> Result<i32, Failure> {
     if a.until.is_some() || a.until_gtid.is_some() {
-        return crate::binlogs::restore_until(a, d);
+        return crate::binlogs::restore_until(a, d, fig);
     }
     let (repo, which, shutdown) = open_backup(&a.from, &a.s3, a.read.concurrency)?;
     let which = which.unwrap_or(BackupRef::Latest);
     // The object's size, for the progress display's ETA.
-    let total = xbagent::store::restore::resolve(&*repo, &which)
-        .ok()
-        .map(|(_, m)| m.stream_digest().0);
+    let resolved = xbagent::store::restore::resolve(&*repo, &which).ok();
+    let total = resolved.as_ref().map(|(_, m)| m.stream_digest().0);
+    // The backup resolved, else the one asked for (a summary of `@ID` that does not exist).
+    fig.id = resolved.map(|(id, _)| id).or(match &which {
+        BackupRef::Id(id) => Some(id.clone()),
+        BackupRef::Latest => None,
+    });
     let progress = Arc::new(Progress::new("restore", total, d.show, d.verbose));
     let opts = RestoreOptions {
         dir: a.dir.clone(),
@@ -171,7 +188,10 @@ pub fn restore(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
     };
     let res = xbagent::store::restore::restore(repo, &which, &opts, progress.clone(), shutdown);
     progress.finish();
+    fig.bytes = progress.position();
     let c = res?;
+    fig.id = Some(c.id.clone());
+    fig.bytes = c.totals.bytes;
     println!(
         "restored backup {} into {}: {} files, {} stream bytes; digest and file list match the manifest",
         c.id,

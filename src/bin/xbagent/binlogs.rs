@@ -17,6 +17,7 @@ use crate::cli::default_writers;
 use crate::cli::{BinlogsListArgs, BinlogsPushArgs, RestoreArgs};
 use crate::exit::{self, Failure};
 use crate::output::print_json_or;
+use crate::summary::Figures;
 use crate::{shutdown_flag, Display};
 
 pub fn push(a: BinlogsPushArgs) -> Result<i32, Failure> {
@@ -129,7 +130,8 @@ fn print_listing(out: &mut impl Write, l: &Listing, files: bool) -> std::io::Res
 }
 
 /// `restore --until TIME` / `--until-gtid GTID`.
-pub fn restore_until(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
+/// `restore --until`; what it learns goes into `fig` for the summary line.
+pub fn restore_until(a: RestoreArgs, d: Display, fig: &mut Figures) -> Result<i32, Failure> {
     let target = match (&a.until, &a.until_gtid) {
         (Some(t), _) => Target::Time(*t),
         (None, Some(g)) => Target::Gtid(
@@ -160,7 +162,9 @@ pub fn restore_until(a: RestoreArgs, d: Display) -> Result<i32, Failure> {
     };
     let res = pitr::restore_to(repo, chosen.as_ref(), &opts, progress.clone(), shutdown);
     progress.finish();
+    fig.bytes = progress.position();
     let r = res?;
+    fig.id = Some(r.backup.clone());
     println!(
         "restored backup {} into {} and replayed {} transaction(s) from {} binlog file(s) to {}: \
          last applied {}{}; GTID state {}; replay took {:.3}s",

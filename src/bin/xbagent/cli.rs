@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use xbagent::format::{DecodeOptions, Dialect, CREATE_CHUNK_SIZE, DEFAULT_MAX_CHUNK_SIZE};
+use xbagent::throttle::RateLimit;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -176,6 +177,12 @@ pub struct UploadArgs {
     /// Backup id (default: the start time, UTC, YYYYMMDDTHHMMSS.mmmZ).
     #[arg(long)]
     pub id: Option<String>,
+    /// Read the stream no faster than SIZE per second (e.g. 50MiB): stream bytes as they leave
+    /// the source, before compression, which is what loads the donor's disk.
+    #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
+    pub rate_limit: Option<RateLimit>,
+    #[command(flatten)]
+    pub job: JobArgs,
     #[command(flatten)]
     pub seal: SealArgs,
     #[command(flatten)]
@@ -195,6 +202,25 @@ pub fn parse_compress(s: &str) -> Result<i32, String> {
         },
         _ => Err(format!("unknown compression '{s}' (zstd or zstd:LEVEL)")),
     }
+}
+
+/// What a short job (upload, restore) reports besides its summary line.
+#[derive(Debug, Args, Clone)]
+pub struct JobArgs {
+    /// Also push the summary's figures to this Prometheus Pushgateway (http://HOST:PORT), as
+    /// job xbagent_upload or xbagent_restore (README, "Summary line and Pushgateway"). A failed
+    /// push is a warning: it never changes the exit code.
+    #[arg(long, value_name = "URL", value_parser = crate::pushgateway::check_url)]
+    pub pushgateway: Option<String>,
+    /// The push's `instance` grouping label, for several jobs sharing one Pushgateway (e.g.
+    /// the database's name); without it one group per job name.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "pushgateway",
+        value_parser = crate::pushgateway::check_instance
+    )]
+    pub pushgateway_instance: Option<String>,
 }
 
 /// Reading a backup back (restore, verify).
@@ -288,6 +314,8 @@ pub struct RestoreArgs {
     /// beside -C DIR).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub job: JobArgs,
     #[command(flatten)]
     pub read: ReadArgs,
     #[command(flatten)]
@@ -389,6 +417,10 @@ pub struct ServeArgs {
     /// Total time a peer has to finish TLS and authentication.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: std::time::Duration,
+    /// Send each clone no faster than SIZE per second (e.g. 50MiB): stream bytes sent to the
+    /// receiver, per clone (--max-conns clones may use that many times it). Heartbeats still go.
+    #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Args)]
@@ -465,6 +497,12 @@ impl From<DialectArg> for Dialect {
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     parse_size::parse_size(s).map_err(|e| format!("{e} (examples: 64MiB, 10M, 1048576)"))
+}
+
+/// `--rate-limit`: a size per second (`50MiB`, `50MiB/s`), at least 1KiB.
+pub fn parse_rate(s: &str) -> Result<RateLimit, String> {
+    let size = parse_size(s.strip_suffix("/s").unwrap_or(s))?;
+    RateLimit::new(size).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]

@@ -153,7 +153,11 @@ pub fn serve(a: ServeArgs) -> Result<i32, Failure> {
                 .handshake_timeout
                 .max(std::time::Duration::from_millis(100)),
         },
+        rate_limit: a.rate_limit,
     };
+    if let Some(r) = opts.rate_limit {
+        tracing::info!("rate limit: {} bytes/s per clone", r.bytes_per_second());
+    }
     let stop = shutdown_flag()?;
     xbagent::clone::serve::serve(opts, stop.clone())?;
     // serve returns only once a signal asked it to stop.

@@ -12,7 +12,9 @@ mod cli;
 mod clone;
 mod exit;
 mod output;
+mod pushgateway;
 mod signals;
+mod summary;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -24,6 +26,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::exit::Failure;
+use crate::summary::Job;
 use cli::{BackupsCommand, BinlogsCommand, Cli, Command, DropIn, TokenCommand};
 
 /// How much a command shows while it works: a progress display (`show`) and a line per file
@@ -98,14 +101,30 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Verify(a) => archive::verify(a, display),
         Command::Serve(a) => clone::serve(a),
         Command::Receive(a) => clone::receive(a, display),
-        Command::Upload(a) => backup::upload(a, display),
-        Command::Restore(a) => backup::restore(a, display),
+        Command::Upload(a) => {
+            let (job, rate) = (a.job.clone(), a.rate_limit);
+            summary::run_job(Job::Upload, &job, rate, summary_format(), |fig| {
+                backup::upload(a, display, fig)
+            })
+        }
+        Command::Restore(a) => {
+            let job = a.job.clone();
+            summary::run_job(Job::Restore, &job, None, summary_format(), |fig| {
+                backup::restore(a, display, fig)
+            })
+        }
         Command::Backups(BackupsCommand::List(a)) => backup::list(a),
         Command::Backups(BackupsCommand::Prune(a)) => backup::prune(a),
         Command::Token(TokenCommand::New) => clone::token_new(),
         Command::Binlogs(BinlogsCommand::Push(a)) => binlogs::push(a),
         Command::Binlogs(BinlogsCommand::List(a)) => binlogs::list(a),
     }
+}
+
+/// How the summary line of upload and restore is written. Text until the global
+/// `--log-format json` exists; then `Format::Json` with it.
+fn summary_format() -> summary::Format {
+    summary::Format::Text
 }
 
 /// A flag raised by SIGINT or SIGTERM, for the commands that stop cleanly on a signal.
