@@ -71,7 +71,7 @@ pub struct ServeFigures {
     /// its wait after failing too often.
     pub refused: u64,
     /// Connections closed before authentication for anything else: timeout, junk, TLS
-    /// failure, eviction.
+    /// failure, eviction, or turned away at accept (too many handshakes in flight).
     pub handshakes_failed: u64,
     /// Stream bytes sent to receivers (the xbstream bytes, without the clone protocol's
     /// framing), counted as they leave.

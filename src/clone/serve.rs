@@ -175,6 +175,7 @@ async fn accept_loop(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<()
 /// Close a connection the gate did not admit: one non-blocking write of an ERROR frame (plain
 /// TCP only), then close; logged at most once per 10 s.
 fn refuse(ctx: &Ctx, sock: &TcpStream, peer: SocketAddr, why: Refused, log: &RateLimited) {
+    ctx.opts.metrics.ended(SessionEnd::HandshakeFailed);
     if ctx.tls.is_none() && !ctx.opts.raw {
         let mut frame = protocol::frame_header(FrameType::Error, BUSY.len()).to_vec();
         frame.extend_from_slice(BUSY.as_bytes());

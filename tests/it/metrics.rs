@@ -391,3 +391,71 @@ fn push_metrics_follow_the_writers_last_commit_and_lag() {
     push.signal(Signal::TERM);
     push.wait(Duration::from_secs(15));
 }
+
+/// Every stderr line of a `--log-format json` run parses; returns the lines' objects.
+fn json_lines(stderr: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+#[test]
+fn json_log_lines_of_upload_and_restore_carry_the_backup_id() {
+    let tmp = short_tempdir("xbm-bid");
+    let dir = tmp.path();
+    let src = make_src(dir);
+    let repo = dir.join("repo");
+    let up = xb(&[
+        "--log-format",
+        "json",
+        "upload",
+        "--to",
+        s(&repo),
+        "--dir",
+        s(&src),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    // stdout: "backup ID complete in ...".
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    let id = stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no id in {stdout:?}"))
+        .to_string();
+    let out = dir.join("out");
+    let rs = xb(&[
+        "--log-format",
+        "json",
+        "restore",
+        "--from",
+        s(&repo),
+        "-C",
+        s(&out),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        rs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rs.stderr)
+    );
+    for (what, stderr) in [("upload", &up.stderr), ("restore", &rs.stderr)] {
+        let with_id = json_lines(stderr)
+            .iter()
+            .filter(|v| v["span"]["name"] == "backup" && v["span"]["id"] == id.as_str())
+            .count();
+        assert!(
+            with_id >= 1,
+            "no {what} line with the backup span of {id}:\n{}",
+            String::from_utf8_lossy(stderr)
+        );
+    }
+}

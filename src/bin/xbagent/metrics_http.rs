@@ -107,7 +107,7 @@ fn serve_figures(e: &mut DescriptorEncoder, m: &ServeMetrics) -> fmt::Result {
     )?;
     counter(e, "xbagent_clones_failed", "Clones that authenticated but did not complete (source failed, defective stream, receiver gone, shutdown)", f.failed)?;
     counter(e, "xbagent_clones_refused", "Peers refused at authentication (wrong or missing token, or an address sitting out its wait)", f.refused)?;
-    counter(e, "xbagent_handshakes_failed", "Connections closed before authentication for any other reason (timeout, junk, TLS, eviction)", f.handshakes_failed)?;
+    counter(e, "xbagent_handshakes_failed", "Connections closed before authentication for any other reason (timeout, junk, TLS, eviction, turned away at accept)", f.handshakes_failed)?;
     counter(
         e,
         "xbagent_clone_bytes_sent",
