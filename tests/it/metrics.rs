@@ -459,3 +459,45 @@ fn json_log_lines_of_upload_and_restore_carry_the_backup_id() {
         );
     }
 }
+
+#[test]
+fn push_is_alive_but_not_ready_until_its_index_can_be_read() {
+    let tmp = short_tempdir("xbm-ready");
+    let dir = tmp.path();
+    let index = dir.join("data/mariadb-bin.index");
+    let metrics = free_port();
+    let mlisten = format!("127.0.0.1:{metrics}");
+    let repo = dir.join("repo");
+    let args = [
+        "binlogs",
+        "push",
+        "--to",
+        s(&repo),
+        "--binlog-index",
+        s(&index),
+        "--follow",
+        "--max-lag",
+        "2s",
+        "--metrics-listen",
+        &mlisten,
+    ];
+    let mut push = Proc::spawn("push", &mut xb(&args), dir.join("push.log"), true);
+    push.wait_log("cannot read the binlog index", Duration::from_secs(15));
+    assert_eq!(get(metrics, "/readyz").0, 503, "{}", push.log());
+    assert_eq!(get(metrics, "/healthz").0, 200);
+    assert_eq!(metric(&scrape(metrics), "xbagent_ready"), 0.0);
+    // A server that has just started: an index that names no file yet.
+    fs::create_dir_all(index.parent().unwrap()).unwrap();
+    fs::write(&index, b"").unwrap();
+    let t = Instant::now();
+    while get(metrics, "/readyz").0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never ready:\n{}",
+            push.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    push.signal(Signal::TERM);
+    push.wait(Duration::from_secs(15));
+}
