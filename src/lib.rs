@@ -13,6 +13,7 @@ pub mod create;
 pub mod extract;
 pub mod format;
 pub mod inspect;
+pub mod metrics;
 pub mod progress;
 pub mod retry;
 pub mod store;

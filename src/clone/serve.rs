@@ -32,6 +32,7 @@ use super::transport::{write_frame, Conn, FrameError};
 use super::CloneError;
 type Result<T, E = CloneError> = std::result::Result<T, E>;
 use crate::format::DecodeOptions;
+use crate::metrics::{ServeMetrics, SessionEnd};
 use crate::stream::check::StreamChecker;
 use crate::stream::pump::{pump, CheckedPiece, Forward, PumpError, PumpSettings};
 use crate::stream::source::Source;
@@ -55,6 +56,8 @@ pub struct ServeOptions {
     pub handshakes: HandshakeLimits,
     /// Stream bytes sent to each receiver, per second at most (`--rate-limit`).
     pub rate_limit: Option<RateLimit>,
+    /// Counters and readiness, read by whoever exports them.
+    pub metrics: Arc<ServeMetrics>,
 }
 
 const DATA_FRAME: usize = 1 << 20;
@@ -119,6 +122,7 @@ async fn bind(opts: &ServeOptions) -> Result<TcpListener> {
         l.per_address,
         humantime::format_duration(l.deadline)
     );
+    opts.metrics.set_ready(true);
     Ok(listener)
 }
 
@@ -138,6 +142,7 @@ async fn accept_loop(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<()
     let mut tasks = tokio::task::JoinSet::new();
     let mut poll = tokio::time::interval(SHUTDOWN_POLL);
     while !ctx.shutdown.load(Ordering::SeqCst) {
+        ctx.opts.metrics.heartbeat.beat();
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((sock, peer)) => match ctx.gate.admit(peer.ip()) {
@@ -160,6 +165,7 @@ async fn accept_loop(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<()
         while tasks.try_join_next().is_some() {}
     }
     drop(listener);
+    ctx.opts.metrics.set_ready(false);
     ctx.cancel.cancel();
     tracing::info!(
         "shutting down: no new connections; aborting {} connection(s) in flight",
@@ -172,6 +178,7 @@ async fn accept_loop(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<()
 /// Close a connection the gate did not admit: one non-blocking write of an ERROR frame (plain
 /// TCP only), then close; logged at most once per 10 s.
 fn refuse(ctx: &Ctx, sock: &TcpStream, peer: SocketAddr, why: Refused, log: &RateLimited) {
+    ctx.opts.metrics.ended(SessionEnd::HandshakeFailed);
     if ctx.tls.is_none() && !ctx.opts.raw {
         let mut frame = protocol::frame_header(FrameType::Error, BUSY.len()).to_vec();
         frame.extend_from_slice(BUSY.as_bytes());
@@ -189,6 +196,7 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
     let span = tracing::info_span!("conn", id, %peer);
     async move {
         tracing::info!("connected");
+        let _open = ctx.opts.metrics.open();
         let _ = sock.set_nodelay(true);
         // One deadline for the whole handshake, TLS included.
         let until = tokio::time::Instant::now() + ctx.gate.limits().deadline;
@@ -196,6 +204,7 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
             Some(acc) => tls_session(&ctx, acc, sock, peer.ip(), ticket, until).await,
             None => session(&ctx, sock, peer.ip(), ticket, until).await,
         };
+        count(&ctx.opts.metrics, &ended);
         match ended {
             Ok(t) if t.exit_status == 0 && t.files == 0 => tracing::warn!(
                 "clone failed: the source wrote no files; the receiver refuses an empty clone unless receive --allow-empty"
@@ -218,6 +227,44 @@ async fn connection(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, id: u64, t
     }
     .instrument(span)
     .await
+}
+
+/// Count how a connection ended (the last clone's duration is set by [`run_clone`]).
+fn count(m: &ServeMetrics, ended: &std::result::Result<Trailer, SessionError>) {
+    use SessionError as E;
+    let how = match ended {
+        Ok(t) if served(t) => return,
+        Ok(_) => SessionEnd::Failed,
+        Err(E::WrongToken | E::PeerRefused(_) | E::SlowedDown) => SessionEnd::Refused,
+        Err(E::Hello(protocol::ProtocolError::AuthFailed(_))) => SessionEnd::Refused,
+        Err(
+            E::Tls(_)
+            | E::Evicted
+            | E::Timeout(_)
+            | E::Handshake(_)
+            | E::Closed
+            | E::Unexpected { .. }
+            | E::Hello(_),
+        ) => SessionEnd::HandshakeFailed,
+        Err(E::ShuttingDown) => SessionEnd::NotStarted,
+        Err(
+            E::Socket(_)
+            | E::LeftWhileQueued(_)
+            | E::TalkedWhileQueued
+            | E::Thread(_)
+            | E::SourceStart(_)
+            | E::Interrupted
+            | E::SourceRead(_)
+            | E::Defective(_)
+            | E::ReceiverGone(_),
+        ) => SessionEnd::Failed,
+    };
+    m.ended(how);
+}
+
+/// A clone the receiver will mark complete: the source exited 0 and wrote files.
+fn served(t: &Trailer) -> bool {
+    t.exit_status == 0 && t.files > 0
 }
 
 /// [`session`] over TLS: the TLS handshake first, within the same deadline.
@@ -512,6 +559,8 @@ async fn run_clone(
 ) -> std::result::Result<Trailer, SessionError> {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let sock = conn.tcp().try_clone().map_err(SessionError::Socket)?;
+    let _running = ctx.opts.metrics.running();
+    let began = Instant::now();
     let (opts, shutdown) = (ctx.opts.clone(), ctx.shutdown.clone());
     let span = tracing::Span::current();
     let spawned = std::thread::Builder::new()
@@ -536,7 +585,13 @@ async fn run_clone(
         }
     };
     drop(permit);
-    result.unwrap_or(Err(SessionError::Interrupted))
+    let result = result.unwrap_or(Err(SessionError::Interrupted));
+    if let Ok(t) = &result {
+        if served(t) {
+            ctx.opts.metrics.ended(SessionEnd::Served(began.elapsed()));
+        }
+    }
+    result
 }
 
 fn send_error(conn: &mut Conn, opts: &ServeOptions, msg: &str) -> std::io::Result<()> {
@@ -581,6 +636,7 @@ fn send_stream(
         conn: &mut *conn,
         raw: opts.raw,
         source: &opts.source,
+        metrics: &opts.metrics,
     };
     let pumped =
         pump(&opts.source, &settings, checker, &mut to_peer, shutdown).map_err(|e| match e {
@@ -625,6 +681,7 @@ struct ToPeer<'a> {
     conn: &'a mut Conn,
     raw: bool,
     source: &'a Source,
+    metrics: &'a ServeMetrics,
 }
 
 impl Forward for ToPeer<'_> {
@@ -650,6 +707,7 @@ impl Forward for ToPeer<'_> {
                 .write_all(piece.with_header(&header))
                 .map_err(gone)?;
         }
+        self.metrics.sent(n as u64);
         Ok(())
     }
 

@@ -734,6 +734,7 @@ pub fn verify(
     shutdown: Arc<AtomicBool>,
 ) -> Result<Checked, BackupError> {
     let (id, manifest) = resolve_open(&*repo, r, &opts.identities)?;
+    let _span = tracing::info_span!("backup", id = %id).entered();
     tracing::info!("verifying backup {id} of {}", repo.describe());
     let job = ReadJob {
         repo,
@@ -826,6 +827,8 @@ pub fn restore_held(
     shutdown: Arc<AtomicBool>,
 ) -> Result<(Checked, Target), BackupError> {
     let (id, manifest) = resolve_open(&*repo, r, &opts.read.identities)?;
+    // Log lines from here on carry the backup id (as a field in the JSON log format).
+    let _span = tracing::info_span!("backup", id = %id).entered();
     let dir = &opts.dir;
     let target = claim(&id, opts)?;
     tracing::info!(

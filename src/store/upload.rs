@@ -569,6 +569,8 @@ pub fn upload(
     shutdown: &AtomicBool,
 ) -> Result<Uploaded, BackupError> {
     let backup = Backup::begin(repo, opts)?;
+    // Log lines from here on carry the backup id (as a field in the JSON log format).
+    let _span = tracing::info_span!("backup", id = %backup.id).entered();
     let up: Arc<dyn Upload> = match repo.start_upload(&backup.key) {
         Ok(u) => Arc::from(u),
         Err(e) => {

@@ -18,6 +18,7 @@ mod extract_behaviour;
 mod hardening_cli;
 mod hostile;
 mod mariadb_backup;
+mod metrics;
 mod operations;
 mod pitr;
 mod receive_target_untouched;

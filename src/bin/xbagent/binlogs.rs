@@ -16,9 +16,10 @@ use crate::backup::{open_backup, open_repo, read_opts};
 use crate::cli::default_writers;
 use crate::cli::{BinlogsListArgs, BinlogsPushArgs, RestoreArgs};
 use crate::exit::{self, Failure};
+use crate::metrics_http::{self, Watched};
 use crate::output::print_json_or;
 use crate::summary::Figures;
-use crate::{shutdown_flag, Display};
+use crate::{say, shutdown_flag, Display};
 
 pub fn push(a: BinlogsPushArgs) -> Result<i32, Failure> {
     let stop = shutdown_flag()?;
@@ -30,6 +31,15 @@ pub fn push(a: BinlogsPushArgs) -> Result<i32, Failure> {
     opts.segment_max = a.segment_size.max(64 << 10);
     opts.recipients = a.seal.recipients()?;
     opts.stop = stop;
+    if let Some(addr) = &a.metrics_listen {
+        // A round may wait on one repository write through all its retries.
+        let stale = a.s3.retry_for + a.max_lag + std::time::Duration::from_secs(120);
+        let watched = Watched::Push {
+            metrics: opts.metrics.clone(),
+            stale,
+        };
+        metrics_http::start(addr, watched)?;
+    }
     tracing::info!(
         "archiving the binlogs of {} to {}{}",
         a.binlog_index.display(),
@@ -59,9 +69,12 @@ pub fn push(a: BinlogsPushArgs) -> Result<i32, Failure> {
             .unwrap_or_default()
     );
     if !report.purged_unarchived.is_empty() {
-        eprintln!(
-            "xbagent: warning: binlog(s) left the server before they were archived, the archive has a gap: {}",
-            report.purged_unarchived.join(", ")
+        say(
+            "WARN",
+            &format!(
+                "warning: binlog(s) left the server before they were archived, the archive has a gap: {}",
+                report.purged_unarchived.join(", ")
+            ),
         );
     }
     Ok(exit::OK)

@@ -28,6 +28,16 @@ pub struct Cli {
     /// No progress display, even on a terminal.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// Log lines as human-readable text, or as one JSON object per line (for log
+    /// collectors; span fields such as the connection id and peer ride along).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +112,17 @@ pub struct BinlogsPushArgs {
     /// A segment is stored once it reaches this size, even before --max-lag.
     #[arg(long, value_parser = parse_size, default_value = "16MiB")]
     pub segment_size: u64,
+    /// With --follow: serve Prometheus metrics at http://ADDR/metrics, liveness at /healthz
+    /// and readiness at /readyz (200 once the index was read and the first pass over the
+    /// server's files, with its checks of the archive, succeeded), e.g. 0.0.0.0:9308.
+    ///
+    /// Metrics: xbagent_binlog_last_event_timestamp_seconds (commit time of the newest
+    /// transaction archived), xbagent_binlog_lag_seconds (now minus the commit time of the
+    /// oldest transaction read and not yet archived; 0 when caught up),
+    /// xbagent_binlog_bytes_archived_total, xbagent_binlog_segments_archived_total,
+    /// xbagent_ready.
+    #[arg(long, value_name = "ADDR", requires = "follow")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub seal: SealArgs,
     #[command(flatten)]
@@ -421,6 +442,16 @@ pub struct ServeArgs {
     /// receiver, per clone (--max-conns clones may use that many times it). Heartbeats still go.
     #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
     pub rate_limit: Option<RateLimit>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, liveness at /healthz and readiness at
+    /// /readyz (200 once the token is loaded and the clone port bound), e.g. 0.0.0.0:9307.
+    ///
+    /// Metrics: xbagent_clones_served_total, xbagent_clones_failed_total,
+    /// xbagent_clones_refused_total (wrong or missing token), xbagent_handshakes_failed_total,
+    /// xbagent_clone_bytes_sent_total (stream bytes), xbagent_last_clone_duration_seconds,
+    /// xbagent_connections_queued (in their handshake or waiting for a slot),
+    /// xbagent_clones_running, xbagent_ready.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -16,8 +16,9 @@ use xbagent::progress::Progress;
 use xbagent::stream::source::Source;
 
 use crate::cli::{default_writers, ReceiveArgs, ServeArgs};
+use crate::metrics_http::{self, Watched};
 use crate::signals::Stop;
-use crate::{shutdown_flag, Display};
+use crate::{say, shutdown_flag, Display};
 
 /// Most bytes a token file may hold: a token is a line, so anything larger is a mistake (a
 /// device such as /dev/zero, a wrong path), refused before it is read whole.
@@ -154,15 +155,22 @@ pub fn serve(a: ServeArgs) -> Result<i32, Failure> {
                 .max(std::time::Duration::from_millis(100)),
         },
         rate_limit: a.rate_limit,
+        metrics: Default::default(),
     };
     if let Some(r) = opts.rate_limit {
         tracing::info!("rate limit: {} bytes/s per clone", r.bytes_per_second());
     }
     let stop = shutdown_flag()?;
+    if let Some(addr) = &a.metrics_listen {
+        metrics_http::start(addr, Watched::Serve(opts.metrics.clone()))?;
+    }
     xbagent::clone::serve::serve(opts, stop.clone())?;
     // serve returns only once a signal asked it to stop.
     if stop.load(std::sync::atomic::Ordering::SeqCst) {
-        eprintln!("xbagent: serve stopped by a signal; clones in flight were aborted and their receivers told");
+        say(
+            "WARN",
+            "serve stopped by a signal; clones in flight were aborted and their receivers told",
+        );
         return Ok(exit::INTERRUPTED);
     }
     Ok(exit::OK)
@@ -171,12 +179,16 @@ pub fn serve(a: ServeArgs) -> Result<i32, Failure> {
 pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
     // A restarted initContainer must succeed at once, even if its token is gone by now.
     if a.dir.join(xbagent::clone::COMPLETE_MARKER).exists() {
-        eprintln!(
-            "xbagent: {} already holds a complete clone; nothing to do",
-            a.dir.display()
+        say(
+            "INFO",
+            &format!(
+                "{} already holds a complete clone; nothing to do",
+                a.dir.display()
+            ),
         );
         return Ok(exit::OK);
     }
+    let _span = tracing::info_span!("receive", from = %a.from).entered();
     let token = if a.raw {
         None
     } else {
@@ -225,23 +237,40 @@ pub fn receive(a: ReceiveArgs, d: Display) -> Result<i32, Failure> {
     let res = xbagent::clone::receive::receive(&opts, &progress, &stop.flag());
     progress.finish();
     match stop.settle(res)? {
-        Received::Interrupted => return Err(stop.interrupted()),
-        Received::AlreadyComplete => eprintln!(
-            "xbagent: {} already holds a complete clone; nothing to do",
-            opts.dir.display()
+        Received::Interrupted => Err(stop.interrupted()),
+        r => {
+            report(r, &opts.dir);
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// The receive's last word.
+fn report(r: Received, dir: &Path) {
+    match r {
+        Received::Interrupted => {}
+        Received::AlreadyComplete => say(
+            "INFO",
+            &format!(
+                "{} already holds a complete clone; nothing to do",
+                dir.display()
+            ),
         ),
-        Received::Complete(t) => eprintln!(
-            "xbagent: clone complete: {} files, {} chunks, {} bytes, digest {}",
-            t.files,
-            t.chunks,
-            t.bytes,
-            blake3::Hash::from(t.digest).to_hex()
+        Received::Complete(t) => say(
+            "INFO",
+            &format!(
+                "clone complete: {} files, {} chunks, {} bytes, digest {}",
+                t.files,
+                t.chunks,
+                t.bytes,
+                blake3::Hash::from(t.digest).to_hex()
+            ),
         ),
-        Received::RawUnproven { files, bytes } => eprintln!(
-            "xbagent: raw stream received ({files} files, {bytes} bytes); raw mode cannot prove the stream was whole, so no completion marker was written"
+        Received::RawUnproven { files, bytes } => say(
+            "WARN",
+            &format!("raw stream received ({files} files, {bytes} bytes); raw mode cannot prove the stream was whole, so no completion marker was written"),
         ),
     }
-    Ok(exit::OK)
 }
 
 /// Host part of HOST:PORT (brackets of an IPv6 literal removed).

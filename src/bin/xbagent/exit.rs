@@ -51,6 +51,12 @@ pub enum Failure {
     Key(#[from] xbagent::store::seal::KeyError),
     #[error("cannot install a signal handler: {0}")]
     Signals(#[source] io::Error),
+    #[error("cannot serve metrics on {addr} (--metrics-listen): {source}")]
+    MetricsListen {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
     /// Stopped by SIGINT or SIGTERM: the signal and what the stop leaves behind.
     #[error("{0}")]
     Interrupted(String),
@@ -121,7 +127,7 @@ pub fn code(f: &Failure) -> i32 {
             | TokenError::Missing
             | TokenError::Write(_) => LOCAL,
         },
-        Failure::Signals(_) => LOCAL,
+        Failure::Signals(_) | Failure::MetricsListen { .. } => LOCAL,
         Failure::Interrupted(_) => INTERRUPTED,
     }
 }

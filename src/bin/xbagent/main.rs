@@ -11,6 +11,7 @@ mod binlogs;
 mod cli;
 mod clone;
 mod exit;
+mod metrics_http;
 mod output;
 mod pushgateway;
 mod signals;
@@ -19,15 +20,18 @@ mod summary;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::exit::Failure;
 use crate::summary::Job;
-use cli::{BackupsCommand, BinlogsCommand, Cli, Command, DropIn, TokenCommand};
+use cli::{BackupsCommand, BinlogsCommand, Cli, Command, DropIn, LogFormat, TokenCommand};
 
 /// How much a command shows while it works: a progress display (`show`) and a line per file
 /// (`verbose`).
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let result = if name == "xbstream" || name == "mbstream" {
-        init_logging(false, false);
+        init_logging(false, false, LogFormat::Text);
         archive::drop_in(DropIn::parse())
     } else {
         let cli = Cli::parse();
@@ -58,19 +62,26 @@ fn main() -> ExitCode {
                 | Command::Backups(BackupsCommand::Prune(_))
                 | Command::Binlogs(BinlogsCommand::Push(_))
         );
-        init_logging(cli.verbose || service, cli.quiet);
+        init_logging(cli.verbose || service, cli.quiet, cli.log_format);
         run(cli)
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("xbagent: error: {e}");
+            say("ERROR", &format!("error: {e}"));
             ExitCode::from(exit::code(&e) as u8)
         }
     }
 }
 
-fn init_logging(verbose: bool, quiet: bool) {
+/// `--log-format json`: every line on stderr is a JSON object, [`say`]'s too.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Spans that only the JSON format shows: the text format stays as it was (its lines carry
+/// the `conn` span only), the JSON lines carry the backup id and the receive's donor as fields.
+const JSON_ONLY_SPANS: [&str; 2] = ["backup", "receive"];
+
+fn init_logging(verbose: bool, quiet: bool, format: LogFormat) {
     let default = if quiet {
         "error"
     } else if verbose {
@@ -79,13 +90,44 @@ fn init_logging(verbose: bool, quiet: bool) {
         "warn"
     };
     let filter = EnvFilter::try_from_env("XBAGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let registry = tracing_subscriber::registry();
+    if format == LogFormat::Json {
+        JSON_LOGS.store(true, Ordering::Relaxed);
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_target(false)
+            .with_writer(std::io::stderr);
+        registry.with(layer.with_filter(filter)).init();
+        return;
+    }
+    let text_spans = filter_fn(|m| !(m.is_span() && JSON_ONLY_SPANS.contains(&m.name())));
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
-        .with_target(false)
+        .with_target(false);
+    registry
+        .with(layer.with_filter(text_spans).with_filter(filter))
         .init();
+}
+
+/// A line for the operator on stderr outside the log (a command's last word, the final
+/// error): `xbagent: MSG` as text, or with `--log-format json` one JSON object shaped like
+/// the log's lines, so that a log collector can parse every line.
+pub fn say(level: &str, msg: &str) {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        let line = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": level,
+            "message": msg,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("xbagent: {msg}");
+    }
 }
 
 fn run(cli: Cli) -> Result<i32, Failure> {
@@ -121,10 +163,14 @@ fn run(cli: Cli) -> Result<i32, Failure> {
     }
 }
 
-/// How the summary line of upload and restore is written. Text until the global
-/// `--log-format json` exists; then `Format::Json` with it.
+/// How the summary line of upload and restore is written: one JSON object with
+/// `--log-format json`, like every other line then.
 fn summary_format() -> summary::Format {
-    summary::Format::Text
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        summary::Format::Json
+    } else {
+        summary::Format::Text
+    }
 }
 
 /// A flag raised by SIGINT or SIGTERM, for the commands that stop cleanly on a signal.

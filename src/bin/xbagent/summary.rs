@@ -153,7 +153,7 @@ pub fn run_job(
     let code = match &res {
         Ok(c) => *c,
         Err(e) => {
-            eprintln!("xbagent: error: {e}");
+            crate::say("ERROR", &format!("error: {e}"));
             exit::code(e)
         }
     };

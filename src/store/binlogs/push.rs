@@ -31,6 +31,7 @@ use crate::binlog::event::{FLAGS_OFFSET, LOG_EVENT_BINLOG_IN_USE_F};
 use crate::binlog::{
     BinlogError, Event, EventReader, FileTracker, Gtid, GtidState, Transaction, MAGIC,
 };
+use crate::metrics::PushMetrics;
 use crate::store::seal::{self, Recipients};
 use crate::store::{Repository, StoreError};
 
@@ -55,6 +56,8 @@ pub struct PushOptions {
     pub stop: Arc<AtomicBool>,
     /// Seal each segment for these recipients (none: stored in the clear).
     pub recipients: Recipients,
+    /// Counters, readiness and heartbeat, read by whoever exports them.
+    pub metrics: Arc<PushMetrics>,
 }
 
 impl PushOptions {
@@ -67,6 +70,7 @@ impl PushOptions {
             segment_max: 16 << 20,
             stop: Arc::new(AtomicBool::new(false)),
             recipients: Recipients::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -207,9 +211,11 @@ pub fn push(repo: &dyn Repository, opts: &PushOptions) -> Result<PushReport, Pus
         names.is_empty() || names.iter().any(|n| id.contains(&format!("-{n}-")))
     })?;
     for f in archive.files {
+        opts.metrics.archived_up_to(f.last_time());
         p.archive.insert(f.file_id.clone(), f);
     }
     loop {
+        opts.metrics.heartbeat.beat();
         let round = Instant::now();
         let names = match p.index()? {
             Some(n) => n,
@@ -219,6 +225,9 @@ pub fn push(repo: &dyn Repository, opts: &PushOptions) -> Result<PushReport, Pus
             }
         };
         p.round(&names)?;
+        opts.metrics.set_oldest_unarchived(p.oldest_unarchived());
+        // The index was read, and each file's archived end checked against the server's.
+        opts.metrics.set_ready();
         if !opts.follow {
             return Ok(p.report);
         }
@@ -245,6 +254,7 @@ impl Pusher<'_> {
     fn sleep(&self, d: Duration) -> Result<(), PushError> {
         let until = Instant::now() + d;
         while Instant::now() < until {
+            self.opts.metrics.heartbeat.beat();
             if self.opts.stop.load(Ordering::Relaxed) {
                 return Err(PushError::Interrupted);
             }
@@ -286,6 +296,15 @@ impl Pusher<'_> {
                 Ok(None)
             }
         }
+    }
+
+    /// Commit time of the oldest complete transaction read and not yet stored.
+    fn oldest_unarchived(&self) -> Option<u32> {
+        self.tracked
+            .values()
+            .filter(|t| t.pending.transactions > 0)
+            .filter_map(|t| t.pending.first_time)
+            .min()
     }
 
     fn round(&mut self, names: &[String]) -> Result<(), PushError> {
@@ -660,6 +679,8 @@ impl Pusher<'_> {
                 .unwrap_or_default()
         );
         self.report.segments += 1;
+        self.opts.metrics.entered(seg.last_time);
+        self.opts.metrics.heartbeat.beat();
         if seg.last_gtid.is_some() {
             self.report.last_gtid = seg.last_gtid;
             self.report.last_time = seg.last_time;
@@ -748,6 +769,7 @@ impl Pusher<'_> {
             self.report.adopted += 1;
         } else {
             self.report.bytes += len;
+            self.opts.metrics.stored(len);
         }
         Ok(sealed)
     }
