@@ -494,6 +494,8 @@ class Pod:
     def net_up(self):
         idx = self.ip.rsplit(".", 1)[1]
         self.veth = f"xbsv{idx}"
+        # The kernel may still be tearing down an earlier pod of this name's namespace.
+        run(["ip", "link", "delete", self.veth], check=False, stderr=subprocess.DEVNULL)
         run(["ip", "netns", "add", self.netns])
         run(["ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.netns])
         run(["ip", "link", "set", self.veth, "master", BRIDGE, "up"])
@@ -513,18 +515,25 @@ class Pod:
         self.cluster.refresh_hosts()
 
     def net_down(self):
+        if self.veth:
+            run(["ip", "link", "delete", self.veth], check=False, stderr=subprocess.DEVNULL)
         run(["ip", "netns", "delete", self.netns], check=False)
         shutil.rmtree("/etc/netns/" + self.netns, ignore_errors=True)
         self.hosts_file = None
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self):
-        os.makedirs(self.dir)
-        os.makedirs(self.log_dir)
-        self.setup_volumes()
-        self.net_up()
-        if self.cluster.pre_start:
-            self.cluster.pre_start(self)
+        try:
+            os.makedirs(self.dir)
+            os.makedirs(self.log_dir)
+            self.setup_volumes()
+            self.net_up()
+            if self.cluster.pre_start:
+                self.cluster.pre_start(self)
+        except BaseException:
+            self.phase = "Failed"
+            self.done.set()
+            raise
         self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self.thread.start()
 
@@ -704,6 +713,9 @@ class Pod:
             end = time.time() + self.spec.get("terminationGracePeriodSeconds", 30)
             while time.time() < end and any(c.running() for c in running):
                 time.sleep(0.2)
+            late = [c.name for c in running if c.running()]
+            if late:
+                log(f"{self.name}: still running after the grace period, killed: {' '.join(late)}")
         for c in list(self.containers.values()):
             c.kill()
         self.done.wait(30)
