@@ -310,14 +310,23 @@ def scenario2(env):
         if time.time() > end or p2.init_done:
             raise Fail("the clone did not reach 8 MiB within 120 s, or finished first")
         time.sleep(0.2)
-    log(f"{STS}-2 received {dir_bytes(target) >> 20} MiB: killing the donor {STS}-1")
-    c.delete_pod(f"{STS}-1")
+    # `kubectl delete pod mariadb-1`: SIGTERM, then SIGKILL after the grace period. With
+    # XBSIM_HARD_KILL=1, SIGKILL at once (`--force --grace-period=0`, a node lost): the donor's
+    # unsent data and FIN die with its network namespace, and the receiver only notices by its
+    # --stall-timeout (5 min by default).
+    hard = os.environ.get("XBSIM_HARD_KILL") == "1"
+    log(f"{STS}-2 received {dir_bytes(target) >> 20} MiB: deleting the donor {STS}-1 ({'SIGKILL' if hard else 'graceful'})")
+    t_kill = time.time()
+    c.delete_pod(f"{STS}-1", graceful=not hard)
+    subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], check=False)
+    # The StatefulSet controller recreates the pod at once.
+    p1 = c.statefulset_pod(STS, 1)
     first = p2.history[1]
-    first.proc.wait(120)
+    first.proc.wait(400 if hard else 120)
+    log(f"the receiving clone-mariadb exited {time.time() - t_kill:.1f}s after the donor's deletion began")
     check(first.name == "clone-mariadb" and first.proc.returncode != 0,
           f"the clone attempt failed when its donor died (exit {first.proc.returncode}): {first.read_log().strip()[-300:]!r}")
-    subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], check=False)
-    c.statefulset_pod(STS, 1).wait_ready(180)
+    p1.wait_ready(180)
     p2.wait_ready(300)
     runs = [x for x in p2.history if x.name == "clone-mariadb"]
     check(len(runs) >= 2 and runs[-1].proc.returncode == 0,
@@ -359,13 +368,14 @@ def backup_job(env, name):
     return text
 
 
-def restore_job(env, **overrides):
+def restore_job(env, timeout=300, **overrides):
     c = env.cluster
     # A fresh volume: `kubectl delete pvc mariadb-restore` and apply restore-job.yaml again.
     shutil.rmtree(env.pvc("mariadb-restore"), ignore_errors=True)
     c.apply_secret("xbagent-identity", {"identity.txt": env.identity})
     try:
-        ok, pods = c.run_job(c.job("mariadb-restore"), "mariadb-restore", env_override=overrides)
+        # restore-job.yaml sets no activeDeadlineSeconds: a hung restore would wait forever.
+        ok, pods = c.run_job(c.job("mariadb-restore"), "mariadb-restore", env_override=overrides, timeout=timeout)
     finally:
         c.secrets.pop("xbagent-identity", None)
     text = job_log(pods, "restore")
