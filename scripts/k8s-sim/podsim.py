@@ -78,6 +78,9 @@ class Cluster:
         self.job_seq = 0
         # A hook called with each new pod once its network exists (scenario 2's rate limit).
         self.pre_start = None
+        # Environment every new container gets from "the node" (scenario 5: libfaketime, the
+        # node's clock some days ahead).
+        self.node_env = {}
         for d in ("pvc", "pods", "logs", "image"):
             os.makedirs(os.path.join(self.state, d), exist_ok=True)
         self.image_dir = image.build(os.path.join(self.state, "image"), self.xbagent_bin)
@@ -393,6 +396,7 @@ class Pod:
             "KUBERNETES_SERVICE_PORT": "443",
         }
         env.update(image.ENV)
+        env.update(self.cluster.node_env)
         for e in c.get("env", []):
             if "value" in e:
                 env[e["name"]] = str(e["value"])

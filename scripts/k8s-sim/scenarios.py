@@ -69,8 +69,8 @@ class Env:
         c.apply_configmap("mariadb")
         c.apply_configmap("xbagent-recipients", {"recipients.txt": f"# the backup key\n{self.recipient}\n"})
 
-    def s3_up(self):
-        env = dict(os.environ, XBAGENT_S3_LISTEN=f"{podsim.HOST_IP}:9000")
+    def s3_up(self, extra_env=None, make_bucket=True):
+        env = dict(os.environ, XBAGENT_S3_LISTEN=f"{podsim.HOST_IP}:9000", **(extra_env or {}))
         subprocess.run([os.path.join(self.repo, "scripts", "s3-server"), "start", "s3s-fs", self.s3_dir],
                        check=True, env=env)
         with open(os.path.join(self.s3_dir, "env")) as f:
@@ -79,6 +79,8 @@ class Env:
                 if m:
                     self.s3[m.group(1)] = m.group(2)
         self.endpoint = self.s3["XBAGENT_TEST_S3_ENDPOINT"]
+        if not make_bucket:
+            return
         # The operator's bucket (deploy/README.md: `mc mb minio/mariadb-backups`).
         subprocess.run(["curl", "-sf", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3",
                         "--user", f"{self.s3['AWS_ACCESS_KEY_ID']}:{self.s3['AWS_SECRET_ACCESS_KEY']}",
@@ -427,3 +429,62 @@ def scenario4(env):
 
 
 SCENARIOS = {"1": scenario1, "3": scenario3, "2": scenario2, "4": scenario4}
+
+
+# --- scenario 5 -------------------------------------------------------------------------
+FAKETIME_ENV = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                "FAKETIME": "+8d", "DONT_FAKE_MONOTONIC": "1"}
+
+
+def scenario5(env):
+    """The prune CronJob, 8 days after the backups, leaves the 7 newest complete ones and
+    removes the older ones and an incomplete one (a backup Job deleted mid-upload)."""
+    env.ensure_three()
+    c = env.cluster
+    bdir = os.path.join(env.s3_dir, "data", "mariadb-backups", "mariadb")
+
+    def ids():
+        # s3s-fs leaves a deleted prefix's directories behind: a backup is there while it has objects.
+        if not os.path.isdir(bdir):
+            return []
+        return sorted(d for d in os.listdir(bdir) if d != "binlogs" and any(f for _, _, f in os.walk(os.path.join(bdir, d))))
+
+    def complete(i):
+        return os.path.exists(os.path.join(bdir, i, "manifest.json"))
+
+    # `kubectl delete job` while its pod uploads: SIGKILL, no retry; an incomplete backup stays.
+    before = set(ids())
+    spec = c.cronjob("mariadb-backup")["template"]["spec"]
+    p = c.start_pod("backup-deleted-001", spec, "Never")
+    end = time.time() + 120
+    while not (set(ids()) - before):
+        if time.time() > end or p.done.is_set():
+            raise Fail("the backup pod to be deleted started no upload within 120 s (or ended first)")
+        time.sleep(0.1)
+    c.delete_pod(p.name)
+    (killed,) = set(ids()) - before
+    check(not complete(killed), f"backup {killed}, its Job deleted mid-upload, is incomplete")
+    k = 0
+    while sum(complete(i) for i in ids()) < 9:
+        k += 1
+        backup_job(env, f"backup-{k:02d}")
+    done = [i for i in ids() if complete(i)]
+    want = done[-7:]
+    log(f"backups: {len(done)} complete, incomplete {killed}; policy keeps {want}")
+    # Eight days later: the S3 server's clock and the prune pod's node clock both (s3s-fs
+    # refuses requests more than 15 minutes off its own clock), through libfaketime.
+    subprocess.run([os.path.join(env.repo, "scripts", "s3-server"), "stop", env.s3_dir], check=True, capture_output=True)
+    env.s3_up(extra_env=dict(FAKETIME_ENV, XBAGENT_S3_KEY=f"{env.s3['AWS_ACCESS_KEY_ID']}:{env.s3['AWS_SECRET_ACCESS_KEY']}"),
+              make_bucket=False)
+    c.node_env = FAKETIME_ENV
+    try:
+        ok, pods = c.run_job(c.cronjob("mariadb-backup-prune"), "prune-now", timeout=300)
+    finally:
+        c.node_env = {}
+    text = job_log(pods, "prune")
+    check(ok, f"prune Job succeeded: {text.strip()[-500:]!r}")
+    check(ids() == want, f"left exactly the 7 newest complete backups (left {ids()})")
+    check(all(i in text for i in want) and "2026" in text, "the prune Job's log lists what is left")
+
+
+SCENARIOS["5"] = scenario5
