@@ -288,7 +288,7 @@ def dir_bytes(d):
 
 
 def scenario2(env):
-    """The donor pod is killed mid-clone: the receiving initContainer fails, is restarted by
+    """The donor pod is deleted mid-clone: the receiving initContainer fails, is restarted by
     the kubelet, and completes once the donor is back; the replica is consistent."""
     env.ensure_three()
     c = env.cluster
