@@ -8,7 +8,6 @@ README.md. Needs root, iproute2, util-linux (unshare, nsenter, setpriv) and over
 """
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -54,10 +53,6 @@ def load_manifests(directory):
                 if doc and "kind" in doc:
                     objs[(doc["kind"], doc["metadata"]["name"])] = doc
     return objs
-
-
-def parse_duration_s(v):
-    return float(v)
 
 
 class Cluster:
@@ -735,7 +730,3 @@ class Pod:
     def logs(self, container):
         """Every run of the container, in order: [(attempt, text)]."""
         return [(c.attempt, c.read_log()) for c in self.history if c.name == container]
-
-
-def shquote(args):
-    return " ".join(shlex.quote(a) for a in args)

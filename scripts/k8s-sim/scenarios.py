@@ -4,7 +4,6 @@ values, the recipients ConfigMap, the env edits deploy/README.md describes, and 
 a CronJob (`kubectl create job --from=cronjob/...`)."""
 
 import base64
-import json
 import os
 import re
 import shutil
