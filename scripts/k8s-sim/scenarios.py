@@ -484,6 +484,16 @@ def scenario5(env):
     check(ok, f"prune Job succeeded: {text.strip()[-500:]!r}")
     check(ids() == want, f"left exactly the 7 newest complete backups (left {ids()})")
     check(all(i in text for i in want) and "2026" in text, "the prune Job's log lists what is left")
+    # The newest kept backup still restores (the restore Job on the same 8-days-later node).
+    c.node_env = FAKETIME_ENV
+    try:
+        restore_job(env)
+    finally:
+        c.node_env = {}
+    p = verify_server(env, "mariadb-restore", "restored-after-prune")
+    got = pod_sql(p, "CHECKSUM TABLE sim.t, sim.big, sim.pitr EXTENDED")
+    c.delete_pod(p.name, graceful=True)
+    check(got == env.checksums(0), "the newest kept backup restores: CHECKSUM TABLE equal to the primary's")
 
 
 SCENARIOS["5"] = scenario5
