@@ -107,6 +107,11 @@ def map_ids(uid, gid):
     return uid, gid
 
 
+def home_of(uid):
+    """HOME in the image: /root, and the mysql user's /var/lib/mysql."""
+    return "/root" if uid == 0 else ("/var/lib/mysql" if uid == pwd.getpwnam("mysql").pw_uid else "/")
+
+
 def build(d, xbagent_bin):
     etc = os.path.join(d, "etc-mysql")
     shutil.rmtree(etc, ignore_errors=True)

@@ -257,8 +257,8 @@ class Container:
         self.init_pid = None
         self.log_path = os.path.join(pod.log_dir, f"{self.name}.{attempt}.log")
         self.started_file = os.path.join(pod.dir, "ctr", f"{self.name}.{attempt}.started")
-        self.env = pod.container_env(spec)
         self.uid, self.gid = pod.user_of(spec)
+        self.env = pod.container_env(spec, self.uid)
 
     def argv(self):
         """command/args as the kubelet combines them with the image's ENTRYPOINT/CMD."""
@@ -382,11 +382,12 @@ class Pod:
         self.veth = None
 
     # --- environment --------------------------------------------------------------------
-    def container_env(self, c):
+    def container_env(self, c, uid):
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOSTNAME": self.name,
-            "HOME": "/root",
+            # The runtime sets HOME from the image's passwd entry of the container's user.
+            "HOME": image.home_of(uid),
             "KUBERNETES_SERVICE_HOST": "10.96.0.1",
             "KUBERNETES_SERVICE_PORT": "443",
         }
