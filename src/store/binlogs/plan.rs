@@ -147,11 +147,14 @@ fn file_of<'a>(archive: &'a Archive, base: &Base) -> Option<(&'a ArchivedFile, O
 }
 
 impl Base {
-    /// Whether this backup's state is reached within `after` (every domain the file knows).
+    /// Whether this backup's state is reached within `after`: every domain of the backup's
+    /// state, at its seq or beyond. (Checking only the domains the file knows let a file
+    /// without any GTID, such as the first binlog of the mariadb image's set-up server, "hold"
+    /// every state: a replica's backup naming a file of the same name was then placed in it.)
     fn gtid_in(&self, after: &GtidState) -> bool {
-        after
+        self.gtid
             .iter()
-            .all(|g| self.gtid.get(g.domain).is_none_or(|b| b.seq <= g.seq))
+            .all(|b| after.get(b.domain).is_some_and(|a| b.seq <= a.seq))
     }
 }
 
@@ -529,6 +532,27 @@ mod tests {
                 .unwrap()
                 .backup,
             "A"
+        );
+    }
+
+    #[test]
+    fn a_replica_backup_is_not_placed_in_a_gtid_less_file_of_the_same_name() {
+        // The primary's first file has no transaction and no GTID state at all (written by a
+        // set-up server); the replica's backup names its own file of that name.
+        let mut empty = file("b.1", 990, 1, 0, rot("b.2"));
+        empty.segments[0].gtid_after = GtidState::new();
+        let mut a = archive();
+        for f in &mut a.files {
+            f.file = format!("n.{}", &f.file[2..]);
+        }
+        a.files.insert(0, empty);
+        let bases = [base("R", "b.1", 330, 6)];
+        let p = plan(&a, &bases, gtid(15), None).unwrap();
+        let names: Vec<&str> = p.files.iter().map(|f| f.file.as_str()).collect();
+        assert_eq!(names, ["n.1", "n.2"]);
+        assert_eq!(
+            p.files[0].from, None,
+            "placed by the GTID state, not by the name"
         );
     }
 
