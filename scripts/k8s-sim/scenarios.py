@@ -207,6 +207,38 @@ class Writer:
         return self.counts
 
 
+def scrape(ip, port, path="/metrics"):
+    """GET http://IP:PORT/PATH from the host, as Prometheus would: (status, {series: value})."""
+    r = subprocess.run(["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", f"http://{ip}:{port}{path}"],
+                       capture_output=True, text=True)
+    body, _, code = r.stdout.rpartition("\n")
+    series = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                series[name] = float(value)
+            except ValueError:
+                pass
+    return (int(code) if code.isdigit() else 0), series
+
+
+def check_serve_metrics(env, i, served):
+    """The serve sidecar's /readyz and /metrics (statefulset.yaml's --metrics-listen :9307)."""
+    ip = env.pod(i).ip
+    code, _ = scrape(ip, 9307, "/readyz")
+    check(code == 200, f"{STS}-{i}: serve's /readyz is 200 (got {code})")
+    code, m = scrape(ip, 9307)
+    check(code == 200, f"{STS}-{i}: serve's /metrics is 200 (got {code})")
+    got = {k: m.get(f"xbagent_clones_{k}_total") for k in ("served", "failed", "refused")}
+    check(got == {"served": served, "failed": 0, "refused": 0},
+          f"{STS}-{i}: clones served/failed/refused = {served}/0/0 (got {got})")
+    sent = m.get("xbagent_clone_bytes_sent_total", 0)
+    check((sent > 0) == (served > 0), f"{STS}-{i}: clone bytes sent {sent:.0f}")
+    check((m.get("xbagent_last_clone_duration_seconds", 0) > 0) == (served > 0),
+          f"{STS}-{i}: last clone duration {m.get('xbagent_last_clone_duration_seconds')}")
+
+
 def applied_gtid(env, i):
     with open(os.path.join(env.pvc(f"data-{STS}-{i}"), "mysql", "xtrabackup_binlog_info.applied")) as f:
         return f.read().split()[2]
@@ -240,6 +272,8 @@ def scenario1(env):
         check(n_at_clone < int(env.sql(0, "SELECT @@gtid_binlog_pos").split("-")[2]),
               f"{STS}-{i}: transactions after the clone's position ({gtid}) arrived by replication")
     env.check_consistent([1, 2])
+    for i, served in ((0, 1), (1, 1), (2, 0)):
+        check_serve_metrics(env, i, served)
     for ph, n in counts.items():
         for i in (0, 1, 2):
             got = int(env.sql(i, f"SELECT COUNT(*) FROM sim.t WHERE phase = '{ph}'"))
@@ -418,6 +452,15 @@ def scenario4(env):
             raise Fail(f"the binlogs sidecar did not archive {gtids[-1]} within 180 s: {r.stdout[-500:]} {r.stderr[-500:]}")
         time.sleep(2)
     log(f"archived up to {gtids[-1]}; restoring to {target}")
+    # The binlogs sidecar's metrics (statefulset.yaml's --metrics-listen :9308): its last
+    # archived event is the last insert, committed within the last few seconds.
+    code, m = scrape(env.pod(0).ip, 9308)
+    check(code == 200, f"binlogs push /metrics is 200 (got {code})")
+    last = m.get("xbagent_binlog_last_event_timestamp_seconds", 0)
+    check(time.time() - 200 < last <= time.time() + 1, f"binlogs push: last archived event at {last:.0f} (now {time.time():.0f})")
+    check(m.get("xbagent_binlog_segments_archived_total", 0) >= 1 and m.get("xbagent_binlog_bytes_archived_total", 0) > 0,
+          f"binlogs push: segments/bytes archived {m.get('xbagent_binlog_segments_archived_total')}/{m.get('xbagent_binlog_bytes_archived_total')}")
+    check(m.get("xbagent_binlog_lag_seconds", -1) == 0, f"binlogs push: caught up, lag {m.get('xbagent_binlog_lag_seconds')}")
     text = restore_job(env, UNTIL_GTID=target)
     p = verify_server(env, "mariadb-restore", "restored-pitr")
     ids = pod_sql(p, "SELECT GROUP_CONCAT(id ORDER BY id) FROM sim.pitr")
