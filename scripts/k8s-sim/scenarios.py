@@ -396,8 +396,8 @@ def pod_sql(p, q):
     return r.stdout.strip()
 
 
-def backup_job(env, name):
-    ok, pods = env.cluster.run_job(env.cluster.cronjob("mariadb-backup"), name)
+def backup_job(env, name, **overrides):
+    ok, pods = env.cluster.run_job(env.cluster.cronjob("mariadb-backup"), name, env_override=overrides)
     text = job_log(pods, "backup")
     check(ok, f"backup Job {name} succeeded: {text.strip()[-400:]!r}")
     return text
@@ -424,18 +424,50 @@ def scenario4(env):
     env.ensure_three()
     env.wait_caught_up([1, 2])
     want = env.checksums(0)
-    text = backup_job(env, "backup-now")
+    # The Jobs' optional PUSHGATEWAY: a real Pushgateway on the node's bridge address.
+    gw_url = f"http://{podsim.NET_PREFIX}.1:9091"
+    gw = subprocess.Popen(["prometheus-pushgateway", f"--web.listen-address={podsim.NET_PREFIX}.1:9091"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        scenario4_backup_restore(env, want, gw_url)
+    finally:
+        gw.terminate()
+        gw.wait(10)
+    scenario4_pitr(env, want)
+
+
+def pushed(gw_url, job):
+    """The Pushgateway's series of one job: {metric name: value}."""
+    code, m = scrape(gw_url.split("//")[1].split(":")[0], 9091)
+    check(code == 200, f"Pushgateway /metrics is 200 (got {code})")
+    return {k.split("{")[0]: v for k, v in m.items() if f'job="xbagent_{job}"' in k}
+
+
+def scenario4_backup_restore(env, want, gw_url):
+    time.sleep(0.5)
+    text = backup_job(env, "backup-now", PUSHGATEWAY=gw_url)
+    summary = [l for l in text.splitlines() if l.startswith("xbagent: summary: upload ")]
+    check(len(summary) == 1 and " result=ok " in summary[0], f"the backup Job's summary line: {summary}")
+    got = pushed(gw_url, "upload")
+    bytes_ = re.search(r" bytes=(\d+)", summary[0])
+    check(got.get("xbagent_backup_result") == 1 and bytes_ and got.get("xbagent_backup_bytes") == float(bytes_.group(1)),
+          f"the Pushgateway holds the upload's result 1 and bytes {bytes_ and bytes_.group(1)} (got {got})")
     check(f"encrypting for: {env.recipient}" in text, "the backup was encrypted for the ConfigMap's recipient")
     ls = subprocess.run([env.xbagent, "backups", "list", "s3://mariadb-backups/mariadb", "--endpoint", env.endpoint, "--json"],
                         capture_output=True, text=True, env=dict(os.environ, **env.s3))
     check(ls.returncode == 0 and env.recipient in ls.stdout, "backups list: the backup names its recipient")
-    text = restore_job(env)
+    text = restore_job(env, PUSHGATEWAY=gw_url)
     check("restored s3://mariadb-backups/mariadb@latest into /restore/mysql and prepared it" in text, "restore Job's last line")
+    got = pushed(gw_url, "restore")
+    check(got.get("xbagent_backup_result") == 1 and got.get("xbagent_backup_bytes", 0) > 0,
+          f"the Pushgateway holds the restore's result 1 and its bytes (got {got})")
     p = verify_server(env, "mariadb-restore", "restored")
     got = pod_sql(p, "CHECKSUM TABLE sim.t, sim.big, sim.pitr EXTENDED")
     env.cluster.delete_pod("restored", graceful=True)
     check(got == want, "the restored server's CHECKSUM TABLE equals the primary's at the backup")
 
+
+def scenario4_pitr(env, want):
     # Point in time: rows 1..20 after the backup, each GTID recorded; restore up to row 10's.
     gtids = []
     for i in range(1, 21):
