@@ -206,6 +206,25 @@ fn serve_metrics_count_two_clones_one_wrong_token_and_the_bytes_sent() {
     assert_eq!(metric(&m, "xbagent_clones_running"), 0.0);
     assert_eq!(metric(&m, "xbagent_ready"), 1.0);
 
+    // A connection that says nothing is queued (in its handshake) until it goes; then it is
+    // a failed handshake, not a clone.
+    let silent = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    scrape_until(d.metrics, Duration::from_secs(10), "1 queued", |m| {
+        metric(m, "xbagent_connections_queued") == 1.0
+    });
+    drop(silent);
+    let m = scrape_until(
+        d.metrics,
+        Duration::from_secs(10),
+        "0 queued, 1 failed handshake",
+        |m| {
+            metric(m, "xbagent_connections_queued") == 0.0
+                && metric(m, "xbagent_handshakes_failed_total") == 1.0
+        },
+    );
+    assert_eq!(metric(&m, "xbagent_clones_served_total"), 2.0);
+    assert_eq!(metric(&m, "xbagent_clones_failed_total"), 0.0);
+
     // The text log is as it always was: lines with the conn span, no JSON.
     let log = d.proc.log();
     assert!(
