@@ -409,7 +409,7 @@ def restore_job(env, timeout=300, **overrides):
     shutil.rmtree(env.pvc("mariadb-restore"), ignore_errors=True)
     c.apply_secret("xbagent-identity", {"identity.txt": env.identity})
     try:
-        # restore-job.yaml sets no activeDeadlineSeconds: a hung restore would wait forever.
+        # restore-job.yaml's activeDeadlineSeconds is a day; the test's own bound is shorter.
         ok, pods = c.run_job(c.job("mariadb-restore"), "mariadb-restore", env_override=overrides, timeout=timeout)
     finally:
         c.secrets.pop("xbagent-identity", None)
