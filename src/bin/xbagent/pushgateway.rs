@@ -9,12 +9,16 @@
 //! One plain HTTP/1.1 request (hyper, over a tokio runtime of its own), bounded by
 //! [`TIMEOUT`] in all. A failure is the caller's warning, never the job's failure.
 
-use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Uri};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::summary::Summary;
 
@@ -96,85 +100,101 @@ pub fn check_instance(name: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The figures in the text exposition format (version 0.0.4).
+/// A gauge's samples: label values (none, or one label `key`) and values.
+type Samples<'a> = (Option<&'a str>, Vec<(String, f64)>);
+
+/// The figures in the text exposition format (version 0.0.4), encoded by prometheus-client
+/// (the crate `--metrics-listen` uses), which also escapes label values and help.
 pub fn exposition(s: &Summary) -> String {
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
     let ended = s
         .ended
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    let ok = if s.ok() { 1.0 } else { 0.0 };
-    gauge(
-        "xbagent_backup_result",
-        "1 if the last run succeeded, 0 if it failed.",
-        &[("", ok)],
-    );
-    gauge(
-        "xbagent_backup_exit_code",
-        "Exit code of the last run.",
-        &[("", f64::from(s.exit))],
-    );
-    let mut bytes = vec![("{kind=\"stream\"}", s.bytes as f64)];
+    let one = |v: f64| -> Samples { (None, vec![(String::new(), v)]) };
+    let mut bytes = vec![("stream".to_string(), s.bytes as f64)];
     if let Some(stored) = s.stored {
-        bytes.push(("{kind=\"stored\"}", stored as f64));
+        bytes.push(("stored".to_string(), stored as f64));
     }
-    gauge(
-        "xbagent_backup_bytes",
-        "Bytes of the last run: stream bytes read or restored, bytes stored.",
-        &bytes,
-    );
-    gauge(
-        "xbagent_backup_duration_seconds",
-        "Duration of the last run.",
-        &[("", s.duration.as_secs_f64())],
-    );
-    gauge(
-        "xbagent_backup_rate_bytes_per_second",
-        "Average stream bytes per second of the last run.",
-        &[("", s.rate())],
-    );
+    let mut gauges: Vec<(&str, &str, Samples)> = vec![
+        (
+            "xbagent_backup_result",
+            "1 if the last run succeeded, 0 if it failed",
+            one(if s.ok() { 1.0 } else { 0.0 }),
+        ),
+        (
+            "xbagent_backup_exit_code",
+            "Exit code of the last run",
+            one(f64::from(s.exit)),
+        ),
+        (
+            "xbagent_backup_bytes",
+            "Bytes of the last run: stream bytes read or restored, bytes stored",
+            (Some("kind"), bytes),
+        ),
+        (
+            "xbagent_backup_duration_seconds",
+            "Duration of the last run",
+            one(s.duration.as_secs_f64()),
+        ),
+        (
+            "xbagent_backup_rate_bytes_per_second",
+            "Average stream bytes per second of the last run",
+            one(s.rate()),
+        ),
+    ];
     if let Some(r) = s.rate_limit {
-        gauge(
+        gauges.push((
             "xbagent_backup_rate_limit_bytes_per_second",
-            "The --rate-limit of the last run.",
-            &[("", r.bytes_per_second() as f64)],
-        );
+            "The --rate-limit of the last run",
+            one(r.bytes_per_second() as f64),
+        ));
     }
-    gauge(
+    gauges.push((
         "xbagent_backup_last_run_timestamp_seconds",
-        "When the last run ended (Unix time).",
-        &[("", ended)],
-    );
+        "When the last run ended (Unix time)",
+        one(ended),
+    ));
     if s.ok() {
-        gauge(
+        gauges.push((
             "xbagent_backup_last_success_timestamp_seconds",
-            "When the last good run ended (Unix time).",
-            &[("", ended)],
-        );
+            "When the last good run ended (Unix time)",
+            one(ended),
+        ));
     }
     if let Some(id) = &s.id {
-        let label = format!("{{id=\"{}\"}}", escape(id));
-        gauge(
+        gauges.push((
             "xbagent_backup_info",
-            "The backup of the last run, as the label id.",
-            &[(label.as_str(), 1.0)],
-        );
+            "The backup of the last run, as the label id",
+            (Some("id"), vec![(id.clone(), 1.0)]),
+        ));
     }
-    out
+    encode(gauges)
 }
 
-/// A label value: backslash, double quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The gauges through a prometheus-client registry and its 0.0.4 text encoder.
+fn encode(gauges: Vec<(&str, &str, Samples)>) -> String {
+    let mut registry = Registry::default();
+    for (name, help, (key, samples)) in gauges {
+        match key {
+            None => {
+                let g = Gauge::<f64, AtomicU64>::default();
+                g.set(samples.first().map_or(0.0, |(_, v)| *v));
+                registry.register(name, help, g);
+            }
+            Some(key) => {
+                let family = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+                for (value, v) in samples {
+                    family.get_or_create(&vec![(key.to_string(), value)]).set(v);
+                }
+                registry.register(name, help, family);
+            }
+        }
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, &registry);
+    out
 }
 
 /// Push `s` to the Pushgateway at `url`, within [`TIMEOUT`].
@@ -206,10 +226,7 @@ async fn send(t: &Target, method: Method, body: String) -> Result<(), PushError>
         .method(method)
         .uri(t.path.as_str())
         .header(hyper::header::HOST, t.authority.as_str())
-        .header(
-            hyper::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
+        .header(hyper::header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)
         .body(Full::new(Bytes::from(body)))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
@@ -252,6 +269,25 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let s = Summary {
+            job: crate::summary::Job::Upload,
+            id: Some("a\"b\\c\nd".into()),
+            bytes: 10,
+            stored: Some(4),
+            duration: Duration::from_secs(2),
+            exit: 0,
+            rate_limit: None,
+            ended: UNIX_EPOCH,
+        };
+        let text = exposition(&s);
+        assert!(text.contains("{id=\"a\\\"b\\\\c\\nd\"}"), "{text}");
+        assert!(
+            text.contains("xbagent_backup_bytes{kind=\"stored\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("xbagent_backup_last_success_timestamp_seconds 0"),
+            "{text}"
+        );
     }
 }
