@@ -1347,6 +1347,20 @@ fn binlogs_encrypted(kind: Kind) {
     .says("--identity-file");
     // The newest segment is needed to reach the target; altered or cut, the restore stops on
     // it (exit 1 naming it) and leaves no good-looking DIR; verify says the same.
+    // restore --until-gtid MID with both identities, into a directory of its own.
+    let restore_until = |d: &Path| {
+        repo.run(&[
+            "restore",
+            "--from",
+            &repo.url,
+            "-C",
+            s(d),
+            "--until-gtid",
+            &mid,
+            ident[0],
+            ident[1],
+        ])
+    };
     let victim = data_keys.last().unwrap().clone();
     let good = repo.get(&victim);
     let mut flipped = good.clone();
@@ -1356,17 +1370,7 @@ fn binlogs_encrypted(kind: Kind) {
     for (what, bad) in [("altered", flipped), ("cut", cut)] {
         repo.put(&victim, bad);
         let d = tmp.path().join(format!("bad-segment-{what}"));
-        let out = repo.run(&[
-            "restore",
-            "--from",
-            &repo.url,
-            "-C",
-            s(&d),
-            "--until-gtid",
-            &mid,
-            ident[0],
-            ident[1],
-        ]);
+        let out = restore_until(&d);
         assert_eq!(out.exit(), 1, "{what}: {}", out.describe());
         out.says(&victim);
         no_secret(&out, &[&a]);
@@ -1381,17 +1385,7 @@ fn binlogs_encrypted(kind: Kind) {
         .prints("GTID continuity hold");
 
     let d = tmp.path().join("restored");
-    let out = repo.run(&[
-        "restore",
-        "--from",
-        &repo.url,
-        "-C",
-        s(&d),
-        "--until-gtid",
-        &mid,
-        ident[0],
-        ident[1],
-    ]);
+    let out = restore_until(&d);
     out.code(0).prints(&format!("restored backup {id}"));
     no_secret(&out, &[&a]);
     let on = Server::start_on(&d);

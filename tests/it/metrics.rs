@@ -338,23 +338,7 @@ fn push_metrics_follow_the_writers_last_commit_and_lag() {
     let server = Server::start_binlog(&dir.join("srv"), 1 << 20);
     server.sql("CREATE DATABASE m; CREATE TABLE m.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64)) ENGINE=InnoDB");
     let index = server.datadir().join("mariadb-bin.index");
-    let metrics = free_port();
-    let mlisten = format!("127.0.0.1:{metrics}");
-    let repo = dir.join("repo");
-    let args = [
-        "binlogs",
-        "push",
-        "--to",
-        s(&repo),
-        "--binlog-index",
-        s(&index),
-        "--follow",
-        "--max-lag",
-        "2s",
-        "--metrics-listen",
-        &mlisten,
-    ];
-    let mut push = Proc::spawn("push", &mut xb(&args), dir.join("push.log"), true);
+    let (mut push, metrics) = spawn_push(dir, &index);
     push.wait_log("metrics at", Duration::from_secs(15));
     let t = Instant::now();
     while get(metrics, "/readyz").0 != 200 {
@@ -486,11 +470,8 @@ fn json_log_lines_of_upload_and_restore_carry_the_backup_id() {
     }
 }
 
-#[test]
-fn push_is_alive_but_not_ready_until_its_index_can_be_read() {
-    let tmp = short_tempdir("xbm-ready");
-    let dir = tmp.path();
-    let index = dir.join("data/mariadb-bin.index");
+/// `binlogs push --follow --max-lag 2s` of INDEX into DIR/repo, with its metrics on a free port.
+fn spawn_push(dir: &Path, index: &Path) -> (Proc, u16) {
     let metrics = free_port();
     let mlisten = format!("127.0.0.1:{metrics}");
     let repo = dir.join("repo");
@@ -500,14 +481,23 @@ fn push_is_alive_but_not_ready_until_its_index_can_be_read() {
         "--to",
         s(&repo),
         "--binlog-index",
-        s(&index),
+        s(index),
         "--follow",
         "--max-lag",
         "2s",
         "--metrics-listen",
         &mlisten,
     ];
-    let mut push = Proc::spawn("push", &mut xb(&args), dir.join("push.log"), true);
+    let push = Proc::spawn("push", &mut xb(&args), dir.join("push.log"), true);
+    (push, metrics)
+}
+
+#[test]
+fn push_is_alive_but_not_ready_until_its_index_can_be_read() {
+    let tmp = short_tempdir("xbm-ready");
+    let dir = tmp.path();
+    let index = dir.join("data/mariadb-bin.index");
+    let (mut push, metrics) = spawn_push(dir, &index);
     push.wait_log("cannot read the binlog index", Duration::from_secs(15));
     assert_eq!(get(metrics, "/readyz").0, 503, "{}", push.log());
     assert_eq!(get(metrics, "/healthz").0, 200);

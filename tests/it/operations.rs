@@ -406,9 +406,18 @@ fn assert_paced(what: &str, bytes: u64, rate: u64, took: f64) {
     );
 }
 
-fn start_serve(dir: &Path, args: &[&str]) -> Proc {
-    let mut all = vec!["serve"];
-    all.extend_from_slice(args);
+/// `serve --listen LISTEN --token-file TOKEN --rate-limit RATE MORE...`, once it listens.
+fn start_serve(dir: &Path, listen: &str, token: &Path, rate: &str, more: &[&str]) -> Proc {
+    let mut all = vec![
+        "serve",
+        "--listen",
+        listen,
+        "--token-file",
+        s(token),
+        "--rate-limit",
+        rate,
+    ];
+    all.extend_from_slice(more);
     let mut p = Proc::spawn("serve", &mut xb(&all), dir.join("serve.log"), true);
     p.wait_log("listening on", Duration::from_secs(15));
     p
@@ -431,19 +440,7 @@ fn a_rate_limited_serve_sends_no_faster_than_asked() {
     let port = free_port();
     let rate = 16 * MIB;
     let listen = format!("127.0.0.1:{port}");
-    let mut serve = start_serve(
-        dir.path(),
-        &[
-            "--listen",
-            &listen,
-            "--dir",
-            s(&src),
-            "--token-file",
-            s(&token),
-            "--rate-limit",
-            "16MiB",
-        ],
-    );
+    let mut serve = start_serve(dir.path(), &listen, &token, "16MiB", &["--dir", s(&src)]);
     let into = dir.path().join("clone");
     let start = Instant::now();
     let rc = run(&[
@@ -494,18 +491,10 @@ fn a_rate_limited_serve_still_heartbeats_and_stops_on_sigterm() {
     );
     let mut serve = start_serve(
         dir.path(),
-        &[
-            "--listen",
-            &listen,
-            "--exec",
-            &exec,
-            "--token-file",
-            s(&token),
-            "--rate-limit",
-            "2MiB",
-            "--heartbeat",
-            "1s",
-        ],
+        &listen,
+        &token,
+        "2MiB",
+        &["--exec", &exec, "--heartbeat", "1s"],
     );
     let into = dir.path().join("clone");
     let rc = run(&[
@@ -526,19 +515,7 @@ fn a_rate_limited_serve_still_heartbeats_and_stops_on_sigterm() {
     let slow = dir.path().join("slow");
     serve.signal(Signal::TERM);
     serve.wait(Duration::from_secs(10));
-    let mut serve = start_serve(
-        dir.path(),
-        &[
-            "--listen",
-            &listen,
-            "--dir",
-            s(&src),
-            "--token-file",
-            s(&token),
-            "--rate-limit",
-            "1MiB",
-        ],
-    );
+    let mut serve = start_serve(dir.path(), &listen, &token, "1MiB", &["--dir", s(&src)]);
     let mut recv = Proc::spawn(
         "receive",
         &mut xb(&[
